@@ -1,0 +1,94 @@
+//! Helper processes for the test bed: traffic generators and servers that run inside test-bed
+//! namespaces and cgroups (so the cgroup socket hooks see their sockets), plus the leftover sweep.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tollgate-testbed")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Remove leftovers of killed test runs (only objects carrying the test-bed marker).
+    Clean {
+        /// Remove every test-bed object, even those of runs still alive.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Echo UDP datagrams back to their sender until killed.
+    UdpEcho {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Send COUNT datagrams one after another, each waiting (≤ 1 s) for its echo; prints JSON.
+    UdpPing {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Clean { force } => {
+            let report = tollgate_tests::sweep::sweep_stale(force);
+            if report.removed.is_empty() {
+                println!("no test-bed leftovers");
+            }
+            for line in report.removed {
+                println!("removed {line}");
+            }
+            Ok(())
+        }
+        Cmd::UdpEcho { listen } => {
+            let sock = UdpSocket::bind(listen).with_context(|| format!("binding {listen}"))?;
+            println!("listening on {listen}");
+            let mut buf = [0u8; 65536];
+            loop {
+                let (n, from) = sock.recv_from(&mut buf)?;
+                sock.send_to(&buf[..n], from)?;
+            }
+        }
+        Cmd::UdpPing { to, count, size } => {
+            let bind: SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            };
+            let sock = UdpSocket::bind(bind)?;
+            sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+            let payload = vec![0x5a; size];
+            let mut buf = [0u8; 65536];
+            let (mut received, start) = (0u32, Instant::now());
+            for _ in 0..count {
+                sock.send_to(&payload, to)?;
+                if let Ok((n, _)) = sock.recv_from(&mut buf)
+                    && n == size
+                {
+                    received += 1;
+                }
+            }
+            println!(
+                "{}",
+                serde_json::json!({
+                    "sent": count,
+                    "received": received,
+                    "elapsed_ms": start.elapsed().as_millis() as u64,
+                })
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! A Kubernetes cluster emulated in network namespaces.
+//!
+//! ```text
+//!                       outside (br0 192.168.77.100, fd00:77::100)          cloud
+//!                 ┌───────────┴─────────────┬───────────────────────┐    192.168.77.254
+//!        node1 eth0 .11                node2 eth0 .12                └──  169.254.169.254
+//!        pod CIDR 10.244.1.0/24        pod CIDR 10.244.2.0/24
+//!        veth1 ── pod n1p1 10.244.1.11 veth1 ── pod n2p1 10.244.2.11
+//!        veth2 ── pod n1p2 10.244.1.12 …
+//! ```
+//!
+//! Routing is "host-gw": each node routes the other nodes' pod CIDRs via their uplink address,
+//! and every node-side pod veth carries the pod gateway address (10.244.<n>.1 / fd00:244:<n>::1).
+//! Each node has a cgroup (for the socket hooks) with a `host` child and one child per pod, and
+//! a bpffs directory for its agent. Everything is removed on drop.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use crate::{BgProcess, BpffsDir, Cgroup, Netns, Prefix, process::Placement};
+
+/// LAN shared by the nodes' uplinks, the outside client and the cloud.
+pub const LAN_V4_PREFIX: &str = "192.168.77";
+pub const LAN_V6_PREFIX: &str = "fd00:77::";
+pub const OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
+pub const CLOUD_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 254);
+pub const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Pods per node; its length is the number of nodes.
+    pub pods_per_node: Vec<usize>,
+    /// Create the "cloud" namespace owning 169.254.169.254.
+    pub cloud: bool,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        Self {
+            pods_per_node: vec![2, 2],
+            cloud: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Pod {
+    /// Kubernetes-style name, e.g. `n1p2`.
+    pub name: String,
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
+    /// The node-side end of the pod's veth (in the node namespace).
+    pub host_iface: String,
+    /// The pod's cgroup (a child of its node's cgroup).
+    pub cgroup: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    /// Kubernetes node name, e.g. `node1`.
+    pub name: String,
+    pub index: u8,
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
+    pub pod_gateway: Ipv4Addr,
+    pub pod_gateway6: Ipv6Addr,
+    /// cgroup the node's socket hooks attach to (pods and host processes live below it).
+    pub cgroup: PathBuf,
+    /// cgroup for host (hostNetwork) processes of this node.
+    pub host_cgroup: PathBuf,
+    /// Pin directory for this node's agent (not created; the agent creates it).
+    pub bpffs: PathBuf,
+    pub pods: Vec<Pod>,
+}
+
+/// The whole emulated cluster. Field order is drop order: processes in the cgroups are killed
+/// first, then pins are removed, then namespaces, then the owner record.
+#[derive(Debug)]
+pub struct Cluster {
+    cgroup: Cgroup,
+    bpffs: BpffsDir,
+    pub nodes: Vec<Node>,
+    pub outside: Netns,
+    pub cloud: Option<Netns>,
+    outside_cgroup: PathBuf,
+    cloud_cgroup: PathBuf,
+    pub prefix: Prefix,
+}
+
+impl Cluster {
+    pub fn new(spec: &ClusterSpec) -> Self {
+        crate::require_root();
+        let prefix = Prefix::new();
+        let mut cgroup = Cgroup::new_top(prefix.as_str());
+        let bpffs = BpffsDir::new(prefix.as_str());
+        let outside = Netns::new(&prefix.child("outside"));
+        outside.ip(&["link", "add", "br0", "type", "bridge"]);
+        outside.ip(&["addr", "add", &format!("{OUTSIDE_V4}/24"), "dev", "br0"]);
+        outside.ip(&[
+            "addr",
+            "add",
+            &format!("{LAN_V6_PREFIX}100/64"),
+            "dev",
+            "br0",
+            "nodad",
+        ]);
+        outside.ip(&["link", "set", "br0", "up"]);
+
+        let node_count = spec.pods_per_node.len();
+        assert!((1..=50).contains(&node_count), "1..=50 nodes");
+        let mut nodes = Vec::with_capacity(node_count);
+        for (i, pods) in spec.pods_per_node.iter().enumerate() {
+            let index = u8::try_from(i + 1).unwrap_or(u8::MAX);
+            nodes.push(Self::make_node(
+                &prefix,
+                &mut cgroup,
+                &bpffs,
+                &outside,
+                index,
+                *pods,
+            ));
+        }
+        // host-gw routes between nodes.
+        for node in &nodes {
+            for other in nodes.iter().filter(|o| o.index != node.index) {
+                node.ns.ip(&[
+                    "route",
+                    "add",
+                    &format!("10.244.{}.0/24", other.index),
+                    "via",
+                    &other.ip.to_string(),
+                ]);
+                node.ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("fd00:244:{}::/64", other.index),
+                    "via",
+                    &other.ip6.to_string(),
+                ]);
+            }
+        }
+
+        let cloud = spec.cloud.then(|| {
+            let cloud = Netns::new(&prefix.child("cloud"));
+            cloud.ip(&[
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "cloud",
+                "netns",
+                outside.name(),
+            ]);
+            outside.ip(&["link", "set", "cloud", "master", "br0", "up"]);
+            cloud.ip(&["addr", "add", &format!("{CLOUD_V4}/24"), "dev", "eth0"]);
+            cloud.ip(&["addr", "add", &format!("{METADATA_V4}/32"), "dev", "lo"]);
+            cloud.ip(&["link", "set", "eth0", "up"]);
+            for node in &nodes {
+                node.ns.ip(&[
+                    "route",
+                    "add",
+                    &format!("{METADATA_V4}/32"),
+                    "via",
+                    &CLOUD_V4.to_string(),
+                ]);
+            }
+            // Replies to pods come back through their node.
+            for node in &nodes {
+                cloud.ip(&[
+                    "route",
+                    "add",
+                    &format!("10.244.{}.0/24", node.index),
+                    "via",
+                    &node.ip.to_string(),
+                ]);
+            }
+            cloud
+        });
+
+        let outside_cgroup = cgroup.child("outside");
+        let cloud_cgroup = cgroup.child("cloud");
+        Self {
+            cgroup,
+            bpffs,
+            nodes,
+            outside,
+            cloud,
+            outside_cgroup,
+            cloud_cgroup,
+            prefix,
+        }
+    }
+
+    fn make_node(
+        prefix: &Prefix,
+        cgroup: &mut Cgroup,
+        bpffs: &BpffsDir,
+        outside: &Netns,
+        index: u8,
+        pods: usize,
+    ) -> Node {
+        let name = format!("node{index}");
+        let ns = Netns::new(&prefix.child(&name));
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv4.conf.all.send_redirects", "0"),
+            ("net.ipv4.conf.default.send_redirects", "0"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+        ] {
+            ns.sysctl(key, value);
+        }
+        let peer = format!("n{index}");
+        ns.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            &peer,
+            "netns",
+            outside.name(),
+        ]);
+        outside.ip(&["link", "set", &peer, "master", "br0", "up"]);
+        let ip = Ipv4Addr::new(192, 168, 77, 10 + index);
+        let ip6: Ipv6Addr = format!("{LAN_V6_PREFIX}{}", 10 + u16::from(index))
+            .parse()
+            .unwrap_or(Ipv6Addr::UNSPECIFIED);
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+
+        let node_cgroup = cgroup.child(&name);
+        let host_cgroup = cgroup.child(&format!("{name}/host"));
+        let pod_gateway = Ipv4Addr::new(10, 244, index, 1);
+        let pod_gateway6: Ipv6Addr = format!("fd00:244:{index}::1")
+            .parse()
+            .unwrap_or(Ipv6Addr::UNSPECIFIED);
+        let mut node_pods = Vec::with_capacity(pods);
+        for j in 1..=pods {
+            let j8 = u8::try_from(j).unwrap_or(u8::MAX);
+            let pod_name = format!("n{index}p{j}");
+            let pod_ns = Netns::new(&prefix.child(&pod_name));
+            pod_ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+            let host_iface = format!("veth{j}");
+            pod_ns.ip(&[
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                &host_iface,
+                "netns",
+                ns.name(),
+            ]);
+            let pod_ip = Ipv4Addr::new(10, 244, index, 10 + j8);
+            let pod_ip6: Ipv6Addr = format!("fd00:244:{index}::{}", 10 + j)
+                .parse()
+                .unwrap_or(Ipv6Addr::UNSPECIFIED);
+            pod_ns.ip(&["addr", "add", &format!("{pod_ip}/32"), "dev", "eth0"]);
+            pod_ns.ip(&[
+                "addr",
+                "add",
+                &format!("{pod_ip6}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            pod_ns.ip(&["link", "set", "eth0", "up"]);
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{pod_gateway}/32"),
+                "dev",
+                &host_iface,
+            ]);
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{pod_gateway6}/128"),
+                "dev",
+                &host_iface,
+                "nodad",
+            ]);
+            ns.ip(&["link", "set", &host_iface, "up"]);
+            ns.ip(&["route", "add", &format!("{pod_ip}/32"), "dev", &host_iface]);
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("{pod_ip6}/128"),
+                "dev",
+                &host_iface,
+            ]);
+            pod_ns.ip(&["route", "add", &pod_gateway.to_string(), "dev", "eth0"]);
+            pod_ns.ip(&["route", "add", "default", "via", &pod_gateway.to_string()]);
+            pod_ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                &pod_gateway6.to_string(),
+                "dev",
+                "eth0",
+            ]);
+            pod_ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &pod_gateway6.to_string(),
+            ]);
+            let pod_cgroup = cgroup.child(&format!("{name}/{pod_name}"));
+            node_pods.push(Pod {
+                name: pod_name,
+                ns: pod_ns,
+                ip: pod_ip,
+                ip6: pod_ip6,
+                host_iface,
+                cgroup: pod_cgroup,
+            });
+        }
+        Node {
+            bpffs: bpffs.join(&name),
+            name,
+            index,
+            ns,
+            ip,
+            ip6,
+            pod_gateway,
+            pod_gateway6,
+            cgroup: node_cgroup,
+            host_cgroup,
+            pods: node_pods,
+        }
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.nodes
+            .iter()
+            .flat_map(|n| &n.pods)
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// The bpffs directory holding every node's pin directory.
+    pub fn bpffs_root(&self) -> &Path {
+        self.bpffs.path()
+    }
+
+    /// The cgroup all test-bed processes of this cluster live under.
+    pub fn cgroup_root(&self) -> &Path {
+        self.cgroup.path()
+    }
+
+    pub fn cloud(&self) -> &Netns {
+        self.cloud
+            .as_ref()
+            .unwrap_or_else(|| panic!("this cluster was built without the cloud namespace"))
+    }
+
+    /// Where the outside client runs (the LAN, not a node).
+    pub fn outside(&self) -> Placement<'_> {
+        Placement::new(&self.outside, Some(&self.outside_cgroup))
+    }
+
+    /// Where cloud services (the metadata-server double) run.
+    pub fn cloud_placement(&self) -> Placement<'_> {
+        Placement::new(self.cloud(), Some(&self.cloud_cgroup))
+    }
+
+    /// Starts a process in the outside namespace.
+    pub fn spawn_outside(&self, name: &str, cmd: Command) -> BgProcess {
+        BgProcess::spawn(
+            &format!("{}-{name}", self.outside.name()),
+            self.outside(),
+            cmd,
+        )
+    }
+
+    /// Starts a process in the cloud namespace.
+    pub fn spawn_cloud(&self, name: &str, cmd: Command) -> BgProcess {
+        BgProcess::spawn(
+            &format!("{}-{name}", self.cloud().name()),
+            self.cloud_placement(),
+            cmd,
+        )
+    }
+}
+
+impl Node {
+    /// Where host (hostNetwork) processes of this node run.
+    pub fn host(&self) -> Placement<'_> {
+        Placement::new(&self.ns, Some(&self.host_cgroup))
+    }
+
+    /// Starts a host process on this node.
+    pub fn spawn(&self, name: &str, cmd: Command) -> BgProcess {
+        BgProcess::spawn(&format!("{}-{name}", self.ns.name()), self.host(), cmd)
+    }
+
+    /// Runs a host process on this node to completion.
+    pub fn output(&self, cmd: Command) -> Output {
+        self.host().output(cmd)
+    }
+}
+
+impl Pod {
+    pub fn placement(&self) -> Placement<'_> {
+        Placement::new(&self.ns, Some(&self.cgroup))
+    }
+
+    pub fn spawn(&self, name: &str, cmd: Command) -> BgProcess {
+        BgProcess::spawn(&format!("{}-{name}", self.ns.name()), self.placement(), cmd)
+    }
+
+    pub fn output(&self, cmd: Command) -> Output {
+        self.placement().output(cmd)
+    }
+}

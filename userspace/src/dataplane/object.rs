@@ -1,0 +1,5 @@
+//! The kernel object built by build.rs (release, BTF) and embedded in the binary.
+
+/// Bytes of `tollgate-ebpf`, aligned as aya requires for ELF parsing.
+pub static KERNEL_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-ebpf"));

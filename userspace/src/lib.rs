@@ -1,0 +1,9 @@
+//! Tollgate: a node agent that replaces kube-proxy with an eBPF dataplane and conceals the cloud
+//! metadata server from pods.
+//!
+//! Data flow (see DESIGN.md): source → enls → dataplane; metadata; admin.
+
+pub mod dataplane;
+pub mod netif;
+pub mod signals;
+pub mod telemetry;
