@@ -1,6 +1,12 @@
 //! Foundation: the test bed itself, and the first program pair (XDP + TC sharing a pinned BTF
 //! map) loaded by the agent into a node namespace, counting real packets.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "end-to-end tests panic with clear messages"
+)]
+
 use std::{path::Path, process::Command, time::Duration};
 
 use tollgate_tests::{
@@ -9,14 +15,8 @@ use tollgate_tests::{
     wait_for,
 };
 
-fn start_agent(node: &Node) -> BgProcess {
-    let mut cmd = Command::new(tollgate_bin());
-    cmd.args(["run", "--node", &node.name, "--uplinks", "eth0", "--bpffs"])
-        .arg(&node.bpffs)
-        .env("TOLLGATE_LOG", "debug");
-    let mut agent = node.spawn("agent", cmd);
-    agent.wait_for_log("tollgate ready", Duration::from_secs(20));
-    agent
+fn start_agent(cluster: &Cluster, node: &Node) -> BgProcess {
+    tollgate_tests::agent::start_agent(node, &cluster.write_manifest(&[]), &[])
 }
 
 fn ifindex(node: &Node, iface: &str) -> u32 {
@@ -132,7 +132,7 @@ fn dropping_the_cluster_removes_everything_it_created() {
     let sleeping = node.spawn("sleeper", sleeper);
     let pid = sleeping.pid();
     std::mem::forget(sleeping); // leave it to the cluster's cgroup clean-up
-    let agent = start_agent(node);
+    let agent = start_agent(&cluster, node);
     drop(agent);
     drop(cluster);
 
@@ -179,7 +179,7 @@ fn xdp_and_tc_count_real_packets_in_a_pinned_btf_map() {
     echo.args(["udp-echo", "--listen", "0.0.0.0:7777"]);
     let mut echo = node.spawn("udp-echo", echo);
     echo.wait_for_log("listening", Duration::from_secs(5));
-    let _agent = start_agent(node);
+    let _agent = start_agent(&cluster, node);
     let eth0 = ifindex(node, "eth0");
 
     let before_xdp = counted(node, eth0, "xdp");
@@ -249,7 +249,7 @@ fn programs_keep_counting_across_agent_sigkill_and_restart() {
     let to = format!("{}:7777", node.ip);
     let eth0 = ifindex(node, "eth0");
 
-    let mut agent = start_agent(node);
+    let mut agent = start_agent(&cluster, node);
     assert_eq!(udp_ping(&cluster, &to, 50), 50);
     let first = counted(node, eth0, "tc_ingress").0;
     assert!(first >= 50);
@@ -263,7 +263,7 @@ fn programs_keep_counting_across_agent_sigkill_and_restart() {
         "counting stopped while the agent was dead: {first} → {while_dead}"
     );
 
-    let _agent = start_agent(node);
+    let _agent = start_agent(&cluster, node);
     assert_eq!(udp_ping(&cluster, &to, 50), 50);
     let after = counted(node, eth0, "tc_ingress").0;
     assert!(
@@ -287,7 +287,7 @@ fn cleanup_removes_pins_and_detaches_programs() {
         cloud: false,
     });
     let node = cluster.node("node1");
-    let mut agent = start_agent(node);
+    let mut agent = start_agent(&cluster, node);
     agent.terminate();
     let links = std::fs::read_dir(node.bpffs.join("links"))
         .map(|d| d.count())

@@ -89,7 +89,18 @@ pub struct Cluster {
     pub cloud: Option<Netns>,
     outside_cgroup: PathBuf,
     cloud_cgroup: PathBuf,
+    workdir: WorkDir,
     pub prefix: Prefix,
+}
+
+/// A scratch directory (manifests, kubeconfigs) removed on drop.
+#[derive(Debug)]
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Cluster {
@@ -187,6 +198,10 @@ impl Cluster {
 
         let outside_cgroup = cgroup.child("outside");
         let cloud_cgroup = cgroup.child("cloud");
+        let workdir = std::env::temp_dir().join(prefix.as_str());
+        std::fs::create_dir_all(&workdir)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", workdir.display()));
+        let workdir = WorkDir(workdir);
         Self {
             cgroup,
             bpffs,
@@ -195,6 +210,7 @@ impl Cluster {
             cloud,
             outside_cgroup,
             cloud_cgroup,
+            workdir,
             prefix,
         }
     }
@@ -376,6 +392,61 @@ impl Cluster {
         self.cloud
             .as_ref()
             .unwrap_or_else(|| panic!("this cluster was built without the cloud namespace"))
+    }
+
+    /// A scratch directory owned by the cluster (removed with it).
+    pub fn workdir(&self) -> &Path {
+        &self.workdir.0
+    }
+
+    /// Node and Pod objects describing the test bed itself (pods in namespace `default`,
+    /// service account `default`).
+    pub fn base_objects(&self) -> Vec<serde_json::Value> {
+        let mut objs = Vec::new();
+        for node in &self.nodes {
+            let zone = format!("zone-{}", node.index);
+            let mut n = crate::k8s::node(&node.name, &node.ip.to_string(), Some(&zone));
+            if let Some(addrs) = n
+                .pointer_mut("/status/addresses")
+                .and_then(|a| a.as_array_mut())
+            {
+                addrs.push(
+                    serde_json::json!({"type": "InternalIP", "address": node.ip6.to_string()}),
+                );
+            }
+            objs.push(n);
+            for pod in &node.pods {
+                let mut p = crate::k8s::pod(
+                    "default",
+                    &pod.name,
+                    &node.name,
+                    &pod.ip.to_string(),
+                    "default",
+                );
+                p["status"]["podIPs"] =
+                    serde_json::json!([{"ip": pod.ip.to_string()}, {"ip": pod.ip6.to_string()}]);
+                objs.push(p);
+            }
+        }
+        objs
+    }
+
+    /// Writes the test bed's own objects plus `extra` as a manifest (atomically replacing an
+    /// earlier one, as a file source expects) and returns `file:<path>` for `--source`.
+    pub fn write_manifest(&self, extra: &[serde_json::Value]) -> String {
+        let path = self.workdir().join("cluster.yaml");
+        let text = self
+            .base_objects()
+            .iter()
+            .chain(extra)
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
+        std::fs::rename(&tmp, &path)
+            .unwrap_or_else(|e| panic!("replacing {}: {e}", path.display()));
+        format!("file:{}", path.display())
     }
 
     /// Where the outside client runs (the LAN, not a node).

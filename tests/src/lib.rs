@@ -7,9 +7,12 @@
 //! cgroup. Leftovers of killed runs are swept by [`sweep::sweep_stale`] (`cargo xtask
 //! clean-testbed`).
 
+pub mod agent;
+pub mod apiserver;
 pub mod bpffs;
 pub mod cgroup;
 pub mod cluster;
+pub mod k8s;
 pub mod netns;
 pub mod prefix;
 pub mod process;

@@ -72,7 +72,21 @@ pub fn sweep_stale(force: bool) -> SweepReport {
             report.removed.push(format!("netns {name}"));
         }
     }
-    // 4. Owner records of dead runs.
+    // 4. Scratch directories (manifests, kubeconfigs).
+    for entry in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) && stale(&name) {
+            let _ = std::fs::remove_dir_all(entry.path());
+            report
+                .removed
+                .push(format!("directory {}", entry.path().display()));
+        }
+    }
+    // 5. Owner records of dead runs.
     for entry in std::fs::read_dir(OWNER_DIR).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if stale(&name) {

@@ -3,7 +3,11 @@
 //!
 //! Data flow (see DESIGN.md): source → enls → dataplane; metadata; admin.
 
+pub mod admin;
+pub mod cmd;
 pub mod dataplane;
+pub mod enls;
 pub mod netif;
 pub mod signals;
+pub mod source;
 pub mod telemetry;

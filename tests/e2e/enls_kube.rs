@@ -1,0 +1,327 @@
+//! The kube source against the API-server double: the real kube-rs client and watcher list,
+//! watch, paginate, resume, and re-list after 410 Gone; the ENLS turns that into revisions.
+//! (No privileges needed.)
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "end-to-end tests panic with clear messages"
+)]
+
+use std::{process::Command, sync::Arc, time::Duration};
+
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tollgate::{
+    enls::{
+        Enls, EnlsConfig, Update,
+        metrics::EnlsMetrics,
+        runner::{self, EnlsStatus},
+    },
+    source::{self, SourceOptions, SourceSpec},
+};
+use tollgate_tests::{apiserver::ApiServerDouble, k8s, tools::tollgate_bin};
+
+struct Pipeline {
+    updates: mpsc::Receiver<Arc<Update>>,
+    status: watch::Receiver<EnlsStatus>,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let p =
+            std::env::temp_dir().join(format!("tg-enls-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    h.finish()
+}
+
+async fn pipeline(double: &ApiServerDouble, node: &str) -> Pipeline {
+    let dir = TempDir::new();
+    let kubeconfig = double.write_kubeconfig(&dir.0);
+    let opts = SourceOptions {
+        node_name: node.into(),
+        service_proxy_name: None,
+        kubeconfig: Some(kubeconfig),
+        file_poll: Duration::from_secs(1),
+    };
+    let (events_tx, events_rx) = mpsc::channel(8192);
+    let (updates_tx, updates) = mpsc::channel(64);
+    let (status_tx, status) = watch::channel(EnlsStatus::default());
+    source::start(&SourceSpec::Kube, &opts, events_tx)
+        .await
+        .unwrap();
+    let engine = Enls::new(EnlsConfig::new(node), EnlsMetrics::detached());
+    tokio::spawn(runner::run(engine, events_rx, vec![updates_tx], status_tx));
+    Pipeline {
+        updates,
+        status,
+        _dir: dir,
+    }
+}
+
+async fn next(p: &mut Pipeline) -> Arc<Update> {
+    tokio::time::timeout(Duration::from_secs(20), p.updates.recv())
+        .await
+        .expect("an update within 20 s")
+        .expect("the engine is running")
+}
+
+/// No update arrives within `quiet`.
+async fn none(p: &mut Pipeline, quiet: Duration) {
+    if let Ok(Some(u)) = tokio::time::timeout(quiet, p.updates.recv()).await {
+        panic!(
+            "unexpected update (revision {}): {:?}",
+            u.revision,
+            u.services
+                .iter()
+                .map(|c| c.key.to_string())
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+fn names(u: &Update) -> Vec<String> {
+    let mut v: Vec<String> = u.services.iter().map(|c| c.key.name.to_string()).collect();
+    v.sort();
+    v
+}
+
+fn seed(double: &ApiServerDouble) {
+    double.apply_all([
+        k8s::node("node1", "192.168.77.11", Some("z1")),
+        k8s::node("node2", "192.168.77.12", Some("z2")),
+        k8s::service("default", "web", "10.96.0.10", &[("http", 80)]),
+        k8s::slice(
+            "default",
+            "web-1",
+            "web",
+            &[("http", 8080)],
+            vec![
+                k8s::endpoint("10.244.1.11", "node1"),
+                k8s::endpoint("10.244.2.11", "node2"),
+            ],
+        ),
+        k8s::service("default", "db", "10.96.0.11", &[("", 5432)]),
+        k8s::with_label(
+            k8s::service("default", "theirs", "10.96.0.12", &[("", 80)]),
+            "service.kubernetes.io/service-proxy-name",
+            "other",
+        ),
+        k8s::pod("default", "n1p1", "node1", "10.244.1.11", "web"),
+        k8s::pod("default", "n2p1", "node2", "10.244.2.11", "web"),
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_watches_and_emits_only_real_changes() {
+    let double = ApiServerDouble::start_local();
+    seed(&double);
+    let mut p = pipeline(&double, "node1").await;
+    let first = next(&mut p).await;
+    assert!(first.initial);
+    assert_eq!(
+        names(&first),
+        ["db", "web"],
+        "the service of another proxy is filtered by the API server"
+    );
+    assert_eq!(
+        first.pods.len(),
+        1,
+        "only this node's pods (field selector)"
+    );
+    assert_eq!(first.node.as_ref().unwrap().zone.as_deref(), Some("z1"));
+
+    // One endpoint added: one revision with exactly that service.
+    double.apply(k8s::slice(
+        "default",
+        "web-1",
+        "web",
+        &[("http", 8080)],
+        vec![
+            k8s::endpoint("10.244.1.11", "node1"),
+            k8s::endpoint("10.244.2.11", "node2"),
+            k8s::endpoint("10.244.2.12", "node2"),
+        ],
+    ));
+    let u = next(&mut p).await;
+    assert_eq!(u.revision, first.revision + 1);
+    assert_eq!(names(&u), ["web"]);
+    let web = u.services[0].new.as_ref().unwrap();
+    assert_eq!(web.ports[0].internal_endpoints.len(), 3);
+
+    // Irrelevant events: no revision.
+    double.apply(k8s::with_annotation(
+        k8s::service("default", "db", "10.96.0.11", &[("", 5432)]),
+        "note",
+        "x",
+    ));
+    double.apply(k8s::with_label(
+        k8s::pod("default", "n1p1", "node1", "10.244.1.11", "web"),
+        "ver",
+        "2",
+    ));
+    double.apply(k8s::pod(
+        "default",
+        "other-node-pod",
+        "node2",
+        "10.244.2.99",
+        "x",
+    ));
+    none(&mut p, Duration::from_millis(700)).await;
+
+    double.delete("Service", "default", "db");
+    let u = next(&mut p).await;
+    assert_eq!(names(&u), ["db"]);
+    assert!(u.services[0].new.is_none());
+    assert!(p.status.borrow().synced);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_restarts_resume_without_spurious_changes_and_410_relists() {
+    let double = ApiServerDouble::start_local();
+    seed(&double);
+    let mut p = pipeline(&double, "node1").await;
+    let first = next(&mut p).await;
+    let lists_before = double
+        .stats()
+        .lists
+        .load(std::sync::atomic::Ordering::Relaxed);
+
+    // Connection drop: the watcher resumes from its last version; nothing is re-emitted.
+    double.drop_watches();
+    none(&mut p, Duration::from_millis(800)).await;
+    double.apply(k8s::service(
+        "default",
+        "cache",
+        "10.96.0.13",
+        &[("", 6379)],
+    ));
+    let u = next(&mut p).await;
+    assert_eq!(
+        names(&u),
+        ["cache"],
+        "changes after a reconnect still arrive"
+    );
+
+    // History compacted while disconnected, and a service deleted meanwhile: the resume gets
+    // 410 Gone, the watcher re-lists, and the ENLS emits exactly that deletion.
+    assert!(double.delete_while_disconnected("Service", "default", "web"));
+    let u = next(&mut p).await;
+    assert_eq!(names(&u), ["web"]);
+    assert!(u.services[0].new.is_none());
+    none(&mut p, Duration::from_millis(800)).await;
+    let stats = double.stats();
+    assert!(
+        stats.gone.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "a 410 was served"
+    );
+    assert!(
+        stats.lists.load(std::sync::atomic::Ordering::Relaxed) > lists_before,
+        "the client re-listed"
+    );
+    assert_eq!(p.status.borrow().revision, first.revision + 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paginated_initial_list_of_many_services() {
+    let double = ApiServerDouble::start_local();
+    let mut objs = vec![k8s::node("node1", "192.168.77.11", None)];
+    for i in 0..1234u32 {
+        let ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+        objs.push(k8s::service("bulk", &format!("s{i}"), &ip, &[("", 80)]));
+        objs.push(k8s::slice(
+            "bulk",
+            &format!("s{i}-1"),
+            &format!("s{i}"),
+            &[("", 8080)],
+            vec![k8s::endpoint(
+                &format!("10.244.{}.{}", i / 250, i % 250 + 1),
+                "node2",
+            )],
+        ));
+    }
+    double.apply_all(objs);
+    let mut p = pipeline(&double, "node1").await;
+    let first = next(&mut p).await;
+    assert_eq!(first.services.len(), 1234);
+    assert!(
+        first
+            .services
+            .iter()
+            .all(|c| c.new.as_ref().unwrap().ports[0].internal_endpoints.len() == 1)
+    );
+    assert!(
+        double
+            .stats()
+            .lists
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 6,
+        "3 pages each for services and slices"
+    );
+}
+
+#[test]
+fn enls_command_prints_the_documented_json_from_kube() {
+    let double = ApiServerDouble::start_local();
+    seed(&double);
+    let dir = TempDir::new();
+    let kubeconfig = double.write_kubeconfig(&dir.0);
+    let out = Command::new(tollgate_bin())
+        .args([
+            "enls",
+            "--source",
+            "kube",
+            "--node",
+            "node1",
+            "--kubeconfig",
+        ])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["node"], "node1");
+    assert!(v["revision"].as_u64().unwrap() >= 1);
+    let web = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap();
+    let port = &web["ports"][0];
+    assert_eq!(port["name"], "http");
+    assert_eq!(port["protocol"], "TCP");
+    assert_eq!(port["port"], 80);
+    assert_eq!(
+        port["internal_endpoints"],
+        serde_json::json!(["10.244.1.11:8080", "10.244.2.11:8080"])
+    );
+    assert_eq!(port["external_endpoints"], Value::Null);
+    assert_eq!(port["has_endpoints"], true);
+}

@@ -1,0 +1,118 @@
+//! `tollgate enls`: print the node-local state as JSON (a debugging interface; its shape is
+//! documented in README.md and kept stable).
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use super::EnlsArgs;
+use crate::{
+    enls::{
+        Enls, Update,
+        metrics::{EnlsMetrics, ProgrammingMetrics},
+        runner::{self, EnlsStatus},
+    },
+    source::{self, SourceSpec},
+};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub enls: EnlsArgs,
+    /// Keep running and print every change as one JSON line (revision, services upserted or
+    /// removed, pods, node).
+    #[arg(long)]
+    pub watch: bool,
+    /// Print a line per second on stderr: events, revisions, CPU, RSS.
+    #[arg(long)]
+    pub stats: bool,
+    /// How long to wait for the first complete state, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    // A file that does not parse is an error here (there is no last good state to keep).
+    if let SourceSpec::File(path) = &args.enls.source
+        && !args.watch
+    {
+        source::file::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    let engine = Enls::new(args.enls.enls_config(), EnlsMetrics::detached());
+    let (events_tx, events_rx) = mpsc::channel(8192);
+    let (updates_tx, mut updates_rx) = mpsc::channel::<Arc<Update>>(64);
+    let (status_tx, status_rx) = watch::channel(EnlsStatus::default());
+    let _sources = source::start(&args.enls.source, &args.enls.source_options(), events_tx)
+        .await
+        .context("starting the source")?;
+    let engine_task = tokio::spawn(runner::run(engine, events_rx, vec![updates_tx], status_tx));
+    if args.stats {
+        tokio::spawn(runner::print_stats(status_rx));
+    }
+    let first = tokio::time::timeout(Duration::from_secs(args.timeout), updates_rx.recv())
+        .await
+        .with_context(|| {
+            format!(
+                "no complete state within {}s (is the source reachable?)",
+                args.timeout
+            )
+        })?;
+    let Some(first) = first else {
+        bail!("the source stopped before the state was complete");
+    };
+    if !args.watch {
+        // The first update carries every service; print the full snapshot.
+        let mut snapshot = json!({
+            "node": args.enls.node,
+            "revision": first.revision,
+            "services": first.services.iter().filter_map(|c| c.new.clone()).collect::<Vec<_>>(),
+            "pods": first.pods.iter().filter_map(|c| c.new.clone()).collect::<Vec<_>>(),
+        });
+        if let Some(node) = &first.node {
+            snapshot["node_info"] = serde_json::to_value(node)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+        engine_task.abort();
+        return Ok(());
+    }
+    let programming = ProgrammingMetrics::detached();
+    let mut next = Some(first);
+    while let Some(update) = next {
+        println!("{}", serde_json::to_string(&update_json(&update))?);
+        programming.programmed(&update.trigger_times);
+        next = tokio::select! {
+            u = updates_rx.recv() => u,
+            _ = crate::signals::terminated() => None,
+        };
+    }
+    Ok(())
+}
+
+/// One `--watch` line.
+pub fn update_json(update: &Update) -> serde_json::Value {
+    let services: Vec<serde_json::Value> = update
+        .services
+        .iter()
+        .map(|c| match &c.new {
+            Some(s) => json!({"op": "upsert", "service": s}),
+            None => json!({"op": "remove", "namespace": &*c.key.namespace, "name": &*c.key.name}),
+        })
+        .collect();
+    let pods: Vec<serde_json::Value> = update
+        .pods
+        .iter()
+        .map(|c| match &c.new {
+            Some(p) => json!({"op": "upsert", "pod": p}),
+            None => json!({"op": "remove", "namespace": &*c.key.namespace, "name": &*c.key.name}),
+        })
+        .collect();
+    json!({
+        "revision": update.revision,
+        "initial": update.initial,
+        "services": services,
+        "pods": pods,
+        "node": update.node,
+    })
+}

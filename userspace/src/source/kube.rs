@@ -1,0 +1,117 @@
+//! The Kubernetes source: one kube-rs watcher per kind. The watcher re-lists on 410 Gone or a
+//! broken stream; its Init/InitApply/InitDone events map onto ListBegin/Apply/ListDone, so a
+//! re-list emits no spurious deletions.
+
+use std::fmt::Debug;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::{
+    core::v1::{Node, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt as _, watcher},
+};
+use serde::de::DeserializeOwned;
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use super::{SourceError, SourceOptions};
+use crate::enls::{Object, SourceEvent, ingest};
+
+async fn client(opts: &SourceOptions) -> Result<Client, SourceError> {
+    let err = |e: &dyn std::fmt::Display| SourceError::Kube(e.to_string());
+    let config = match &opts.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| SourceError::Kube(format!("reading {}: {e}", path.display())))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(&e))?
+        }
+        None => Config::infer().await.map_err(|e| err(&e))?,
+    };
+    Client::try_from(config).map_err(|e| err(&e))
+}
+
+pub async fn start(
+    opts: &SourceOptions,
+    tx: mpsc::Sender<SourceEvent>,
+) -> Result<Vec<JoinHandle<()>>, SourceError> {
+    let client = client(opts).await?;
+    // R1: without a proxy name, services claimed by any proxy are filtered by the API server;
+    // with one, the ENLS keeps ours (and unlabelled ones) and drops the rest.
+    let services = match &opts.service_proxy_name {
+        None => {
+            watcher::Config::default().labels(&format!("!{}", ingest::LABEL_SERVICE_PROXY_NAME))
+        }
+        Some(_) => watcher::Config::default(),
+    };
+    let slices = watcher::Config::default().labels(&format!("!{}", ingest::LABEL_HEADLESS));
+    let node = watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name));
+    let pods = watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node_name));
+    Ok(vec![
+        spawn_watch(
+            Api::<Service>::all(client.clone()),
+            services,
+            ingest::Kind::Service,
+            |o| Object::Service(Box::new(o)),
+            tx.clone(),
+        ),
+        spawn_watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            slices,
+            ingest::Kind::EndpointSlice,
+            |o| Object::EndpointSlice(Box::new(o)),
+            tx.clone(),
+        ),
+        spawn_watch(
+            Api::<Node>::all(client.clone()),
+            node,
+            ingest::Kind::Node,
+            |o| Object::Node(Box::new(o)),
+            tx.clone(),
+        ),
+        spawn_watch(
+            Api::<Pod>::all(client),
+            pods,
+            ingest::Kind::Pod,
+            |o| Object::Pod(Box::new(o)),
+            tx,
+        ),
+    ])
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: ingest::Kind,
+    wrap: fn(K) -> Object,
+    tx: mpsc::Sender<SourceEvent>,
+) -> JoinHandle<()>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = watcher(api, config).default_backoff().boxed();
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(watcher::Event::Init) => SourceEvent::ListBegin(kind),
+                Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => {
+                    SourceEvent::Apply(wrap(o))
+                }
+                Ok(watcher::Event::Delete(o)) => SourceEvent::Delete(wrap(o)),
+                Ok(watcher::Event::InitDone) => SourceEvent::ListDone(kind),
+                Err(e) => {
+                    // The watcher backs off and retries (re-listing when needed).
+                    tracing::warn!(%kind, "watch failed, retrying: {e}");
+                    continue;
+                }
+            };
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    })
+}

@@ -1,0 +1,187 @@
+//! Reading ordinary Kubernetes manifests: multi-document YAML, JSON, or a `List` (also
+//! `ServiceList` & co.) of Services, EndpointSlices, Nodes and Pods. Other kinds are ignored.
+
+use k8s_openapi::api::{
+    core::v1::{Node, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use serde::de::DeserializeOwned;
+
+use crate::enls::Object;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("not valid YAML/JSON: {0}")]
+    Syntax(String),
+    #[error("document {document} (from line {line}): {kind} {name:?}: {error}")]
+    Object {
+        document: usize,
+        line: usize,
+        kind: String,
+        name: String,
+        error: String,
+    },
+    #[error("document {document} (from line {line}): {error}")]
+    Document {
+        document: usize,
+        line: usize,
+        error: String,
+    },
+}
+
+/// First line (1-based) of each YAML document in `text`.
+fn document_lines(text: &str) -> Vec<usize> {
+    let mut starts = vec![1];
+    let mut first_content_seen = false;
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("---") {
+            if first_content_seen {
+                starts.push(i + 2);
+            } else {
+                starts[0] = i + 2;
+            }
+        } else if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            first_content_seen = true;
+        }
+    }
+    starts
+}
+
+fn typed<T: DeserializeOwned>(
+    value: serde_json::Value,
+    document: usize,
+    line: usize,
+    kind: &str,
+) -> Result<T, ManifestError> {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("")
+        .to_owned();
+    serde_json::from_value(value).map_err(|e| ManifestError::Object {
+        document,
+        line,
+        kind: kind.to_owned(),
+        name,
+        error: e.to_string(),
+    })
+}
+
+/// Parses every object of the kinds the ENLS uses. Any error rejects the whole text (the
+/// caller keeps its last good state).
+pub fn parse(text: &str) -> Result<Vec<Object>, ManifestError> {
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Syntax(e.to_string()))?;
+    let lines = document_lines(text);
+    let mut out = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let document = i + 1;
+        let line = lines.get(i).copied().unwrap_or(1);
+        if doc.is_null() {
+            continue;
+        }
+        let kind = doc
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_owned();
+        if kind.is_empty() {
+            return Err(ManifestError::Document {
+                document,
+                line,
+                error: "no `kind`".into(),
+            });
+        }
+        let items = if kind.ends_with("List") {
+            match doc.get("items") {
+                Some(serde_json::Value::Array(items)) => items.clone(),
+                Some(serde_json::Value::Null) | None => Vec::new(),
+                Some(_) => {
+                    return Err(ManifestError::Document {
+                        document,
+                        line,
+                        error: format!("{kind}.items is not a list"),
+                    });
+                }
+            }
+        } else {
+            vec![doc]
+        };
+        let list_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+        for item in items {
+            let kind = item
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .or(list_kind)
+                .unwrap_or("")
+                .to_owned();
+            let object = match kind.as_str() {
+                "Service" => {
+                    Object::Service(Box::new(typed::<Service>(item, document, line, &kind)?))
+                }
+                "EndpointSlice" => Object::EndpointSlice(Box::new(typed::<EndpointSlice>(
+                    item, document, line, &kind,
+                )?)),
+                "Node" => Object::Node(Box::new(typed::<Node>(item, document, line, &kind)?)),
+                "Pod" => Object::Pod(Box::new(typed::<Pod>(item, document, line, &kind)?)),
+                other => {
+                    tracing::debug!(kind = other, document, "manifest: ignoring kind");
+                    continue;
+                }
+            };
+            out.push(object);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_yaml_lists_and_json() {
+        let text = r#"
+# comment
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: default}
+spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: List
+items:
+  - apiVersion: v1
+    kind: Pod
+    metadata: {name: p, namespace: default}
+  - apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: ignored}
+---
+{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "items": [
+  {"metadata": {"name": "s", "namespace": "default"}, "addressType": "IPv4", "endpoints": []}
+]}
+---
+"#;
+        let objs = parse(text).unwrap();
+        let kinds: Vec<_> = objs.iter().map(|o| o.kind().as_str()).collect();
+        assert_eq!(kinds, ["Service", "Pod", "EndpointSlice"]);
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {ports: [{port: eighty}]}\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("document 2 (from line 5)"), "{err}");
+        assert!(err.contains("Service \"b\""), "{err}");
+
+        let err = parse("kind: Service\nmetadata: {name: [unclosed\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not valid YAML"), "{err}");
+        assert!(
+            err.contains("line"),
+            "syntax errors carry a position: {err}"
+        );
+    }
+}
