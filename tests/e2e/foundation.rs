@@ -315,3 +315,90 @@ fn cleanup_removes_pins_and_detaches_programs() {
         (!xdp_attached(node)).then_some(())
     });
 }
+
+fn curl(node: &Node, path: &str) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://127.0.0.1:10256{path}"),
+    ]);
+    let out = node.output(cmd);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+}
+
+#[test]
+fn agent_exposes_enls_metrics_and_health() {
+    use tollgate_tests::k8s;
+    let cluster = Cluster::new(&ClusterSpec {
+        pods_per_node: vec![1],
+        cloud: false,
+    });
+    let node = cluster.node("node1");
+    let svc = k8s::service("default", "web", "10.96.0.10", &[("http", 80)]);
+    let slice = |ips: &[&str]| {
+        k8s::slice(
+            "default",
+            "web-1",
+            "web",
+            &[("http", 8080)],
+            ips.iter().map(|ip| k8s::endpoint(ip, "node1")).collect(),
+        )
+    };
+    let source = cluster.write_manifest(&[svc.clone(), slice(&["10.244.1.11"])]);
+    let _agent = tollgate_tests::agent::start_agent(node, &source, &[]);
+
+    let (code, body) = curl(node, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["nodeEligible"], true);
+    assert!(health["lastUpdated"].is_string() && health["currentTime"].is_string());
+    let (code, _) = curl(node, "/livez");
+    assert_eq!(code, 200);
+
+    let (_, text) = curl(node, "/metrics");
+    assert_eq!(metric(&text, "tollgate_enls_revision"), 1.0);
+    assert_eq!(metric(&text, "tollgate_enls_services"), 1.0);
+    assert!(metric(&text, "kubeproxy_sync_proxy_rules_endpoint_changes_total") >= 1.0);
+    assert!(
+        text.contains("kubeproxy_proxy_healthz_total{code=\"200\"} 1"),
+        "{text}"
+    );
+
+    // A relevant change: one more revision.
+    cluster.write_manifest(&[svc.clone(), slice(&["10.244.1.11", "10.244.2.11"])]);
+    wait_for("revision 2", Duration::from_secs(10), || {
+        (metric(&curl(node, "/metrics").1, "tollgate_enls_revision") == 2.0).then_some(())
+    });
+    // An irrelevant one (a new annotation): events count up, the revision does not.
+    let events = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("tollgate_enls_api_events_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let events_before = events(&curl(node, "/metrics").1);
+    cluster.write_manifest(&[
+        k8s::with_annotation(svc, "note", "x"),
+        slice(&["10.244.1.11", "10.244.2.11"]),
+    ]);
+    wait_for("the reload", Duration::from_secs(10), || {
+        (events(&curl(node, "/metrics").1) > events_before).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        metric(&curl(node, "/metrics").1, "tollgate_enls_revision"),
+        2.0
+    );
+}

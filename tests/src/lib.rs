@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod bench;
 pub mod bpffs;
 pub mod cgroup;
 pub mod cluster;

@@ -45,6 +45,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> anyhow::Result<()> {
+    tollgate::telemetry::limit_malloc_arenas();
     tollgate::telemetry::init();
     let cli = Cli::parse();
     match cli.command {

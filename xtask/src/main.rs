@@ -1,6 +1,7 @@
 //! `cargo xtask …`: the project's own commands. The two a newcomer needs are `demo` and `test`;
 //! both start with `setup`, which installs whatever this machine lacks.
 
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -30,6 +31,8 @@ enum Command {
     Test(test::TestArgs),
     /// Build and run the demo: a cluster emulated in network namespaces, fed from a manifest.
     Demo(demo::DemoArgs),
+    /// Run the benchmarks (release build) and update BENCHMARKS.md and tests/benchmarks/.
+    Bench(bench::BenchArgs),
     /// Remove test-bed leftovers of killed runs (namespaces, cgroups, bpffs directories).
     CleanTestbed {
         /// Also remove objects of test runs that are still alive.
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test(args) => test::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::CleanTestbed { force } => {
             build::build_packages(&["tollgate-tests"], false)?;
             let mut args = vec!["clean"];

@@ -39,6 +39,9 @@ use self::{
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// A list taken by a first page: its resourceVersion and items, served by `continue` pages.
+type ListSnapshot = (u64, Arc<Vec<Value>>);
+
 /// Request counters, for tests that assert how the client behaved.
 #[derive(Debug, Default)]
 pub struct RequestStats {
@@ -53,7 +56,7 @@ struct Shared {
     stats: RequestStats,
     /// Bumped to end every open watch stream.
     watch_generation: watch::Sender<u64>,
-    pages: Mutex<HashMap<String, (u64, Vec<Value>)>>,
+    pages: Mutex<HashMap<String, ListSnapshot>>,
     page_id: AtomicU64,
     bookmark_interval: Duration,
 }
@@ -131,6 +134,9 @@ impl ApiServerDouble {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // As Go's API server does: watch events are small writes that must not wait
+                // for the previous one's ACK.
+                let _ = stream.set_nodelay(true);
                 let shared = serving.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(req, shared.clone()));
@@ -471,7 +477,7 @@ fn list_response(
             let offset: usize = offset.parse().unwrap_or(0);
             let pages = shared.pages.lock().unwrap_or_else(|p| p.into_inner());
             match pages.get(id) {
-                Some((rv, items)) => (*rv, items.clone(), offset),
+                Some((rv, items)) => (*rv, Arc::clone(items), offset),
                 None => {
                     return error(&StoreError::Gone {
                         requested: 0,
@@ -490,7 +496,7 @@ fn list_response(
                 .filter(|o| filter.matches(o))
                 .cloned()
                 .collect();
-            (store.rv, items, 0)
+            (store.rv, Arc::new(items), 0)
         }
     };
     let end = offset.saturating_add(limit).min(items.len());

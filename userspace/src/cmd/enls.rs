@@ -17,6 +17,12 @@ use crate::{
     source::{self, SourceSpec},
 };
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Print {
+    Changes,
+    Summary,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
@@ -28,6 +34,10 @@ pub struct Args {
     /// Print a line per second on stderr: events, revisions, CPU, RSS.
     #[arg(long)]
     pub stats: bool,
+    /// With --watch: `changes` prints each change in full; `summary` prints one short line
+    /// per revision (what changed, how many).
+    #[arg(long, value_enum, default_value_t = Print::Changes)]
+    pub print: Print,
     /// How long to wait for the first complete state, in seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -41,7 +51,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         source::file::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     let engine = Enls::new(args.enls.enls_config(), EnlsMetrics::detached());
-    let (events_tx, events_rx) = mpsc::channel(8192);
+    let (events_tx, events_rx) = mpsc::channel(256);
     let (updates_tx, mut updates_rx) = mpsc::channel::<Arc<Update>>(64);
     let (status_tx, status_rx) = watch::channel(EnlsStatus::default());
     let _sources = source::start(&args.enls.source, &args.enls.source_options(), events_tx)
@@ -80,7 +90,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let programming = ProgrammingMetrics::detached();
     let mut next = Some(first);
     while let Some(update) = next {
-        println!("{}", serde_json::to_string(&update_json(&update))?);
+        let line = match args.print {
+            Print::Changes => update_json(&update),
+            Print::Summary => json!({
+                "revision": update.revision,
+                "initial": update.initial,
+                "services": update.services.len(),
+                "pods": update.pods.len(),
+                "node": update.node.is_some(),
+                "time": crate::telemetry::utc_now(),
+            }),
+        };
+        println!("{}", serde_json::to_string(&line)?);
         programming.programmed(&update.trigger_times);
         next = tokio::select! {
             u = updates_rx.recv() => u,

@@ -194,6 +194,8 @@ pub fn service_state(
             }
             frontends.sort();
             frontends.dedup();
+            // Vec growth leaves up to 4× capacity; this state lives as long as the service.
+            frontends.shrink_to_fit();
             ports.push(ServicePortState {
                 name: port.name.clone(),
                 protocol: port.protocol,
@@ -217,6 +219,7 @@ pub fn service_state(
     ports.sort_by(|a, b| {
         (a.ip_family, &a.name, a.protocol, a.port).cmp(&(b.ip_family, &b.name, b.protocol, b.port))
     });
+    ports.shrink_to_fit();
     ServiceState {
         namespace: key.namespace.clone(),
         name: key.name.clone(),

@@ -365,6 +365,11 @@ pub fn service(svc: &Service, cfg: &IngestConfig) -> Result<Ingested<ServiceReco
     let etp_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     // R4: the health check only exists for LoadBalancer + eTP=Local.
+    for v in [&mut cluster_ips, &mut external_ips, &mut lb_ips] {
+        v.shrink_to_fit();
+    }
+    ports.shrink_to_fit();
+    source_ranges.shrink_to_fit();
     let health_check_node_port = (is_lb && etp_local)
         .then(|| spec.health_check_node_port.and_then(port_u16))
         .flatten();
@@ -561,6 +566,8 @@ pub fn endpoint_slice(
             zone_hints,
         });
     }
+    ports.shrink_to_fit();
+    endpoints.shrink_to_fit();
     let trigger_time = meta
         .annotations
         .as_ref()

@@ -158,8 +158,11 @@ pub struct Enls {
 
     services: HashMap<ObjKey, ServiceRecord>,
     slices: HashMap<ObjKey, SliceRecord>,
-    /// Service → names of its slices (sorted, so the merge order is deterministic).
-    slices_by_service: HashMap<ObjKey, BTreeSet<Arc<str>>>,
+    /// Service → names of its slices, sorted (the merge order is deterministic). A Vec: most
+    /// services have one slice, and a set's node would cost ~10× the memory.
+    slices_by_service: HashMap<ObjKey, Vec<Arc<str>>>,
+    /// Low-cardinality strings (namespaces, port names, zones) shared across records.
+    interner: Interner,
     node: Option<NodeInfo>,
     pods: HashMap<ObjKey, Arc<PodIdentity>>,
 
@@ -192,6 +195,7 @@ impl Enls {
             services: HashMap::new(),
             slices: HashMap::new(),
             slices_by_service: HashMap::new(),
+            interner: Interner::default(),
             node: None,
             pods: HashMap::new(),
             listing: Default::default(),
@@ -273,7 +277,10 @@ impl Enls {
     fn apply(&mut self, obj: Object) {
         let kind = obj.kind();
         let key = match ingest::key_of(kind, obj.meta()) {
-            Ok(key) => key,
+            Ok(key) => ObjKey {
+                namespace: self.interner.get(&key.namespace),
+                name: key.name,
+            },
             Err(r) => return self.reject(&r),
         };
         if let Some(seen) = self.listing[kind.index()].as_mut() {
@@ -330,16 +337,28 @@ impl Enls {
         }
     }
 
-    fn set_service(&mut self, key: ObjKey, rec: ServiceRecord) {
+    fn set_service(&mut self, key: ObjKey, mut rec: ServiceRecord) {
         if self.services.get(&key) == Some(&rec) {
             return;
+        }
+        for p in &mut rec.ports {
+            p.name = self.interner.get(&p.name);
         }
         self.services.insert(key.clone(), rec);
         self.metrics.service_changed();
         self.dirty_services.insert(key);
     }
 
-    fn set_slice(&mut self, key: ObjKey, rec: SliceRecord) {
+    fn set_slice(&mut self, key: ObjKey, mut rec: SliceRecord) {
+        rec.service.namespace = self.interner.get(&rec.service.namespace);
+        for p in &mut rec.ports {
+            p.name = self.interner.get(&p.name);
+        }
+        for ep in &mut rec.endpoints {
+            for z in ep.zone_hints.iter_mut() {
+                *z = self.interner.get(z);
+            }
+        }
         if let Some(old) = self.slices.get(&key) {
             if *old == rec {
                 return;
@@ -356,10 +375,13 @@ impl Enls {
             self.pending_triggers.push(t);
             self.metrics.queued_now();
         }
-        self.slices_by_service
+        let names = self
+            .slices_by_service
             .entry(rec.service.clone())
-            .or_default()
-            .insert(key.name.clone());
+            .or_default();
+        if let Err(at) = names.binary_search(&key.name) {
+            names.insert(at, key.name.clone());
+        }
         self.dirty_services.insert(rec.service.clone());
         self.slices.insert(key, rec);
         self.metrics.endpoints_changed();
@@ -367,7 +389,7 @@ impl Enls {
 
     fn unindex_slice(&mut self, service: &ObjKey, slice: &ObjKey) {
         if let Some(names) = self.slices_by_service.get_mut(service) {
-            names.remove(&slice.name);
+            names.retain(|n| *n != slice.name);
             if names.is_empty() {
                 self.slices_by_service.remove(service);
             }
@@ -529,6 +551,21 @@ impl Enls {
         self.metrics
             .revision(self.revision, self.state.len(), self.pod_state.len());
         Some(update)
+    }
+}
+
+/// Shares one allocation per distinct string. Only for low-cardinality values (namespaces, port
+/// names, zones): entries are never dropped.
+#[derive(Default)]
+struct Interner(std::collections::HashSet<Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, s: &Arc<str>) -> Arc<str> {
+        if let Some(existing) = self.0.get(s) {
+            return existing.clone();
+        }
+        self.0.insert(s.clone());
+        s.clone()
     }
 }
 

@@ -35,6 +35,9 @@ async fn client(opts: &SourceOptions) -> Result<Client, SourceError> {
     Client::try_from(config).map_err(|e| err(&e))
 }
 
+/// Objects per list page.
+const LIST_PAGE_SIZE: u32 = 100;
+
 pub async fn start(
     opts: &SourceOptions,
     tx: mpsc::Sender<SourceEvent>,
@@ -42,15 +45,20 @@ pub async fn start(
     let client = client(opts).await?;
     // R1: without a proxy name, services claimed by any proxy are filtered by the API server;
     // with one, the ENLS keeps ours (and unlabelled ones) and drops the rest.
+    // Small pages bound the memory a (re-)list holds at once: a page of objects decoded and
+    // buffered in the watcher while the engine digests it.
+    let base = watcher::Config::default().page_size(LIST_PAGE_SIZE);
     let services = match &opts.service_proxy_name {
-        None => {
-            watcher::Config::default().labels(&format!("!{}", ingest::LABEL_SERVICE_PROXY_NAME))
-        }
-        Some(_) => watcher::Config::default(),
+        None => base
+            .clone()
+            .labels(&format!("!{}", ingest::LABEL_SERVICE_PROXY_NAME)),
+        Some(_) => base.clone(),
     };
-    let slices = watcher::Config::default().labels(&format!("!{}", ingest::LABEL_HEADLESS));
-    let node = watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name));
-    let pods = watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node_name));
+    let slices = base.clone().labels(&format!("!{}", ingest::LABEL_HEADLESS));
+    let node = base
+        .clone()
+        .fields(&format!("metadata.name={}", opts.node_name));
+    let pods = base.fields(&format!("spec.nodeName={}", opts.node_name));
     Ok(vec![
         spawn_watch(
             Api::<Service>::all(client.clone()),
