@@ -289,17 +289,42 @@ fn cleanup_removes_pins_and_detaches_programs() {
     let node = cluster.node("node1");
     let mut agent = start_agent(&cluster, node);
     agent.terminate();
-    let links = std::fs::read_dir(node.bpffs.join("links"))
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let links: Vec<String> = std::fs::read_dir(node.bpffs.join("links"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for prefix in [
+        "tg_xdp_uplink@eth0#",
+        "tg_tc_ingress@eth0#",
+        "tg_tc_egress@eth0#",
+    ] {
+        assert!(
+            links.iter().any(|l| l.starts_with(prefix)),
+            "{prefix}… pinned after a clean stop: {links:?}"
+        );
+    }
     assert_eq!(
-        links, 3,
-        "xdp + tc ingress + tc egress links stay pinned after a clean stop"
+        links.iter().filter(|l| l.contains("@cgroup-")).count(),
+        8,
+        "8 socket hooks: {links:?}"
     );
     let xdp_attached = |node: &Node| node.ns.ip(&["link", "show", "eth0"]).contains("xdp");
     assert!(
         xdp_attached(node),
         "xdp stays attached while the agent is stopped"
+    );
+    let cgroup_hooks = || {
+        let out = Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(&node.cgroup)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).matches("tg_").count()
+    };
+    assert_eq!(
+        cgroup_hooks(),
+        8,
+        "socket hooks stay attached while the agent is stopped"
     );
 
     let mut cmd = Command::new(tollgate_bin());
@@ -313,6 +338,9 @@ fn cleanup_removes_pins_and_detaches_programs() {
     assert!(!node.bpffs.exists(), "pin directory removed");
     wait_for("xdp to detach", Duration::from_secs(5), || {
         (!xdp_attached(node)).then_some(())
+    });
+    wait_for("socket hooks to detach", Duration::from_secs(5), || {
+        (cgroup_hooks() == 0).then_some(())
     });
 }
 

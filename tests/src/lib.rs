@@ -17,8 +17,10 @@ pub mod k8s;
 pub mod netns;
 pub mod prefix;
 pub mod process;
+pub mod scenario;
 pub mod sweep;
 pub mod tools;
+pub mod traffic;
 
 pub use bpffs::BpffsDir;
 pub use cgroup::Cgroup;

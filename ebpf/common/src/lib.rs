@@ -17,6 +17,7 @@
 #![no_std]
 
 pub mod iface_stats;
+pub mod lb;
 
 /// Implements `aya::Pod` (userspace only) for map types that are plain old data: `repr(C)`,
 /// `Copy`, every byte accounted for by a field.
@@ -34,4 +35,18 @@ macro_rules! impl_pod {
 }
 
 /// Every map the kernel object defines; the agent pins each under its pin directory.
-pub const MAP_NAMES: &[&str] = &[iface_stats::NAME];
+pub const MAP_NAMES: &[&str] = &[
+    iface_stats::NAME,
+    lb::svc::NAME,
+    lb::backend::NAME,
+    lb::revnat::NAME,
+    lb::ct::NAME,
+    lb::affinity::NAME,
+    lb::sockct::NAME,
+    lb::sockrev::NAME,
+    lb::srcrange::NAME,
+    lb::stats::SVC_NAME,
+    lb::stats::BACKEND_NAME,
+    lb::svcinfo::NAME,
+    lb::config::NAME,
+];

@@ -1,19 +1,25 @@
-//! Tollgate's kernel programs. Entry points are thin: each calls a `try_*` function and turns
-//! every error into a deliberate verdict.
+//! Tollgate's kernel programs. Entry points are thin: each calls a `try_*`-style function and
+//! turns every error into a deliberate verdict.
 #![no_std]
 #![no_main]
 
+mod lb;
 mod maps;
+mod nat;
+mod sock;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_UNSPEC, xdp_action},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
+use aya_log_ebpf::debug;
 use tollgate_common::iface_stats::hook;
 
-/// XDP on uplinks. Today it only counts; the fast path for external service traffic builds on it.
+use crate::{nat::Side, sock::Hook};
+
+/// XDP on uplinks: counts (the per-packet translation runs at TC).
 #[xdp]
 pub fn tg_xdp_uplink(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
@@ -22,28 +28,95 @@ pub fn tg_xdp_uplink(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// TC ingress on uplinks and pod-facing interfaces.
-#[classifier]
-pub fn tg_tc_ingress(ctx: TcContext) -> i32 {
-    count_skb(&ctx, hook::TC_INGRESS);
-    // TC_ACT_UNSPEC lets the next program in the TCX chain (if any) decide; with none, the
-    // packet continues as if no program were attached.
-    TC_ACT_UNSPEC
-}
-
-/// TC egress on uplinks and pod-facing interfaces.
-#[classifier]
-pub fn tg_tc_egress(ctx: TcContext) -> i32 {
-    count_skb(&ctx, hook::TC_EGRESS);
-    TC_ACT_UNSPEC
-}
-
 #[inline(always)]
 fn count_skb(ctx: &TcContext, hook: u8) {
     // SAFETY: ctx.skb.skb points at the kernel's __sk_buff for the duration of the program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     stats::count(ifindex, hook, u64::from(ctx.len()));
 }
+
+#[inline(always)]
+fn translate(ctx: &TcContext, side: Side) -> i32 {
+    let verdict = nat::handle(ctx, side);
+    if verdict == TC_ACT_SHOT {
+        log_drop(ctx);
+    }
+    verdict
+}
+
+/// Cold path, out of line so the log record's buffer never adds to the translation's stack.
+#[inline(never)]
+fn log_drop(ctx: &TcContext) {
+    debug!(
+        ctx,
+        "service packet dropped (no endpoints, source range, or failed translation)"
+    );
+}
+
+/// TC ingress on uplinks: traffic from outside the node to NodePorts, externalIPs, LB IPs and
+/// ClusterIPs, and replies of translated flows.
+#[classifier]
+pub fn tg_tc_ingress(ctx: TcContext) -> i32 {
+    count_skb(&ctx, hook::TC_INGRESS);
+    translate(&ctx, Side::Outside)
+}
+
+/// TC egress on uplinks: host traffic to a service whose verdict is DROP is dropped here (the
+/// socket hook let it through so the client times out, as with kube-proxy).
+#[classifier]
+pub fn tg_tc_egress(ctx: TcContext) -> i32 {
+    count_skb(&ctx, hook::TC_EGRESS);
+    nat::drop_if_empty_service(&ctx)
+}
+
+/// TC ingress on pod-facing interfaces (packets from pods): replies of translated flows whose
+/// backend is this pod, and service traffic the socket hooks did not translate.
+#[classifier]
+pub fn tg_tc_from_pod(ctx: TcContext) -> i32 {
+    count_skb(&ctx, hook::TC_INGRESS);
+    translate(&ctx, Side::Pod)
+}
+
+/// TC egress on pod-facing interfaces: counts.
+#[classifier]
+pub fn tg_tc_to_pod(ctx: TcContext) -> i32 {
+    count_skb(&ctx, hook::TC_EGRESS);
+    TC_ACT_UNSPEC
+}
+
+macro_rules! sock_program {
+    ($name:ident, $attach:ident, $body:expr) => {
+        #[cgroup_sock_addr($attach)]
+        pub fn $name(ctx: SockAddrContext) -> i32 {
+            ($body)(&ctx)
+        }
+    };
+}
+
+sock_program!(tg_connect4, connect4, |c| sock::translate(
+    c,
+    false,
+    Hook::Connect
+));
+sock_program!(tg_connect6, connect6, |c| sock::translate(
+    c,
+    true,
+    Hook::Connect
+));
+sock_program!(tg_sendmsg4, sendmsg4, |c| sock::translate(
+    c,
+    false,
+    Hook::Sendmsg
+));
+sock_program!(tg_sendmsg6, sendmsg6, |c| sock::translate(
+    c,
+    true,
+    Hook::Sendmsg
+));
+sock_program!(tg_recvmsg4, recvmsg4, |c| sock::reverse(c, false));
+sock_program!(tg_recvmsg6, recvmsg6, |c| sock::reverse(c, true));
+sock_program!(tg_getpeername4, getpeername4, |c| sock::reverse(c, false));
+sock_program!(tg_getpeername6, getpeername6, |c| sock::reverse(c, true));
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,8 +1,27 @@
 //! Every map the programs use, declared once with BTF so `bpftool map dump` prints field names.
 //! Names, capacities and layouts come from `tollgate_common`.
 
-use aya_ebpf::{btf_maps::PerCpuHashMap, macros::btf_map};
-use tollgate_common::iface_stats::{self, IfaceStats, IfaceStatsKey};
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    macros::btf_map,
+};
+use tollgate_common::{
+    iface_stats::{self, IfaceStats, IfaceStatsKey},
+    lb::{
+        affinity::{self, AffinityKey, AffinityValue},
+        backend::{self, Backend},
+        config::Config,
+        ct::{self, CtEntry, CtKey},
+        revnat::{self, RevNat},
+        sockct::{self, SockCtKey, SockCtValue},
+        sockrev::{self, SockRevKey, SockRevValue},
+        srcrange::{self, SrcRangeKey},
+        stats::{self, Counters},
+        svc::{self, SvcKey, SvcValue},
+        svcinfo::{self, SvcInfo},
+    },
+};
 
 #[btf_map(name = "tg_ifstats_v1")]
 pub static IFACE_STATS: PerCpuHashMap<
@@ -10,3 +29,48 @@ pub static IFACE_STATS: PerCpuHashMap<
     IfaceStats,
     { iface_stats::CAPACITY as usize },
 > = PerCpuHashMap::new();
+
+#[btf_map(name = "tg_svc_v1")]
+pub static SERVICES: HashMap<SvcKey, SvcValue, { svc::CAPACITY as usize }> = HashMap::new();
+
+#[btf_map(name = "tg_backend_v1")]
+pub static BACKENDS: HashMap<u32, Backend, { backend::CAPACITY as usize }> = HashMap::new();
+
+#[btf_map(name = "tg_revnat_v1")]
+pub static REVNAT: HashMap<u32, RevNat, { revnat::CAPACITY as usize }> = HashMap::new();
+
+#[btf_map(name = "tg_ct_v1")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { ct::CAPACITY as usize }> = LruHashMap::new();
+
+#[btf_map(name = "tg_affinity_v1")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { affinity::CAPACITY as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "tg_sockct_v1")]
+pub static SOCK_CT: LruHashMap<SockCtKey, SockCtValue, { sockct::CAPACITY as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "tg_sockrev_v1")]
+pub static SOCK_REV: LruHashMap<SockRevKey, SockRevValue, { sockrev::CAPACITY as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "tg_srcrange_v1")]
+pub static SOURCE_RANGES: LpmTrie<
+    SrcRangeKey,
+    u8,
+    { srcrange::CAPACITY as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = LpmTrie::new();
+
+#[btf_map(name = "tg_svcstat_v1")]
+pub static SERVICE_STATS: PerCpuArray<Counters, { stats::CAPACITY as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "tg_bestat_v1")]
+pub static BACKEND_STATS: PerCpuArray<Counters, { stats::CAPACITY as usize }> = PerCpuArray::new();
+
+/// Written by userspace only (names for readers); declared here so it carries BTF.
+#[btf_map(name = "tg_svcinfo_v1")]
+pub static SERVICE_INFO: HashMap<u32, SvcInfo, { svcinfo::CAPACITY as usize }> = HashMap::new();
+
+#[btf_map(name = "tg_config_v1")]
+pub static CONFIG: Array<Config, 1> = Array::new();

@@ -50,13 +50,10 @@ fn main() -> anyhow::Result<()> {
     println!("outside client: {}", tollgate_tests::cluster::OUTSIDE_V4);
 
     section("starting the agent on every node");
+    let source = cluster.write_manifest(&[]);
     let mut agents = Vec::new();
     for node in &cluster.nodes {
-        let mut cmd = Command::new(tollgate_bin());
-        cmd.args(["run", "--node", &node.name, "--uplinks", "eth0", "--bpffs"])
-            .arg(&node.bpffs);
-        let mut agent = node.spawn("agent", cmd);
-        agent.wait_for_log("tollgate ready", Duration::from_secs(20));
+        let agent = tollgate_tests::agent::start_agent(node, &source, &[]);
         println!(
             "{}: agent ready, maps pinned under {}",
             node.name,

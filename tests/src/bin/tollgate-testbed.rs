@@ -29,6 +29,37 @@ enum Cmd {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Serve TCP and UDP until killed, answering `<name> <client address>`.
+    Serve {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        tcp: Vec<SocketAddr>,
+        #[arg(long, value_delimiter = ',')]
+        udp: Vec<SocketAddr>,
+    },
+    /// COUNT exchanges with a service, each on a new connection; prints a JSON tally.
+    Connect {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long, value_enum, default_value_t = tollgate_tests::traffic::Mode::Tcp)]
+        mode: tollgate_tests::traffic::Mode,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// One TCP connection exchanging LINES lines, INTERVAL apart; prints a JSON tally.
+    Session {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 10)]
+        lines: u64,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Send COUNT datagrams one after another, each waiting (≤ 1 s) for its echo; prints JSON.
     UdpPing {
         #[arg(long)]
@@ -50,6 +81,40 @@ fn main() -> anyhow::Result<()> {
             for line in report.removed {
                 println!("removed {line}");
             }
+            Ok(())
+        }
+        Cmd::Serve { name, tcp, udp } => {
+            tollgate_tests::traffic::serve(&name, &tcp, &udp)?;
+            Ok(())
+        }
+        Cmd::Connect {
+            to,
+            count,
+            mode,
+            timeout_ms,
+        } => {
+            let t = tollgate_tests::traffic::connect(
+                to,
+                count,
+                mode,
+                Duration::from_millis(timeout_ms),
+            );
+            println!("{}", serde_json::to_string(&t)?);
+            Ok(())
+        }
+        Cmd::Session {
+            to,
+            lines,
+            interval_ms,
+            timeout_ms,
+        } => {
+            let t = tollgate_tests::traffic::session(
+                to,
+                lines,
+                Duration::from_millis(interval_ms),
+                Duration::from_millis(timeout_ms),
+            );
+            println!("{}", serde_json::to_string(&t)?);
             Ok(())
         }
         Cmd::UdpEcho { listen } => {

@@ -1,8 +1,9 @@
-//! `tollgate maps`: the pinned maps as readable tables.
+//! `tollgate maps`: the pinned maps as readable tables (service → frontends → backends with
+//! counters, then interface counters), or JSON.
 
 use std::path::PathBuf;
 
-use crate::dataplane::{self, PinLayout};
+use crate::dataplane::{self, PinLayout, inspect};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -16,22 +17,86 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let pins = PinLayout::existing(&args.bpffs);
-    let rows = dataplane::stats::iface_stats(&pins)?;
+    let services = inspect::services(&pins)?;
+    let interfaces = dataplane::stats::iface_stats(&pins)?;
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "interfaces": rows }))?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "services": services,
+                "interfaces": interfaces,
+            }))?
         );
         return Ok(());
     }
     println!(
-        "{:<8} {:<10} {:<12} {:>12} {:>14}",
+        "{:<32} {:<12} {:<11} {:<28} {:<8} {:>7} {:>9} {:>11} {:>7}",
+        "SERVICE", "PORT", "KIND", "FRONTEND", "SCOPE", "CONNS", "PACKETS", "BYTES", "REFUSED"
+    );
+    for s in &services {
+        let port = format!(
+            "{}/{}",
+            if s.port_name.is_empty() {
+                s.port.to_string()
+            } else {
+                s.port_name.clone()
+            },
+            s.protocol
+        );
+        let name = format!("{}/{}", s.namespace, s.name);
+        for (i, f) in s.frontends.iter().enumerate() {
+            let (n, p, c) = if i == 0 {
+                (name.as_str(), port.as_str(), s.counters)
+            } else {
+                ("", "", Default::default())
+            };
+            let counters = if i == 0 {
+                format!(
+                    "{:>7} {:>9} {:>11} {:>7}",
+                    c.connections, c.packets, c.bytes, c.refused
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "{:<32} {:<12} {:<11} {:<28} {:<8} {counters}",
+                n, p, f.kind, f.address, f.scope
+            );
+            if f.backends.is_empty() {
+                let verdict = if f.flags.contains(&"drop-if-empty") {
+                    "DROP"
+                } else {
+                    "REJECT"
+                };
+                println!(
+                    "{:<32} {:<12} {:<11}   └─ no backends: {verdict}",
+                    "", "", ""
+                );
+            }
+            for b in &f.backends {
+                println!(
+                    "{:<32} {:<12} {:<11}   └─ {:<23} {:<8} {:>7} {:>9} {:>11}",
+                    "",
+                    "",
+                    "",
+                    b.address,
+                    format!("#{}", b.id),
+                    b.counters.connections,
+                    b.counters.packets,
+                    b.counters.bytes
+                );
+            }
+        }
+    }
+    println!();
+    println!(
+        "{:<8} {:<12} {:<12} {:>12} {:>14}",
         "IFINDEX", "IFACE", "HOOK", "PACKETS", "BYTES"
     );
-    for r in rows {
+    for r in interfaces {
         let name = crate::netif::name_of(r.ifindex).unwrap_or_else(|| "?".into());
         println!(
-            "{:<8} {:<10} {:<12} {:>12} {:>14}",
+            "{:<8} {:<12} {:<12} {:>12} {:>14}",
             r.ifindex, name, r.hook, r.packets, r.bytes
         );
     }

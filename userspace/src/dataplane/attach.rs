@@ -5,12 +5,15 @@
 //! the freshly loaded program (`BPF_LINK_UPDATE`: atomic, no moment without a program); only a
 //! missing link is created and pinned.
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
         tc::TcAttachOptions,
     },
@@ -35,6 +38,51 @@ pub enum AttachError {
         path: PathBuf,
         source: aya::pin::PinError,
     },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("interface {iface} does not exist")]
+    NoInterface { iface: String },
+}
+
+/// An interface name as it may appear in a pin name: bpffs rejects names with '.', which
+/// interface names may contain (VLANs); ':' never appears in interface names.
+fn pin_safe(iface: &str) -> String {
+    iface.replace('.', ":")
+}
+
+/// The pin target name of an interface: `name#ifindex`, so a re-created interface with the
+/// same name never inherits the dead link of its predecessor.
+fn iface_target(iface: &str) -> Result<String, AttachError> {
+    let c = std::ffi::CString::new(iface).map_err(|_| AttachError::NoInterface {
+        iface: iface.to_owned(),
+    })?;
+    // SAFETY: a valid C string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(AttachError::NoInterface {
+            iface: iface.to_owned(),
+        });
+    }
+    Ok(format!("{}#{index}", pin_safe(iface)))
+}
+
+/// Removes pins of `program` on `iface` other than `keep` (links of earlier interfaces with
+/// this name, or the whole set when `keep` is None).
+pub(super) fn unpin_iface(pins: &PinLayout, program: &str, iface: &str, keep: Option<&Path>) {
+    let prefix = format!("{program}@{}#", pin_safe(iface));
+    let Ok(entries) = std::fs::read_dir(pins.root().join("links")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && Some(e.path().as_path()) != keep {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// How XDP is attached to uplinks.
@@ -81,11 +129,11 @@ pub(super) fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), Da
 }
 
 fn pinned(path: &Path) -> Result<Option<FdLink>, AttachError> {
+    if !path.exists() {
+        return Ok(None);
+    }
     match PinnedLink::from_pin(path) {
         Ok(link) => Ok(Some(FdLink::from(link))),
-        Err(LinkError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
-            Ok(None)
-        }
         Err(source) => Err(AttachError::Link {
             path: path.to_owned(),
             source,
@@ -114,7 +162,8 @@ pub(super) fn xdp(
         .program_mut(program)
         .and_then(|p| p.try_into().ok())
         .ok_or(AttachError::NotLoaded { program })?;
-    let path = pins.link(program, iface);
+    let path = pins.link(program, &iface_target(iface)?);
+    unpin_iface(pins, program, iface, Some(&path));
     let err = |source| AttachError::Program {
         program,
         target: iface.to_owned(),
@@ -155,7 +204,8 @@ pub(super) fn tc(
         .program_mut(program)
         .and_then(|p| p.try_into().ok())
         .ok_or(AttachError::NotLoaded { program })?;
-    let path = pins.link(program, iface);
+    let path = pins.link(program, &iface_target(iface)?);
+    unpin_iface(pins, program, iface, Some(&path));
     let err = |source| AttachError::Program {
         program,
         target: iface.to_owned(),
@@ -188,5 +238,57 @@ pub(super) fn tc(
         }
     }
     tracing::info!(program, iface, ?direction, "tc attached");
+    Ok(())
+}
+
+/// Attaches a cgroup sock_addr program to the cgroup at `cgroup` as a bpf_link (links always
+/// coexist with other programs, and the kernel wants flags 0 for them), pinned; an existing
+/// pinned link is updated in place.
+pub(super) fn cgroup(
+    ebpf: &mut Ebpf,
+    pins: &PinLayout,
+    program: &'static str,
+    cgroup: &Path,
+) -> Result<(), AttachError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let io = |what, source| AttachError::Io {
+        what,
+        path: cgroup.to_owned(),
+        source,
+    };
+    let dir = std::fs::File::open(cgroup).map_err(|e| io("opening cgroup", e))?;
+    let ino = dir.metadata().map_err(|e| io("reading cgroup", e))?.ino();
+    let prog: &mut CgroupSockAddr = ebpf
+        .program_mut(program)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(AttachError::NotLoaded { program })?;
+    let path = pins.link(program, &format!("cgroup-{ino}"));
+    let err = |source| AttachError::Program {
+        program,
+        target: cgroup.display().to_string(),
+        source,
+    };
+    if path.exists() {
+        let link = super::sys::obj_get(&path).map_err(|source| AttachError::Io {
+            what: "opening pinned link",
+            path: path.clone(),
+            source,
+        })?;
+        let fd = prog.fd().map_err(err)?;
+        super::sys::link_update(link.as_fd(), fd.as_fd()).map_err(|source| AttachError::Io {
+            what: "updating pinned link",
+            path: path.clone(),
+            source,
+        })?;
+    } else {
+        let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(err)?;
+        let link = prog.take_link(id).map_err(err)?;
+        let link: FdLink = link.try_into().map_err(|source| AttachError::Link {
+            path: path.clone(),
+            source,
+        })?;
+        pin(link, &path)?;
+    }
+    tracing::info!(program, cgroup = %cgroup.display(), "cgroup hook attached");
     Ok(())
 }

@@ -1,11 +1,19 @@
 //! The eBPF dataplane: load the embedded kernel object, pin its maps under one bpffs directory,
-//! attach its programs (with pinned links, so they keep running while the agent restarts), and
-//! read counters back.
+//! attach its programs (with pinned links, so they keep running while the agent restarts),
+//! write the service maps from ENLS changes, and read counters back.
 
+pub mod addr;
 mod attach;
+pub mod gc;
+pub mod ifwatch;
+pub mod inspect;
+pub mod lbmaps;
 mod object;
 mod pins;
+pub mod program;
 pub mod stats;
+pub mod sys;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +58,20 @@ pub mod programs {
     pub const XDP_UPLINK: &str = "tg_xdp_uplink";
     pub const TC_INGRESS: &str = "tg_tc_ingress";
     pub const TC_EGRESS: &str = "tg_tc_egress";
+    pub const TC_FROM_POD: &str = "tg_tc_from_pod";
+    pub const TC_TO_POD: &str = "tg_tc_to_pod";
+    /// cgroup sock_addr programs: socket-level load balancing for pods and host processes.
+    pub const SOCK: [&str; 8] = [
+        "tg_connect4",
+        "tg_connect6",
+        "tg_sendmsg4",
+        "tg_sendmsg6",
+        "tg_recvmsg4",
+        "tg_recvmsg6",
+        "tg_getpeername4",
+        "tg_getpeername6",
+    ];
+    pub const POD_TC: [&str; 2] = [TC_FROM_POD, TC_TO_POD];
 }
 
 /// The loaded kernel object with its maps pinned under [`PinLayout`].
@@ -72,33 +94,44 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object::KERNEL_OBJECT)?;
-        for name in [
+        let names = [
             programs::XDP_UPLINK,
             programs::TC_INGRESS,
             programs::TC_EGRESS,
-        ] {
+            programs::TC_FROM_POD,
+            programs::TC_TO_POD,
+        ]
+        .into_iter()
+        .chain(programs::SOCK);
+        for name in names {
             attach::load_program(&mut ebpf, name)?;
         }
+        for name in tollgate_common::MAP_NAMES {
+            if ebpf.map(name).is_none() {
+                return Err(DataplaneError::MissingMap { name });
+            }
+        }
         Ok(Self { ebpf, pins })
+    }
+
+    /// Forwards the programs' log records (aya-log) to this process's log.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::debug!("no kernel log records: {e}");
+                None
+            }
+        }
     }
 
     pub fn pins(&self) -> &PinLayout {
         &self.pins
     }
 
-    /// XDP on an uplink, the fast path for traffic from outside the node.
-    pub fn attach_uplink_xdp(&mut self, iface: &str, mode: XdpModeArg) -> Result<(), AttachError> {
-        attach::xdp(
-            &mut self.ebpf,
-            &self.pins,
-            programs::XDP_UPLINK,
-            iface,
-            mode,
-        )
-    }
-
-    /// TC ingress and egress on an interface (uplink or pod-facing).
-    pub fn attach_tc(&mut self, iface: &str) -> Result<(), AttachError> {
+    /// An uplink: XDP (unless off) and TC ingress/egress.
+    pub fn attach_uplink(&mut self, iface: &str, xdp: XdpModeArg) -> Result<(), AttachError> {
+        attach::xdp(&mut self.ebpf, &self.pins, programs::XDP_UPLINK, iface, xdp)?;
         attach::tc(
             &mut self.ebpf,
             &self.pins,
@@ -113,6 +146,39 @@ impl Dataplane {
             iface,
             aya::programs::TcAttachType::Egress,
         )
+    }
+
+    /// A pod-facing interface (the host end of a pod's veth).
+    pub fn attach_pod_interface(&mut self, iface: &str) -> Result<(), AttachError> {
+        attach::tc(
+            &mut self.ebpf,
+            &self.pins,
+            programs::TC_FROM_POD,
+            iface,
+            aya::programs::TcAttachType::Ingress,
+        )?;
+        attach::tc(
+            &mut self.ebpf,
+            &self.pins,
+            programs::TC_TO_POD,
+            iface,
+            aya::programs::TcAttachType::Egress,
+        )
+    }
+
+    /// A pod-facing interface went away: its links died with it; drop their pins.
+    pub fn forget_interface(&mut self, iface: &str) {
+        for program in programs::POD_TC {
+            attach::unpin_iface(&self.pins, program, iface, None);
+        }
+    }
+
+    /// The socket hooks, on the cgroup v2 directory holding the pods and host processes.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), AttachError> {
+        for program in programs::SOCK {
+            attach::cgroup(&mut self.ebpf, &self.pins, program, cgroup)?;
+        }
+        Ok(())
     }
 }
 

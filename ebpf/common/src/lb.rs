@@ -1,0 +1,426 @@
+//! Service load-balancing maps (Cilium's proven model).
+//!
+//! - `tg_svc_v1`: per frontend (VIP, port, protocol, scope) one entry with `slot = 0` holding the
+//!   backend count and flags, and entries `slot = 1..=count` holding backend IDs;
+//! - `tg_backend_v1`: backends by ID;
+//! - `tg_revnat_v1`: frontend address by frontend (rev-NAT) ID;
+//! - `tg_ct_v1`: LRU conntrack for per-packet NAT (traffic from outside, and pod traffic the
+//!   socket hooks did not translate);
+//! - `tg_affinity_v1`: LRU ClientIP session affinity;
+//! - `tg_sockct_v1` / `tg_sockrev_v1`: per-socket backend choice and reverse translation for the
+//!   socket hooks (unconnected UDP, recvmsg, getpeername);
+//! - `tg_srcrange_v1`: loadBalancerSourceRanges (LPM);
+//! - `tg_svcstat_v1` / `tg_bestat_v1`: per-CPU counters by service-port ID and backend ID;
+//! - `tg_config_v1`: one entry of node-wide settings.
+//!
+//! Addresses are `[u32; 4]` in network byte order; IPv4 is stored IPv4-mapped
+//! (`::ffff:a.b.c.d`), so one code path and one map serve both families.
+
+/// IPv4 `a.b.c.d` (network order, as in a packet) as the IPv4-mapped IPv6 address words.
+#[inline(always)]
+pub const fn v4_mapped(be_addr: u32) -> [u32; 4] {
+    [0, 0, u32::to_be(0x0000_ffff), be_addr]
+}
+
+/// Is this (network-order) address IPv4-mapped?
+#[inline(always)]
+pub const fn is_v4_mapped(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == u32::to_be(0x0000_ffff)
+}
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `SvcKey::scope`: which traffic a frontend entry serves.
+pub mod scope {
+    /// Pods and host processes (socket hooks, pod-facing TC): ClusterIP → internal set,
+    /// external frontends → cluster set.
+    pub const INTERNAL: u8 = 0;
+    /// Traffic arriving from outside the node, written only where it differs from INTERNAL
+    /// (externalTrafficPolicy=Local); lookups fall back to INTERNAL.
+    pub const EXTERNAL: u8 = 1;
+}
+
+/// `SvcValue::flags` of a frontend entry.
+pub mod svc_flags {
+    /// An external frontend (NodePort, externalIP, LoadBalancer IP).
+    pub const EXTERNAL: u16 = 1;
+    /// A LoadBalancer VIP with loadBalancerSourceRanges to enforce.
+    pub const SOURCE_RANGES: u16 = 2;
+    /// With no backend slots: DROP (endpoints exist, not for this traffic); else REJECT.
+    pub const DROP_IF_EMPTY: u16 = 4;
+    /// Backends are local only (Local traffic policy): keep the client address (no SNAT).
+    pub const LOCAL_ONLY: u16 = 8;
+    /// The frontend address is one of this node's addresses (NodePort): SNAT to it.
+    pub const NODE_ADDRESS: u16 = 16;
+}
+
+pub mod svc {
+    pub const NAME: &str = "tg_svc_v1";
+    pub const CAPACITY: u32 = 262_144;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SvcKey {
+        /// be: frontend address (IPv4-mapped for IPv4).
+        pub addr: [u32; 4],
+        /// be: frontend port.
+        pub port: u16,
+        /// IP protocol number.
+        pub proto: u8,
+        /// One of [`super::scope`].
+        pub scope: u8,
+        /// host: 0 = the frontend entry, 1..=count = backend slots.
+        pub slot: u16,
+        pub pad: [u8; 2],
+    }
+    const _: () = assert!(core::mem::size_of::<SvcKey>() == 24);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SvcValue {
+        /// host: slot entries: the backend ID.
+        pub backend_id: u32,
+        /// host: frontend entry: number of backend slots.
+        pub count: u16,
+        /// host: frontend entry: [`super::svc_flags`].
+        pub flags: u16,
+        /// host: frontend entry: this frontend's ID (key of `tg_revnat_v1`).
+        pub rev_nat_id: u32,
+        /// host: frontend entry: the service port's ID (counters, affinity).
+        pub service_id: u32,
+        /// host: frontend entry: ClientIP affinity timeout in seconds; 0 = no affinity.
+        pub affinity_timeout: u32,
+        pub pad: [u8; 4],
+    }
+    const _: () = assert!(core::mem::size_of::<SvcValue>() == 24);
+
+    crate::impl_pod!(SvcKey, SvcValue);
+}
+
+/// `Backend::flags`.
+pub mod backend_flags {
+    /// The backend runs on this node.
+    pub const LOCAL: u8 = 1;
+}
+
+pub mod backend {
+    pub const NAME: &str = "tg_backend_v1";
+    pub const CAPACITY: u32 = 131_072;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct Backend {
+        /// be: backend address (IPv4-mapped for IPv4).
+        pub addr: [u32; 4],
+        /// be: backend port.
+        pub port: u16,
+        /// IP protocol number.
+        pub proto: u8,
+        /// [`super::backend_flags`].
+        pub flags: u8,
+    }
+    const _: () = assert!(core::mem::size_of::<Backend>() == 20);
+
+    crate::impl_pod!(Backend);
+}
+
+pub mod revnat {
+    pub const NAME: &str = "tg_revnat_v1";
+    pub const CAPACITY: u32 = 131_072;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct RevNat {
+        /// be: frontend address.
+        pub addr: [u32; 4],
+        /// be: frontend port.
+        pub port: u16,
+        pub pad: [u8; 2],
+    }
+    const _: () = assert!(core::mem::size_of::<RevNat>() == 20);
+
+    crate::impl_pod!(RevNat);
+}
+
+/// `CtKey::dir`.
+pub mod ct_dir {
+    /// Client → frontend, as the packet arrives.
+    pub const FORWARD: u8 = 0;
+    /// Backend → (client or SNAT address), the reply as it arrives.
+    pub const REPLY: u8 = 1;
+}
+
+/// `CtEntry::flags`.
+pub mod ct_flags {
+    /// The source was translated (SNAT) too.
+    pub const SNAT: u8 = 1;
+    /// After translation the packet is redirected out through the FIB (its source is an
+    /// address of this node, which the stack would drop as martian on input).
+    pub const REDIRECT: u8 = 2;
+}
+
+pub mod ct {
+    pub const NAME: &str = "tg_ct_v1";
+    pub const CAPACITY: u32 = 262_144;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct CtKey {
+        /// be: source address of the packet as it arrives.
+        pub saddr: [u32; 4],
+        /// be: destination address of the packet as it arrives.
+        pub daddr: [u32; 4],
+        /// be: source port.
+        pub sport: u16,
+        /// be: destination port.
+        pub dport: u16,
+        /// IP protocol number.
+        pub proto: u8,
+        /// [`super::ct_dir`].
+        pub dir: u8,
+        pub pad: [u8; 2],
+    }
+    const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct CtEntry {
+        /// be: FORWARD: new destination (the backend); REPLY: new source (the frontend).
+        pub to_addr: [u32; 4],
+        /// be: FORWARD: new source (SNAT address); REPLY: new destination (the client).
+        /// Zero without SNAT.
+        pub nat_addr: [u32; 4],
+        /// be: port that goes with `to_addr`.
+        pub to_port: u16,
+        /// be: port that goes with `nat_addr`.
+        pub nat_port: u16,
+        /// [`super::ct_flags`].
+        pub flags: u8,
+        pub pad: [u8; 3],
+        /// host: the backend (for purging and counters).
+        pub backend_id: u32,
+        /// host: the service port (counters).
+        pub service_id: u32,
+        /// host: seconds (CLOCK_MONOTONIC) of the last packet, refreshed at most once a second.
+        pub last_seen: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<CtEntry>() == 52);
+
+    crate::impl_pod!(CtKey, CtEntry);
+}
+
+/// `AffinityKey::kind`.
+pub mod affinity_kind {
+    /// `client` is the client's IP address (traffic seen per packet).
+    pub const CLIENT_IP: u8 = 0;
+    /// `client[0..2]` is the socket's network-namespace cookie (socket hooks: a pod).
+    pub const NETNS: u8 = 1;
+}
+
+pub mod affinity {
+    pub const NAME: &str = "tg_affinity_v1";
+    pub const CAPACITY: u32 = 65_536;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct AffinityKey {
+        /// be: client address, or (host) netns cookie in words 0..2 (see `kind`).
+        pub client: [u32; 4],
+        /// host: the service port.
+        pub service_id: u32,
+        /// [`super::affinity_kind`].
+        pub kind: u8,
+        pub pad: [u8; 3],
+    }
+    const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct AffinityValue {
+        /// host: the backend chosen last.
+        pub backend_id: u32,
+        /// host: seconds (CLOCK_MONOTONIC) of the last use.
+        pub last_used: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<AffinityValue>() == 8);
+
+    crate::impl_pod!(AffinityKey, AffinityValue);
+}
+
+pub mod sockct {
+    //! Unconnected-UDP sockets keep their backend per frontend (kube-proxy's conntrack gives a
+    //! UDP "flow" one backend); purged when the backend goes away.
+    pub const NAME: &str = "tg_sockct_v1";
+    pub const CAPACITY: u32 = 65_536;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SockCtKey {
+        /// host: socket cookie.
+        pub cookie: u64,
+        /// be: frontend address.
+        pub addr: [u32; 4],
+        /// be: frontend port.
+        pub port: u16,
+        /// IP protocol number.
+        pub proto: u8,
+        pub pad: [u8; 5],
+    }
+    const _: () = assert!(core::mem::size_of::<SockCtKey>() == 32);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SockCtValue {
+        /// host: the chosen backend.
+        pub backend_id: u32,
+        /// host: the service port (to purge when the backend leaves it).
+        pub service_id: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<SockCtValue>() == 8);
+
+    crate::impl_pod!(SockCtKey, SockCtValue);
+}
+
+pub mod sockrev {
+    //! For recvmsg/getpeername: what a socket talking to a backend believes it talks to.
+    pub const NAME: &str = "tg_sockrev_v1";
+    pub const CAPACITY: u32 = 131_072;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SockRevKey {
+        /// host: socket cookie.
+        pub cookie: u64,
+        /// be: backend address.
+        pub addr: [u32; 4],
+        /// be: backend port.
+        pub port: u16,
+        pub pad: [u8; 6],
+    }
+    const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SockRevValue {
+        /// be: frontend address.
+        pub addr: [u32; 4],
+        /// be: frontend port.
+        pub port: u16,
+        pub pad: [u8; 2],
+    }
+    const _: () = assert!(core::mem::size_of::<SockRevValue>() == 20);
+
+    crate::impl_pod!(SockRevKey, SockRevValue);
+}
+
+pub mod srcrange {
+    //! loadBalancerSourceRanges: LPM over (frontend ID, client address).
+    pub const NAME: &str = "tg_srcrange_v1";
+    pub const CAPACITY: u32 = 65_536;
+
+    /// The LPM data after the kernel's leading `prefixlen`: the prefix length counts the 32
+    /// bits of `rev_nat_id` plus the range's bits (96 more for an IPv4 range, IPv4-mapped).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SrcRangeKey {
+        /// be: the frontend ID (big-endian so it is the most significant bits).
+        pub rev_nat_id: u32,
+        /// be: client address prefix.
+        pub addr: [u32; 4],
+    }
+    const _: () = assert!(core::mem::size_of::<SrcRangeKey>() == 20);
+
+    crate::impl_pod!(SrcRangeKey);
+}
+
+pub mod stats {
+    //! Per-CPU counters, indexed by service-port ID (`tg_svcstat_v1`) and backend ID
+    //! (`tg_bestat_v1`).
+    pub const SVC_NAME: &str = "tg_svcstat_v1";
+    pub const BACKEND_NAME: &str = "tg_bestat_v1";
+    /// IDs must stay below this.
+    pub const CAPACITY: u32 = 65_536;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Counters {
+        /// host: packets translated per packet (TC/XDP).
+        pub packets: u64,
+        /// host: bytes translated per packet (TC/XDP).
+        pub bytes: u64,
+        /// host: new connections (socket hooks and new per-packet flows).
+        pub connections: u64,
+        /// host: connections refused or dropped for lack of endpoints or by source ranges.
+        pub refused: u64,
+    }
+    const _: () = assert!(core::mem::size_of::<Counters>() == 32);
+
+    crate::impl_pod!(Counters);
+}
+
+pub mod svcinfo {
+    //! Names of service ports by ID, for `tollgate maps`, metrics and `bpftool` readers (the
+    //! programs never read it).
+    pub const NAME: &str = "tg_svcinfo_v1";
+    pub const CAPACITY: u32 = super::stats::CAPACITY;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct SvcInfo {
+        /// NUL-padded namespace.
+        pub namespace: [u8; 64],
+        /// NUL-padded service name.
+        pub name: [u8; 64],
+        /// NUL-padded port name ("" for an unnamed port).
+        pub port_name: [u8; 16],
+        /// host: service port.
+        pub port: u16,
+        /// IP protocol number.
+        pub proto: u8,
+        /// 4 or 6.
+        pub family: u8,
+        pub pad: [u8; 4],
+    }
+    const _: () = assert!(core::mem::size_of::<SvcInfo>() == 152);
+
+    impl Default for SvcInfo {
+        fn default() -> Self {
+            Self {
+                namespace: [0; 64],
+                name: [0; 64],
+                port_name: [0; 16],
+                port: 0,
+                proto: 0,
+                family: 0,
+                pad: [0; 4],
+            }
+        }
+    }
+
+    crate::impl_pod!(SvcInfo);
+}
+
+pub mod config {
+    pub const NAME: &str = "tg_config_v1";
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Config {
+        /// host: cookie of the node's own network namespace (host processes).
+        pub host_netns_cookie: u64,
+        /// be: source address for SNAT of IPv4 traffic to non-node frontends (IPv4-mapped).
+        pub snat_v4: [u32; 4],
+        /// be: source address for SNAT of IPv6 traffic to non-node frontends.
+        pub snat_v6: [u32; 4],
+        /// host: SNAT source ports are drawn from `snat_port_min..=snat_port_max`.
+        pub snat_port_min: u16,
+        pub snat_port_max: u16,
+        /// host: 1 once the agent has programmed its first complete state.
+        pub ready: u8,
+        pub pad: [u8; 3],
+    }
+    const _: () = assert!(core::mem::size_of::<Config>() == 48);
+
+    crate::impl_pod!(Config);
+}

@@ -1,0 +1,181 @@
+//! Frontend lookup and backend choice, shared by the socket hooks and the per-packet path.
+
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use tollgate_common::lb::{
+    affinity::{AffinityKey, AffinityValue},
+    backend::Backend,
+    scope,
+    stats::Counters,
+    svc::{SvcKey, SvcValue},
+};
+
+use crate::maps::{AFFINITY, BACKEND_STATS, BACKENDS, SERVICE_STATS, SERVICES};
+
+/// Seconds of CLOCK_MONOTONIC (what userspace compares `last_seen`/`last_used` with).
+#[inline(always)]
+pub fn now_secs() -> u32 {
+    // SAFETY: helper without preconditions.
+    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
+}
+
+/// A frontend entry found for a destination.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Frontend {
+    pub key: SvcKey,
+    pub value: SvcValue,
+}
+
+#[inline(always)]
+fn lookup(addr: [u32; 4], port: u16, proto: u8, scope: u8) -> Option<Frontend> {
+    let key = SvcKey {
+        addr,
+        port,
+        proto,
+        scope,
+        slot: 0,
+        pad: [0; 2],
+    };
+    // SAFETY: the value is copied out immediately.
+    let value = *unsafe { SERVICES.get(key) }?;
+    Some(Frontend { key, value })
+}
+
+/// For pods and host processes.
+#[inline(always)]
+pub fn frontend_inside(addr: [u32; 4], port: u16, proto: u8) -> Option<Frontend> {
+    lookup(addr, port, proto, scope::INTERNAL)
+}
+
+/// Looks `key` (slot 0) up, falling back to the internal scope for an external lookup; fills
+/// `out` in place (for callers short of stack). Returns whether it was found.
+#[inline(always)]
+pub fn frontend_into(key: &mut SvcKey, out: &mut Frontend) -> bool {
+    // SAFETY: copied out immediately.
+    let mut found = unsafe { SERVICES.get(&*key) }.copied();
+    if found.is_none() && key.scope == scope::EXTERNAL {
+        key.scope = scope::INTERNAL;
+        // SAFETY: as above.
+        found = unsafe { SERVICES.get(&*key) }.copied();
+    }
+    match found {
+        Some(value) => {
+            out.key = *key;
+            out.value = value;
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+pub fn backend(id: u32) -> Option<Backend> {
+    // SAFETY: copied out immediately.
+    unsafe { BACKENDS.get(id) }.copied()
+}
+
+#[inline(always)]
+fn slot(fe: &Frontend, slot: u16) -> Option<u32> {
+    let mut key = fe.key;
+    key.slot = slot;
+    // SAFETY: copied out immediately.
+    unsafe { SERVICES.get(key) }.map(|v| v.backend_id)
+}
+
+/// A backend choice (out of line: [`choose`] keeps its lookups in its own stack frame).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Chosen {
+    pub id: u32,
+    pub backend: Backend,
+}
+
+/// [`select`] in its own stack frame; returns 1 with `out` filled, or 0.
+#[inline(never)]
+pub fn choose(fe: &Frontend, client: &[u32; 4], client_kind: u8, out: &mut Chosen) -> u32 {
+    match select(fe, *client, client_kind) {
+        Some((id, backend)) => {
+            *out = Chosen { id, backend };
+            1
+        }
+        None => 0,
+    }
+}
+
+/// Picks a backend: the affine one while its affinity is fresh, else a random slot (no shared
+/// cursor is written per connection). `client` identifies the client for affinity.
+#[inline(always)]
+pub fn select(fe: &Frontend, client: [u32; 4], client_kind: u8) -> Option<(u32, Backend)> {
+    let count = fe.value.count;
+    if count == 0 {
+        return None;
+    }
+    let timeout = fe.value.affinity_timeout;
+    let akey = AffinityKey {
+        client,
+        service_id: fe.value.service_id,
+        kind: client_kind,
+        pad: [0; 3],
+    };
+    let now = now_secs();
+    if timeout != 0
+        // SAFETY: copied out immediately.
+        && let Some(a) = unsafe { AFFINITY.get(akey) }.copied()
+        && now.wrapping_sub(a.last_used) <= timeout
+        && let Some(b) = backend(a.backend_id)
+    {
+        let _ = AFFINITY.insert(
+            akey,
+            AffinityValue {
+                backend_id: a.backend_id,
+                last_used: now,
+            },
+            0,
+        );
+        return Some((a.backend_id, b));
+    }
+    // SAFETY: helper without preconditions.
+    let rnd = unsafe { bpf_get_prandom_u32() };
+    let pick = (rnd % u32::from(count)) as u16 + 1;
+    // A shrinking service may have lost the picked slot between the two lookups.
+    let id = match slot(fe, pick) {
+        Some(id) => id,
+        None => slot(fe, 1)?,
+    };
+    let b = backend(id)?;
+    if timeout != 0 {
+        let _ = AFFINITY.insert(
+            akey,
+            AffinityValue {
+                backend_id: id,
+                last_used: now,
+            },
+            0,
+        );
+    }
+    Some((id, b))
+}
+
+/// Adds to this CPU's counters of a service port and a backend.
+#[inline(always)]
+pub fn count(
+    service_id: u32,
+    backend_id: u32,
+    packets: u64,
+    bytes: u64,
+    connections: u64,
+    refused: u64,
+) {
+    for (map, id) in [(&SERVICE_STATS, service_id), (&BACKEND_STATS, backend_id)] {
+        if let Some(c) = map.get_ptr_mut(id) {
+            // SAFETY: this CPU's slot of a per-CPU array; nothing else writes it concurrently.
+            unsafe {
+                let c: &mut Counters = &mut *c;
+                c.packets += packets;
+                c.bytes += bytes;
+                c.connections += connections;
+                c.refused += refused;
+            }
+        }
+    }
+}

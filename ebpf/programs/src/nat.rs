@@ -1,0 +1,738 @@
+//! Per-packet service translation at TC: traffic arriving from outside the node (NodePorts,
+//! externalIPs, LoadBalancer IPs, ClusterIPs routed to the node) and pod traffic the socket hooks
+//! did not translate.
+//!
+//! A new flow gets two conntrack entries: FORWARD (client → frontend, as it arrives) rewrites
+//! the destination to the backend (and the source to an SNAT address when kube-proxy would
+//! masquerade); REPLY (backend → client or SNAT address) rewrites it back. A packet whose new
+//! source is an address of this node cannot go through the stack's input path (it would be
+//! dropped as martian), so it is redirected out through a FIB lookup instead.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
+    },
+    btf_maps::PerCpuArray,
+    helpers::{
+        bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_redirect,
+        bpf_redirect_neigh, bpf_skb_change_tail,
+    },
+    macros::btf_map,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use tollgate_common::lb::{
+    PROTO_TCP, PROTO_UDP, affinity_kind,
+    ct::{CtEntry, CtKey},
+    ct_dir, ct_flags, is_v4_mapped, scope,
+    srcrange::SrcRangeKey,
+    svc::SvcKey,
+    svc_flags, v4_mapped,
+};
+
+use crate::{
+    lb::{self, Frontend},
+    maps::{CONFIG, CONNTRACK, SOURCE_RANGES},
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Where the packet came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// An uplink: a client outside the node.
+    Outside,
+    /// A pod-facing interface: a pod.
+    Pod,
+}
+
+/// The parts of an IPv4/IPv6 TCP/UDP packet the translation needs.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Pkt {
+    pub v6: bool,
+    pub l3: usize,
+    pub l4: usize,
+    pub proto: u8,
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub csum_off: usize,
+    pub tcp_flags: u8,
+    pub len: u32,
+}
+
+type R<T> = Result<T, ()>;
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, off: usize) -> R<T> {
+    ctx.load::<T>(off).map_err(|_| ())
+}
+
+/// Parses the packet; `None` for anything the translation leaves alone (not IP, not TCP/UDP,
+/// non-first fragments, IPv6 extension headers).
+#[inline(always)]
+pub fn parse_into(ctx: &TcContext, out: &mut Pkt) -> bool {
+    match parse(ctx) {
+        Ok(Some(p)) => {
+            *out = p;
+            true
+        }
+        _ => false,
+    }
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> R<Option<Pkt>> {
+    // SAFETY: the kernel's __sk_buff for this call.
+    let (eth_proto, len) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).len) };
+    let eth_proto = u16::from_be(eth_proto as u16);
+    let l3 = ETH_HLEN;
+    let (v6, l4, proto, saddr, daddr) = match eth_proto {
+        ETH_P_IP => {
+            let vihl: u8 = load(ctx, l3)?;
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            if vihl >> 4 != 4 || ihl < 20 {
+                return Ok(None);
+            }
+            let frag: u16 = load(ctx, l3 + 6)?;
+            if u16::from_be(frag) & 0x1fff != 0 {
+                return Ok(None);
+            }
+            let proto: u8 = load(ctx, l3 + 9)?;
+            let s: u32 = load(ctx, l3 + 12)?;
+            let d: u32 = load(ctx, l3 + 16)?;
+            (false, l3 + ihl, proto, v4_mapped(s), v4_mapped(d))
+        }
+        ETH_P_IPV6 => {
+            let proto: u8 = load(ctx, l3 + 6)?;
+            let s: [u32; 4] = load(ctx, l3 + 8)?;
+            let d: [u32; 4] = load(ctx, l3 + 24)?;
+            (true, l3 + 40, proto, s, d)
+        }
+        _ => return Ok(None),
+    };
+    let (csum_off, tcp_flags) = match proto {
+        PROTO_TCP => (l4 + 16, load::<u8>(ctx, l4 + 13)?),
+        PROTO_UDP => (l4 + 6, 0),
+        _ => return Ok(None),
+    };
+    Ok(Some(Pkt {
+        v6,
+        l3,
+        l4,
+        proto,
+        saddr,
+        daddr,
+        sport: load(ctx, l4)?,
+        dport: load(ctx, l4 + 2)?,
+        csum_off,
+        tcp_flags,
+        len,
+    }))
+}
+
+#[inline(always)]
+fn l4_flags(p: &Pkt) -> u64 {
+    if p.proto == PROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    }
+}
+
+/// Rewrites the source (`src`) or destination address, fixing the IPv4 header checksum and the
+/// TCP/UDP pseudo-header checksum with the kernel's helpers (correct with offloaded checksums).
+#[inline(always)]
+fn set_addr(ctx: &TcContext, p: &mut Pkt, src: bool, new: [u32; 4]) -> R<()> {
+    let old = if src { p.saddr } else { p.daddr };
+    if old == new {
+        return Ok(());
+    }
+    if p.v6 {
+        let off = p.l3 + if src { 8 } else { 24 };
+        ctx.store(off, &new, 0).map_err(|_| ())?;
+        let mut o = old;
+        let mut n = new;
+        // SAFETY: two 16-byte stack buffers.
+        let diff = unsafe { bpf_csum_diff(o.as_mut_ptr(), 16, n.as_mut_ptr(), 16, 0) };
+        ctx.l4_csum_replace(
+            p.csum_off,
+            0,
+            diff as u64,
+            u64::from(BPF_F_PSEUDO_HDR) | l4_flags(p),
+        )
+        .map_err(|_| ())?;
+    } else {
+        let off = p.l3 + if src { 12 } else { 16 };
+        ctx.store(off, &new[3], 0).map_err(|_| ())?;
+        ctx.l3_csum_replace(p.l3 + 10, u64::from(old[3]), u64::from(new[3]), 4)
+            .map_err(|_| ())?;
+        ctx.l4_csum_replace(
+            p.csum_off,
+            u64::from(old[3]),
+            u64::from(new[3]),
+            u64::from(BPF_F_PSEUDO_HDR) | l4_flags(p) | 4,
+        )
+        .map_err(|_| ())?;
+    }
+    if src {
+        p.saddr = new;
+    } else {
+        p.daddr = new;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn set_port(ctx: &TcContext, p: &mut Pkt, src: bool, new: u16) -> R<()> {
+    let old = if src { p.sport } else { p.dport };
+    if old == new {
+        return Ok(());
+    }
+    ctx.store(p.l4 + if src { 0 } else { 2 }, &new, 0)
+        .map_err(|_| ())?;
+    ctx.l4_csum_replace(p.csum_off, u64::from(old), u64::from(new), l4_flags(p) | 2)
+        .map_err(|_| ())?;
+    if src {
+        p.sport = new;
+    } else {
+        p.dport = new;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn key(p: &Pkt, dir: u8) -> CtKey {
+    CtKey {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        dir,
+        pad: [0; 2],
+    }
+}
+
+/// Looks a flow up and refreshes its `last_seen` (at most once a second per flow). The entry
+/// is used in place (no copy on the stack).
+#[inline(always)]
+fn ct_get(k: &CtKey) -> Option<&'static CtEntry> {
+    let ptr = CONNTRACK.get_ptr_mut(k)?;
+    let now = lb::now_secs();
+    // SAFETY: the entry stays valid during this program run (RCU); a racing refresh of
+    // last_seen by another CPU is harmless.
+    unsafe {
+        if (*ptr).last_seen != now {
+            (*ptr).last_seen = now;
+        }
+        Some(&*ptr)
+    }
+}
+
+/// Sends the packet out of the interface the FIB chooses for its (translated) destination.
+#[inline(never)]
+fn fib_redirect(ctx: &TcContext, p: &Pkt) -> i32 {
+    // SAFETY: plain-old-data struct of the kernel's UAPI.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = if p.v6 { AF_INET6 } else { AF_INET };
+    params.l4_protocol = p.proto;
+    params.sport = p.sport;
+    params.dport = p.dport;
+    // SAFETY: the context's __sk_buff; unions of the UAPI struct written as documented.
+    unsafe {
+        params.__bindgen_anon_1.tot_len = (p.len as usize).saturating_sub(ETH_HLEN) as u16;
+        params.ifindex = (*ctx.skb.skb).ingress_ifindex;
+        if p.v6 {
+            params.__bindgen_anon_3.ipv6_src = p.saddr;
+            params.__bindgen_anon_4.ipv6_dst = p.daddr;
+        } else {
+            params.__bindgen_anon_3.ipv4_src = p.saddr[3];
+            params.__bindgen_anon_4.ipv4_dst = p.daddr[3];
+        }
+    }
+    // SAFETY: params is a valid stack struct of the size passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        if ctx.store(0, &params.dmac, 0).is_err() || ctx.store(6, &params.smac, 0).is_err() {
+            return TC_ACT_SHOT;
+        }
+        // SAFETY: redirect helper; returns TC_ACT_REDIRECT.
+        return unsafe { bpf_redirect(params.ifindex, 0) } as i32;
+    }
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        // The kernel resolves the neighbour itself.
+        // SAFETY: null parameters ask the helper for its own next-hop lookup.
+        return unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+    }
+    // No route: let the stack decide (and account for) it.
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn finish(ctx: &TcContext, p: &Pkt, redirect: bool) -> i32 {
+    if redirect {
+        fib_redirect(ctx, p)
+    } else {
+        TC_ACT_OK
+    }
+}
+
+/// Applies a conntrack entry: `to` replaces the destination (forward) or the source (reply);
+/// with SNAT, `nat` replaces the other end.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, p: &mut Pkt, e: &CtEntry, reply: bool) -> R<()> {
+    set_addr(ctx, p, reply, e.to_addr)?;
+    set_port(ctx, p, reply, e.to_port)?;
+    if e.flags & ct_flags::SNAT != 0 {
+        set_addr(ctx, p, !reply, e.nat_addr)?;
+        set_port(ctx, p, !reply, e.nat_port)?;
+    }
+    Ok(())
+}
+
+/// Forward direction of a known flow. Out of line (own stack frame); a failed rewrite drops
+/// the packet, which may be half rewritten.
+#[inline(never)]
+fn apply_forward(ctx: &TcContext, p: &mut Pkt, e: &CtEntry) -> i32 {
+    if rewrite(ctx, p, e, false).is_err() {
+        return TC_ACT_SHOT;
+    }
+    lb::count(e.service_id, e.backend_id, 1, u64::from(p.len), 0, 0);
+    finish(ctx, p, e.flags & ct_flags::REDIRECT != 0)
+}
+
+/// Reply direction of a known flow (see `apply_forward`).
+#[inline(never)]
+fn apply_reply(ctx: &TcContext, p: &mut Pkt, e: &CtEntry) -> i32 {
+    if rewrite(ctx, p, e, true).is_err() {
+        return TC_ACT_SHOT;
+    }
+    lb::count(e.service_id, e.backend_id, 1, u64::from(p.len), 0, 0);
+    finish(ctx, p, e.flags & ct_flags::REDIRECT != 0)
+}
+
+#[inline(always)]
+fn source_allowed(fe: &Frontend, client: &[u32; 4]) -> bool {
+    let data = SrcRangeKey {
+        rev_nat_id: fe.value.rev_nat_id.to_be(),
+        addr: *client,
+    };
+    SOURCE_RANGES.get(&Key::new(32 + 128, data)).is_some()
+}
+
+/// Per-CPU scratch space for the per-packet path: BPF's 512-byte stack cannot hold the packet
+/// summary and conntrack key and entry of every frame at once. TC programs run in softirq
+/// context on one CPU and never nest, so one buffer per CPU is enough (the socket hooks, which
+/// run in preemptible process context, never use it).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Scratch {
+    pub pkt: Pkt,
+    pub key: CtKey,
+    pub entry: CtEntry,
+    pub svc_key: SvcKey,
+    pub fe: Frontend,
+    pub chosen: lb::Chosen,
+    pub nat_addr: [u32; 4],
+}
+
+#[btf_map(name = "tg_scratch")]
+static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: this CPU's slot; nothing else on this CPU uses it while a TC program runs.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// Translates a packet on a TC hook. Returns the TC verdict; packets that cannot be parsed
+/// pass untouched.
+#[inline(always)]
+pub fn handle(ctx: &TcContext, side: Side) -> i32 {
+    let Some(s) = scratch() else {
+        return TC_ACT_UNSPEC;
+    };
+    if !parse_into(ctx, &mut s.pkt) {
+        return TC_ACT_UNSPEC;
+    }
+    s.key = key(&s.pkt, ct_dir::REPLY);
+    if let Some(e) = ct_get(&s.key) {
+        return apply_reply(ctx, &mut s.pkt, e);
+    }
+    s.key.dir = ct_dir::FORWARD;
+    if let Some(e) = ct_get(&s.key) {
+        return apply_forward(ctx, &mut s.pkt, e);
+    }
+    let p = &s.pkt;
+    s.svc_key = SvcKey {
+        addr: p.daddr,
+        port: p.dport,
+        proto: p.proto,
+        scope: if side == Side::Outside {
+            scope::EXTERNAL
+        } else {
+            scope::INTERNAL
+        },
+        slot: 0,
+        pad: [0; 2],
+    };
+    if !lb::frontend_into(&mut s.svc_key, &mut s.fe) {
+        return TC_ACT_UNSPEC;
+    }
+    let fe = &s.fe;
+    let p = &s.pkt;
+    if side == Side::Outside
+        && fe.value.flags & svc_flags::SOURCE_RANGES != 0
+        && !source_allowed(fe, &p.saddr)
+    {
+        lb::count(fe.value.service_id, 0, 0, 0, 0, 1);
+        return TC_ACT_SHOT;
+    }
+    if fe.value.count == 0 {
+        lb::count(fe.value.service_id, 0, 0, 0, 0, 1);
+        if fe.value.flags & svc_flags::DROP_IF_EMPTY != 0 {
+            return TC_ACT_SHOT;
+        }
+        return reject(ctx, p);
+    }
+    // A stray TCP segment of a flow we never saw (or evicted) must not start a new mapping:
+    // the backend would answer it with a reset. Let the stack handle it.
+    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) != TCP_SYN {
+        return TC_ACT_UNSPEC;
+    }
+    if new_flow(s, side) != 0 {
+        return TC_ACT_SHOT;
+    }
+    // Translate with the entry just created (the same path as every later packet).
+    s.key = key(&s.pkt, ct_dir::FORWARD);
+    match ct_get(&s.key) {
+        Some(e) => apply_forward(ctx, &mut s.pkt, e),
+        None => TC_ACT_SHOT,
+    }
+}
+
+/// A new flow: choose a backend and claim its conntrack entries. Out of line (its own stack
+/// frame, not stacked on the translation's). Returns 0 on success.
+#[inline(never)]
+fn new_flow(s: &mut Scratch, side: Side) -> u32 {
+    u32::from(new_flow_inner(s, side).is_err())
+}
+
+#[inline(always)]
+fn new_flow_inner(s: &mut Scratch, side: Side) -> R<()> {
+    if lb::choose(&s.fe, &s.pkt.saddr, affinity_kind::CLIENT_IP, &mut s.chosen) == 0 {
+        return Err(());
+    }
+    let fe = &s.fe;
+    let p = &s.pkt;
+    let (backend_id, backend) = (s.chosen.id, s.chosen.backend);
+    let hairpin = side == Side::Pod && backend.addr == p.saddr;
+    let snat = match side {
+        // kube-proxy masquerades external traffic under Cluster policy (and ClusterIP traffic
+        // from off-cluster sources); Local policy keeps the client address.
+        Side::Outside => fe.value.flags & svc_flags::LOCAL_ONLY == 0,
+        // A pod reaching itself through its service: it must not see its own address as source.
+        Side::Pod => hairpin,
+    };
+    let mut flags = 0u8;
+    let mut nat_port = 0u16;
+    s.nat_addr = [0; 4];
+    if snat {
+        nat_port = snat_source(s, u8::from(hairpin));
+        if nat_port == 0 {
+            return Err(());
+        }
+        flags |= ct_flags::SNAT | ct_flags::REDIRECT;
+    }
+    let nat_addr = s.nat_addr;
+    let fe = s.fe;
+    let p = s.pkt;
+    let now = lb::now_secs();
+    // Replies of NodePort flows leave with a node address as their source: redirect them.
+    let node_reply = fe.value.flags & svc_flags::NODE_ADDRESS != 0 && side == Side::Outside;
+    // Built in scratch space and inserted from there (no stack copies).
+    let (saddr, sport, daddr, dport) = (p.saddr, p.sport, p.daddr, p.dport);
+    s.key = CtKey {
+        saddr: backend.addr,
+        daddr: if snat { nat_addr } else { saddr },
+        sport: backend.port,
+        dport: if snat { nat_port } else { sport },
+        proto: s.pkt.proto,
+        dir: ct_dir::REPLY,
+        pad: [0; 2],
+    };
+    s.entry = CtEntry {
+        to_addr: daddr,
+        nat_addr: if snat { saddr } else { [0; 4] },
+        to_port: dport,
+        nat_port: if snat { sport } else { 0 },
+        flags: flags | if node_reply { ct_flags::REDIRECT } else { 0 },
+        pad: [0; 3],
+        backend_id,
+        service_id: fe.value.service_id,
+        last_seen: now,
+    };
+    // With SNAT this replaces the placeholder the port allocation claimed.
+    CONNTRACK.insert(&s.key, &s.entry, 0).map_err(|_| ())?;
+    s.key = key(&s.pkt, ct_dir::FORWARD);
+    s.entry = CtEntry {
+        to_addr: backend.addr,
+        nat_addr,
+        to_port: backend.port,
+        nat_port,
+        flags,
+        pad: [0; 3],
+        backend_id,
+        service_id: fe.value.service_id,
+        last_seen: now,
+    };
+    CONNTRACK.insert(&s.key, &s.entry, 0).map_err(|_| ())?;
+    lb::count(fe.value.service_id, backend_id, 0, 0, 1, 0);
+    Ok(())
+}
+
+/// The SNAT source for a new flow: a NodePort's own address (or the node's address for the
+/// family) into `s.nat_addr`, and a free source port, claimed by inserting a placeholder reply
+/// entry with BPF_NOEXIST (two CPUs cannot claim the same one). Returns the port in network
+/// order, 0 when there is none. Out of line, working in scratch space.
+#[inline(never)]
+fn snat_source(s: &mut Scratch, hairpin: u8) -> u16 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return 0;
+    };
+    s.nat_addr = if s.fe.value.flags & svc_flags::NODE_ADDRESS != 0 && hairpin == 0 {
+        s.pkt.daddr
+    } else if is_v4_mapped(&s.pkt.daddr) {
+        cfg.snat_v4
+    } else {
+        cfg.snat_v6
+    };
+    let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
+    if s.nat_addr == [0; 4] || max < min || min == 0 {
+        return 0;
+    }
+    s.key = CtKey {
+        saddr: s.chosen.backend.addr,
+        daddr: s.nat_addr,
+        sport: s.chosen.backend.port,
+        dport: 0,
+        proto: s.pkt.proto,
+        dir: ct_dir::REPLY,
+        pad: [0; 2],
+    };
+    s.entry = CtEntry::default();
+    let span = u32::from(max - min) + 1;
+    for _ in 0..8 {
+        // SAFETY: helper without preconditions.
+        let port = (min + (unsafe { bpf_get_prandom_u32() } % span) as u16).to_be();
+        s.key.dport = port;
+        if CONNTRACK
+            .insert(&s.key, &s.entry, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
+            return port;
+        }
+    }
+    0
+}
+
+/// Folds a 32-bit one's-complement sum (as `bpf_csum_diff` returns it, over bytes in memory
+/// order) into the checksum to store as-is in memory order.
+#[inline(always)]
+fn fold(sum: i64) -> u16 {
+    let mut c = sum as u64 & 0xffff_ffff;
+    c = (c & 0xffff) + (c >> 16);
+    c = (c & 0xffff) + (c >> 16);
+    !(c as u16)
+}
+
+/// A 32-bit word from its bytes as they lie in the packet.
+#[inline(always)]
+fn w(b: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(b)
+}
+
+/// One's-complement sum of `words` (memory order), continuing from `seed`.
+#[inline(always)]
+fn csum(words: &mut [u32], seed: i64) -> i64 {
+    // SAFETY: a stack buffer of exactly the size passed.
+    unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            words.as_mut_ptr(),
+            (words.len() * 4) as u32,
+            seed as u32,
+        )
+    }
+}
+
+/// kube-proxy's REJECT: a TCP SYN gets a reset, a UDP datagram an ICMP port unreachable
+/// (IPv4), sent back out of the interface it came in on. Anything else is dropped.
+#[inline(never)]
+fn reject(ctx: &TcContext, p: &Pkt) -> i32 {
+    match p.proto {
+        PROTO_TCP if p.tcp_flags & TCP_SYN != 0 && p.tcp_flags & TCP_ACK == 0 => tcp_reset(ctx, p),
+        PROTO_UDP if !p.v6 => icmp_unreachable(ctx, p),
+        _ => TC_ACT_SHOT,
+    }
+}
+
+#[inline(always)]
+fn swap_macs(ctx: &TcContext) -> R<()> {
+    let dst: [u8; 6] = load(ctx, 0)?;
+    let src: [u8; 6] = load(ctx, 6)?;
+    ctx.store(0, &src, 0).map_err(|_| ())?;
+    ctx.store(6, &dst, 0).map_err(|_| ())
+}
+
+#[inline(always)]
+fn bounce(ctx: &TcContext) -> i32 {
+    // SAFETY: the context's __sk_buff; the redirect helper returns TC_ACT_REDIRECT.
+    unsafe { bpf_redirect((*ctx.skb.skb).ingress_ifindex, 0) as i32 }
+}
+
+/// An IPv4 header without options, checksum filled in.
+#[inline(always)]
+fn ipv4_header(total_len: u16, proto: u8, saddr: u32, daddr: u32) -> [u32; 5] {
+    let l = total_len.to_be_bytes();
+    let mut ip = [
+        w([0x45, 0, l[0], l[1]]),
+        w([0, 0, 0x40, 0]),
+        w([64, proto, 0, 0]),
+        saddr,
+        daddr,
+    ];
+    let c = fold(csum(&mut ip, 0)).to_ne_bytes();
+    ip[2] = w([64, proto, c[0], c[1]]);
+    ip
+}
+
+#[inline(never)]
+fn tcp_reset(ctx: &TcContext, p: &Pkt) -> i32 {
+    tcp_reset_inner(ctx, p).unwrap_or(TC_ACT_SHOT)
+}
+
+#[inline(always)]
+fn tcp_reset_inner(ctx: &TcContext, p: &Pkt) -> R<i32> {
+    let hdr = if p.v6 { 40 } else { 20 };
+    if p.l4 != p.l3 + hdr {
+        return Err(());
+    }
+    let seq: u32 = load(ctx, p.l4 + 4)?;
+    let doff = usize::from(load::<u8>(ctx, p.l4 + 12)? >> 4) * 4;
+    let payload = (p.len as usize).saturating_sub(p.l4 + doff);
+    let ack = u32::from_be(seq)
+        .wrapping_add(1)
+        .wrapping_add(payload as u32)
+        .to_be_bytes();
+    let total = p.l4 + 20;
+    // SAFETY: helper on our own skb; shrinks it to the headers.
+    if unsafe { bpf_skb_change_tail(ctx.as_ptr().cast(), total as u32, 0) } != 0 {
+        return Err(());
+    }
+    swap_macs(ctx)?;
+    let (sp, dp) = (p.dport.to_ne_bytes(), p.sport.to_ne_bytes());
+    // Ports swapped, seq 0, ack = their seq + 1 + payload, data offset 5, RST|ACK, window 0.
+    let mut tcp = [
+        w([sp[0], sp[1], dp[0], dp[1]]),
+        0,
+        w(ack),
+        w([5 << 4, TCP_RST | TCP_ACK, 0, 0]),
+        0,
+    ];
+    let seed = if p.v6 {
+        let mut ph = [0u32; 10];
+        ph[..4].copy_from_slice(&p.daddr);
+        ph[4..8].copy_from_slice(&p.saddr);
+        ph[8] = w([0, 0, 0, 20]);
+        ph[9] = w([0, 0, 0, PROTO_TCP]);
+        csum(&mut ph, 0)
+    } else {
+        let mut ph = [p.daddr[3], p.saddr[3], w([0, PROTO_TCP, 0, 20])];
+        csum(&mut ph, 0)
+    };
+    let c = fold(csum(&mut tcp, seed)).to_ne_bytes();
+    tcp[4] = w([c[0], c[1], 0, 0]);
+    if p.v6 {
+        let ip6 = [w([0x60, 0, 0, 0]), w([0, 20, PROTO_TCP, 64])];
+        ctx.store(p.l3, &ip6, 0).map_err(|_| ())?;
+        ctx.store(p.l3 + 8, &p.daddr, 0).map_err(|_| ())?;
+        ctx.store(p.l3 + 24, &p.saddr, 0).map_err(|_| ())?;
+    } else {
+        let ip = ipv4_header(40, PROTO_TCP, p.daddr[3], p.saddr[3]);
+        ctx.store(p.l3, &ip, 0).map_err(|_| ())?;
+    }
+    ctx.store(p.l4, &tcp, 0).map_err(|_| ())?;
+    Ok(bounce(ctx))
+}
+
+#[inline(never)]
+fn icmp_unreachable(ctx: &TcContext, p: &Pkt) -> i32 {
+    icmp_unreachable_inner(ctx, p).unwrap_or(TC_ACT_SHOT)
+}
+
+#[inline(always)]
+fn icmp_unreachable_inner(ctx: &TcContext, p: &Pkt) -> R<i32> {
+    if p.l4 != p.l3 + 20 {
+        return Err(());
+    }
+    // Room for a new IPv4 + ICMP header in front of the original IP header; the original IP
+    // header and 8 bytes of its payload stay as the ICMP data.
+    ctx.adjust_room(28, BPF_ADJ_ROOM_MAC, 0).map_err(|_| ())?;
+    // SAFETY: helper on our own skb.
+    if unsafe { bpf_skb_change_tail(ctx.as_ptr().cast(), (ETH_HLEN + 28 + 28) as u32, 0) } != 0 {
+        return Err(());
+    }
+    swap_macs(ctx)?;
+    // Type 3 (destination unreachable), code 3 (port unreachable), then the quoted datagram.
+    let mut icmp = [0u32; 9];
+    icmp[0] = w([3, 3, 0, 0]);
+    let quoted: [u32; 7] = load(ctx, ETH_HLEN + 28)?;
+    icmp[2..].copy_from_slice(&quoted);
+    let c = fold(csum(&mut icmp, 0)).to_ne_bytes();
+    let head = [w([3, 3, c[0], c[1]]), 0];
+    let ip = ipv4_header(20 + 36, 1, p.daddr[3], p.saddr[3]);
+    ctx.store(ETH_HLEN, &ip, 0).map_err(|_| ())?;
+    ctx.store(ETH_HLEN + 20, &head, 0).map_err(|_| ())?;
+    Ok(bounce(ctx))
+}
+
+/// Host traffic to a frontend without backends and a DROP verdict: dropped.
+#[inline(always)]
+pub fn drop_if_empty_service(ctx: &TcContext) -> i32 {
+    let Some(s) = scratch() else {
+        return TC_ACT_UNSPEC;
+    };
+    if !parse_into(ctx, &mut s.pkt) {
+        return TC_ACT_UNSPEC;
+    }
+    let p = &s.pkt;
+    match lb::frontend_inside(p.daddr, p.dport, p.proto) {
+        Some(fe) if fe.value.count == 0 && fe.value.flags & svc_flags::DROP_IF_EMPTY != 0 => {
+            TC_ACT_SHOT
+        }
+        _ => TC_ACT_UNSPEC,
+    }
+}

@@ -1,0 +1,192 @@
+//! Socket-level load balancing (cgroup sock_addr hooks): pods and host processes connect
+//! straight to a backend, so east-west traffic needs no per-packet NAT.
+//!
+//! connect/sendmsg rewrite a frontend destination to a backend; recvmsg/getpeername rewrite a
+//! backend source back to the frontend, so applications only ever see the service address.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    programs::SockAddrContext,
+};
+use tollgate_common::lb::{
+    PROTO_TCP, PROTO_UDP, affinity_kind, is_v4_mapped,
+    sockct::{SockCtKey, SockCtValue},
+    sockrev::{SockRevKey, SockRevValue},
+    svc_flags, v4_mapped,
+};
+
+use crate::{
+    lb::{self, Frontend},
+    maps::{SOCK_CT, SOCK_REV},
+};
+
+/// Verdicts of sock_addr programs.
+pub const ALLOW: i32 = 1;
+pub const DENY: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Connect,
+    Sendmsg,
+}
+
+#[inline(always)]
+fn dest(ctx: &SockAddrContext, v6: bool) -> ([u32; 4], u16) {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel's bpf_sock_addr for this call; 4-byte loads as the verifier requires.
+    unsafe {
+        let addr = if v6 {
+            (*sa).user_ip6
+        } else {
+            v4_mapped((*sa).user_ip4)
+        };
+        (addr, (*sa).user_port as u16)
+    }
+}
+
+#[inline(always)]
+fn set_dest(ctx: &SockAddrContext, v6: bool, addr: [u32; 4], port: u16) -> bool {
+    let sa = ctx.sock_addr;
+    // SAFETY: as above; 4-byte stores.
+    unsafe {
+        if v6 {
+            (*sa).user_ip6 = addr;
+        } else {
+            if !is_v4_mapped(&addr) {
+                // An IPv4 socket cannot reach an IPv6 backend.
+                return false;
+            }
+            (*sa).user_ip4 = addr[3];
+        }
+        (*sa).user_port = u32::from(port);
+    }
+    true
+}
+
+/// Refuses the call with ECONNREFUSED (kube-proxy's REJECT), not the default EPERM.
+#[inline(always)]
+fn refuse() -> i32 {
+    // SAFETY: cgroup helper; valid for connect and sendmsg hooks.
+    unsafe {
+        bpf_set_retval(-ECONNREFUSED);
+    }
+    DENY
+}
+
+#[inline(always)]
+fn choose(
+    ctx: &SockAddrContext,
+    fe: &Frontend,
+) -> Option<(u32, tollgate_common::lb::backend::Backend)> {
+    // SAFETY: helper valid for sock_addr programs.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let client = [netns as u32, (netns >> 32) as u32, 0, 0];
+    lb::select(fe, client, affinity_kind::NETNS)
+}
+
+/// connect/sendmsg. Never fails the call except to REJECT: on any error it proceeds
+/// untranslated.
+#[inline(always)]
+pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
+    // SAFETY: reading the kernel's context.
+    let proto = unsafe { (*ctx.sock_addr).protocol } as u8;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return ALLOW;
+    }
+    let (addr, port) = dest(ctx, v6);
+    let Some(fe) = lb::frontend_inside(addr, port, proto) else {
+        return ALLOW;
+    };
+    if fe.value.count == 0 {
+        lb::count(fe.value.service_id, 0, 0, 0, 0, 1);
+        // DROP: let the packet leave unchanged; the per-packet path drops it, so the client
+        // sees a timeout as with kube-proxy. REJECT: refuse at once.
+        if fe.value.flags & svc_flags::DROP_IF_EMPTY != 0 {
+            return ALLOW;
+        }
+        return refuse();
+    }
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let chosen = if hook == Hook::Sendmsg {
+        // An unconnected UDP socket keeps its backend per frontend, like a conntrack entry.
+        let key = SockCtKey {
+            cookie,
+            addr,
+            port,
+            proto,
+            pad: [0; 5],
+        };
+        // SAFETY: copied out immediately.
+        let kept = unsafe { SOCK_CT.get(key) }
+            .copied()
+            .and_then(|v| lb::backend(v.backend_id).map(|b| (v.backend_id, b)));
+        match kept {
+            Some(c) => Some(c),
+            None => {
+                let c = choose(ctx, &fe);
+                if let Some((id, _)) = c {
+                    let _ = SOCK_CT.insert(
+                        key,
+                        SockCtValue {
+                            backend_id: id,
+                            service_id: fe.value.service_id,
+                        },
+                        0,
+                    );
+                    lb::count(fe.value.service_id, id, 0, 0, 1, 0);
+                }
+                c
+            }
+        }
+    } else {
+        let c = choose(ctx, &fe);
+        if let Some((id, _)) = c {
+            lb::count(fe.value.service_id, id, 0, 0, 1, 0);
+        }
+        c
+    };
+    let Some((_, backend)) = chosen else {
+        return ALLOW;
+    };
+    if !set_dest(ctx, v6, backend.addr, backend.port) {
+        return ALLOW;
+    }
+    let rev = SockRevKey {
+        cookie,
+        addr: backend.addr,
+        port: backend.port,
+        pad: [0; 6],
+    };
+    let _ = SOCK_REV.insert(
+        rev,
+        SockRevValue {
+            addr,
+            port,
+            pad: [0; 2],
+        },
+        0,
+    );
+    ALLOW
+}
+
+/// recvmsg/getpeername: a backend source becomes the frontend the socket asked for.
+#[inline(always)]
+pub fn reverse(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let (addr, port) = dest(ctx, v6);
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockRevKey {
+        cookie,
+        addr,
+        port,
+        pad: [0; 6],
+    };
+    // SAFETY: copied out immediately.
+    if let Some(fe) = unsafe { SOCK_REV.get(key) }.copied() {
+        set_dest(ctx, v6, fe.addr, fe.port);
+    }
+    ALLOW
+}

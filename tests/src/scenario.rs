@@ -1,0 +1,313 @@
+//! The standard service scenario: a two-node emulated cluster, a server in every pod, a manifest
+//! with a Service for every behaviour under test, and the agent on every node.
+//!
+//! Pods: n1p1, n1p2 on node1; n2p1, n2p2 on node2. Every pod serves TCP 8080 and 8081 and UDP
+//! 5353, answering `<pod> <client address as the pod sees it>`.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    BgProcess, Cluster, ClusterSpec, Node, Pod,
+    process::Placement,
+    tools::{testbed_bin, tollgate_bin},
+    traffic::{Mode, Tally},
+};
+
+pub const WEB: &str = "10.96.0.10";
+pub const MULTI: &str = "10.96.0.11";
+pub const DNS: &str = "10.96.0.53";
+pub const EXT_SVC: &str = "10.96.0.12";
+pub const LB_SVC: &str = "10.96.0.13";
+pub const ITP_LOCAL: &str = "10.96.0.14";
+pub const AFFINITY: &str = "10.96.0.15";
+pub const EMPTY: &str = "10.96.0.99";
+pub const SPREAD: &str = "10.96.0.20";
+pub const WEB6: &str = "fd00:96::10";
+pub const EXTERNAL_IP: &str = "203.0.113.10";
+pub const LB_IP: &str = "203.0.113.20";
+pub const LB_DENY_IP: &str = "203.0.113.21";
+pub const NODEPORT: u16 = 30080;
+pub const NODEPORT_LOCAL: u16 = 30081;
+pub const NODEPORT_EMPTY: u16 = 30099;
+pub const NODEPORT_UDP: u16 = 30053;
+
+/// An endpoint of `pod` (its node, ready unless told otherwise).
+pub fn endpoint(pod: &Pod, conditions: Value) -> Value {
+    let node = format!("node{}", &pod.name[1..2]);
+    json!({"addresses": [pod.ip.to_string()], "nodeName": node, "conditions": conditions})
+}
+
+pub fn ready() -> Value {
+    json!({"ready": true, "serving": true, "terminating": false})
+}
+
+pub fn terminating() -> Value {
+    json!({"ready": false, "serving": true, "terminating": true})
+}
+
+fn slice(name: &str, service: &str, family: &str, ports: Value, endpoints: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": "default", "name": name, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": family, "ports": ports, "endpoints": endpoints,
+    })
+}
+
+fn service(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": name}, "spec": spec})
+}
+
+/// The scenario's Services and EndpointSlices. `overrides` replaces objects by kind and name.
+pub fn objects(cluster: &Cluster) -> Vec<Value> {
+    let p = |n: &str| cluster.pod(n);
+    let http = json!([{"name": "http", "port": 8080, "protocol": "TCP"}]);
+    let all = ["n1p1", "n1p2", "n2p1", "n2p2"];
+    let eps = |pods: &[&str]| {
+        pods.iter()
+            .map(|n| endpoint(p(n), ready()))
+            .collect::<Vec<_>>()
+    };
+    vec![
+        service("web", json!({"clusterIP": WEB, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
+        slice("web-1", "web", "IPv4", http.clone(), eps(&["n1p1", "n2p1"])),
+        service("multi", json!({"clusterIP": MULTI, "ports": [
+            {"name": "a", "port": 80, "targetPort": "a"}, {"name": "b", "port": 81, "targetPort": "b"}]})),
+        slice("multi-1", "multi", "IPv4", json!([{"name": "a", "port": 8080}, {"name": "b", "port": 8081}]), eps(&all)),
+        service("dns", json!({"clusterIP": DNS, "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]})),
+        slice("dns-1", "dns", "IPv4", json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]), eps(&["n1p2", "n2p2"])),
+        service("np", json!({"type": "NodePort", "clusterIP": "10.96.0.30", "ports": [
+            {"name": "http", "port": 80, "targetPort": 8080, "nodePort": NODEPORT},
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353, "nodePort": NODEPORT_UDP}]})),
+        slice("np-1", "np", "IPv4", json!([{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]), eps(&["n1p1", "n2p1"])),
+        service("np-local", json!({"type": "NodePort", "clusterIP": "10.96.0.31", "externalTrafficPolicy": "Local",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": NODEPORT_LOCAL}]})),
+        slice("np-local-1", "np-local", "IPv4", http.clone(), eps(&["n2p2"])),
+        service("np-empty", json!({"type": "NodePort", "clusterIP": "10.96.0.32",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": NODEPORT_EMPTY}]})),
+        service("ext", json!({"clusterIP": EXT_SVC, "externalIPs": [EXTERNAL_IP],
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
+        slice("ext-1", "ext", "IPv4", http.clone(), eps(&["n1p2"])),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "lb"},
+            "spec": {"type": "LoadBalancer", "clusterIP": LB_SVC, "allocateLoadBalancerNodePorts": false,
+                "loadBalancerSourceRanges": [format!("{}/32", crate::cluster::OUTSIDE_V4)],
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}}),
+        slice("lb-1", "lb", "IPv4", http.clone(), eps(&["n2p2"])),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "lb-deny"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.16", "allocateLoadBalancerNodePorts": false,
+                "loadBalancerSourceRanges": ["10.0.0.0/8"],
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": LB_DENY_IP}]}}}),
+        slice("lb-deny-1", "lb-deny", "IPv4", http.clone(), eps(&["n2p2"])),
+        service("itp-local", json!({"clusterIP": ITP_LOCAL, "internalTrafficPolicy": "Local",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
+        slice("itp-local-1", "itp-local", "IPv4", http.clone(), eps(&["n2p1"])),
+        service("affinity", json!({"clusterIP": AFFINITY, "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 2}},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
+        slice("affinity-1", "affinity", "IPv4", http.clone(), eps(&all)),
+        service("empty", json!({"clusterIP": EMPTY, "ports": [
+            {"name": "http", "port": 80, "targetPort": 8080},
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]})),
+        service("spread", json!({"clusterIP": SPREAD, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
+        slice("spread-1", "spread", "IPv4", http.clone(), eps(&all)),
+        service("web6", json!({"clusterIP": WEB6, "clusterIPs": [WEB6], "ipFamilies": ["IPv6"],
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
+        slice("web6-1", "web6", "IPv6", http, ["n1p1", "n2p1"].iter().map(|n| {
+            let pod = p(n);
+            json!({"addresses": [pod.ip6.to_string()], "nodeName": format!("node{}", &pod.name[1..2]), "conditions": ready()})
+        }).collect()),
+    ]
+}
+
+/// Replaces the object of the same kind and name (or adds it).
+pub fn replace(objects: &mut Vec<Value>, new: Value) {
+    let same =
+        |o: &Value| o["kind"] == new["kind"] && o["metadata"]["name"] == new["metadata"]["name"];
+    match objects.iter().position(same) {
+        Some(i) => objects[i] = new,
+        None => objects.push(new),
+    }
+}
+
+pub struct Scenario {
+    pub agents: Vec<BgProcess>,
+    pub servers: Vec<BgProcess>,
+    pub objects: Vec<Value>,
+    pub source: String,
+    pub cluster: Cluster,
+}
+
+impl Scenario {
+    pub fn new() -> Self {
+        Self::with(ClusterSpec::default(), &[])
+    }
+
+    pub fn with(spec: ClusterSpec, agent_args: &[&str]) -> Self {
+        let cluster = Cluster::new(&spec);
+        // externalIPs and LB IPs are routed to node1 by "the network".
+        let node1 = cluster.node("node1").ip.to_string();
+        for ip in [EXTERNAL_IP, LB_IP, LB_DENY_IP] {
+            cluster
+                .outside
+                .ip(&["route", "add", &format!("{ip}/32"), "via", &node1]);
+        }
+        let mut servers = Vec::new();
+        for node in &cluster.nodes {
+            for pod in &node.pods {
+                let mut cmd = Command::new(testbed_bin());
+                cmd.args([
+                    "serve",
+                    "--name",
+                    &pod.name,
+                    "--tcp",
+                    "[::]:8080,[::]:8081",
+                    "--udp",
+                    "[::]:5353",
+                ]);
+                let mut server = pod.spawn("serve", cmd);
+                server.wait_for_log("serving", Duration::from_secs(5));
+                servers.push(server);
+            }
+        }
+        let objects = objects(&cluster);
+        let source = cluster.write_manifest(&objects);
+        let agents = cluster
+            .nodes
+            .iter()
+            .map(|n| crate::agent::start_agent(n, &source, agent_args))
+            .collect();
+        Self {
+            agents,
+            servers,
+            objects,
+            source,
+            cluster,
+        }
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.cluster.node(name)
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.cluster.pod(name)
+    }
+
+    /// Writes the manifest with `changed` objects replaced, and waits until every agent
+    /// programmed it (its maps agree with `check`).
+    pub fn update(&mut self, changed: Vec<Value>) {
+        for o in changed {
+            replace(&mut self.objects, o);
+        }
+        self.cluster.write_manifest(&self.objects);
+    }
+
+    pub fn remove(&mut self, kind: &str, name: &str) {
+        self.objects
+            .retain(|o| !(o["kind"] == kind && o["metadata"]["name"] == name));
+        self.cluster.write_manifest(&self.objects);
+    }
+
+    /// Runs a client process in `at` and returns its tally.
+    pub fn client(
+        &self,
+        at: Placement<'_>,
+        to: &str,
+        count: u64,
+        mode: Mode,
+        timeout: Duration,
+    ) -> Tally {
+        let mut cmd = Command::new(testbed_bin());
+        let mode = match mode {
+            Mode::Tcp => "tcp",
+            Mode::Udp => "udp",
+            Mode::UdpUnconnected => "udp-unconnected",
+        };
+        cmd.args([
+            "connect",
+            "--to",
+            to,
+            "--count",
+            &count.to_string(),
+            "--mode",
+            mode,
+        ])
+        .args(["--timeout-ms", &timeout.as_millis().to_string()]);
+        let out = at.output(cmd);
+        assert!(
+            out.status.success(),
+            "client to {to}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "client output {:?}: {e}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// `tollgate maps --json` on a node.
+    pub fn maps(&self, node: &Node) -> Value {
+        let mut cmd = Command::new(tollgate_bin());
+        cmd.args(["maps", "--json", "--bpffs"]).arg(&node.bpffs);
+        let out = node.output(cmd);
+        assert!(
+            out.status.success(),
+            "tollgate maps: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("maps json: {e}"))
+    }
+
+    /// Backends of the frontend `addr` (as `ip:port`) in the node's maps.
+    pub fn backends(&self, node: &Node, frontend: &str, scope: &str) -> Option<Vec<String>> {
+        let maps = self.maps(node);
+        maps["services"]
+            .as_array()?
+            .iter()
+            .flat_map(|s| s["frontends"].as_array().into_iter().flatten())
+            .find(|f| f["address"] == frontend && f["scope"] == scope)
+            .map(|f| {
+                let mut v: Vec<String> = f["backends"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| b["address"].as_str().map(String::from))
+                    .collect();
+                v.sort();
+                v
+            })
+    }
+
+    /// Waits until every node's maps show `frontend` with exactly `backends`.
+    pub fn wait_backends(&self, frontend: &str, scope: &str, backends: &[&str]) {
+        let mut want: Vec<String> = backends.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        for node in &self.cluster.nodes {
+            crate::wait_for(
+                &format!("{frontend} → {want:?} on {}", node.name),
+                Duration::from_secs(10),
+                || (self.backends(node, frontend, scope).as_ref() == Some(&want)).then_some(()),
+            );
+        }
+    }
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `ip:port` of a pod's TCP server (8080).
+pub fn pod_addr(pod: &Pod, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(pod.ip), port)
+}

@@ -1,0 +1,229 @@
+//! Traffic tools run as processes inside test-bed namespaces and cgroups (so the socket hooks
+//! see their sockets): a server that names itself and the client address it sees, and clients
+//! that tally which backend answered.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Serves until killed: every TCP connection and UDP datagram is answered with
+/// `<name> <client address as seen here>`. HTTP requests (curl, wrk) get that as an HTTP/1.1
+/// response body; plain TCP gets one answer line per line received.
+pub fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> std::io::Result<()> {
+    let mut handles = Vec::new();
+    for addr in tcp {
+        let listener = TcpListener::bind(addr)?;
+        let name = name.to_owned();
+        handles.push(std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let name = name.clone();
+                std::thread::spawn(move || {
+                    let _ = serve_tcp(&name, stream);
+                });
+            }
+        }));
+    }
+    for addr in udp {
+        let sock = UdpSocket::bind(addr)?;
+        let name = name.to_owned();
+        handles.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((_, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(format!("{name} {}\n", canonical(from)).as_bytes(), from);
+            }
+        }));
+    }
+    println!("serving as {name}");
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+/// IPv4-mapped IPv6 addresses (dual-stack sockets) shown as IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+fn serve_tcp(name: &str, stream: TcpStream) -> std::io::Result<()> {
+    let peer = canonical(stream.peer_addr()?);
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let answer = format!("{name} {peer}\n");
+        if line.starts_with("GET ") || line.starts_with("HEAD ") {
+            // Drain the request head, answer, and close (Connection: close).
+            let mut h = String::new();
+            while reader.read_line(&mut h)? > 2 {
+                h.clear();
+            }
+            write!(
+                writer,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            )?;
+            return Ok(());
+        }
+        writer.write_all(answer.as_bytes())?;
+    }
+}
+
+/// What a client saw.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Tally {
+    pub ok: u64,
+    /// Answers per backend name.
+    pub backends: BTreeMap<String, u64>,
+    /// Client addresses as the backends saw them (distinct).
+    pub seen_as: Vec<String>,
+    /// The peer address the client's own socket reported (distinct): the service address
+    /// when translation is transparent.
+    pub peers: Vec<String>,
+    pub refused: u64,
+    pub timeout: u64,
+    pub other: u64,
+    pub elapsed_ms: u64,
+}
+
+impl Tally {
+    fn answer(&mut self, line: &str, peer: Option<SocketAddr>) {
+        let mut parts = line.split_whitespace();
+        let name = parts.next().unwrap_or("?").to_owned();
+        let seen = parts.next().unwrap_or("?").to_owned();
+        *self.backends.entry(name).or_default() += 1;
+        if !self.seen_as.contains(&seen) {
+            self.seen_as.push(seen);
+        }
+        if let Some(p) = peer.map(|p| p.to_string())
+            && !self.peers.contains(&p)
+        {
+            self.peers.push(p);
+        }
+        self.ok += 1;
+    }
+
+    fn error(&mut self, e: &std::io::Error) {
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => self.refused += 1,
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => self.timeout += 1,
+            _ => self.other += 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Tcp,
+    /// UDP on a connected socket.
+    Udp,
+    /// UDP with sendto/recvfrom on one socket (kept across all datagrams).
+    UdpUnconnected,
+}
+
+fn tcp_once(to: SocketAddr, timeout: Duration, tally: &mut Tally) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&to, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    let peer = s.peer_addr().ok();
+    s.write_all(b"hello\n")?;
+    let mut line = String::new();
+    BufReader::new(&mut s).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "no answer",
+        ));
+    }
+    tally.answer(&line, peer);
+    Ok(())
+}
+
+fn udp_socket(to: SocketAddr, timeout: Duration) -> std::io::Result<UdpSocket> {
+    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .map_err(std::io::Error::other)?;
+    let s = UdpSocket::bind(bind)?;
+    s.set_read_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+/// `count` exchanges with `to`, each on a new connection (or a new connected UDP socket); for
+/// `UdpUnconnected`, all on one socket.
+pub fn connect(to: SocketAddr, count: u64, mode: Mode, timeout: Duration) -> Tally {
+    let mut tally = Tally::default();
+    let start = Instant::now();
+    let shared = match mode {
+        Mode::UdpUnconnected => udp_socket(to, timeout).ok(),
+        _ => None,
+    };
+    let mut buf = [0u8; 2048];
+    for _ in 0..count {
+        let r = match mode {
+            Mode::Tcp => tcp_once(to, timeout, &mut tally),
+            Mode::Udp => udp_socket(to, timeout).and_then(|s| {
+                s.connect(to)?;
+                s.send(b"hello\n")?;
+                let n = s.recv(&mut buf)?;
+                tally.answer(&String::from_utf8_lossy(&buf[..n]), s.peer_addr().ok());
+                Ok(())
+            }),
+            Mode::UdpUnconnected => match &shared {
+                Some(s) => s.send_to(b"hello\n", to).and_then(|_| {
+                    let (n, from) = s.recv_from(&mut buf)?;
+                    tally.answer(&String::from_utf8_lossy(&buf[..n]), Some(from));
+                    Ok(())
+                }),
+                None => Err(std::io::Error::other("no socket")),
+            },
+        };
+        if let Err(e) = r {
+            tally.error(&e);
+        }
+    }
+    tally.elapsed_ms = start.elapsed().as_millis() as u64;
+    tally
+}
+
+/// One TCP connection exchanging `lines` lines, `interval` apart; every answer is tallied (a
+/// broken connection ends it with an error).
+pub fn session(to: SocketAddr, lines: u64, interval: Duration, timeout: Duration) -> Tally {
+    let mut tally = Tally::default();
+    let start = Instant::now();
+    let run = |tally: &mut Tally| -> std::io::Result<()> {
+        let mut s = TcpStream::connect_timeout(&to, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        let peer = s.peer_addr().ok();
+        let mut reader = BufReader::new(s.try_clone()?);
+        println!("connected");
+        for _ in 0..lines {
+            s.write_all(b"hello\n")?;
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            if line.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed",
+                ));
+            }
+            tally.answer(&line, peer);
+            std::thread::sleep(interval);
+        }
+        Ok(())
+    };
+    if let Err(e) = run(&mut tally) {
+        tally.error(&e);
+    }
+    tally.elapsed_ms = start.elapsed().as_millis() as u64;
+    tally
+}

@@ -1,0 +1,62 @@
+//! Removing flows and affinities that outlived their backend: UDP flows (kube-proxy's conntrack
+//! clean-up), unconnected-UDP socket choices and ClientIP affinities whose backend stopped
+//! serving the service port. TCP flows are left alone: a terminating endpoint keeps serving its
+//! established connections, and a deleted one's flows end on their own (LRU eviction).
+
+use std::collections::HashSet;
+
+use tollgate_common::lb::PROTO_UDP;
+
+use super::{lbmaps::LbMaps, writer::Purge};
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeStats {
+    pub flows: usize,
+    pub affinities: usize,
+    pub sockets: usize,
+}
+
+pub fn purge(maps: &mut LbMaps, purge: &Purge) -> PurgeStats {
+    let pairs: HashSet<(u32, u32)> = purge.pairs.iter().copied().collect();
+    let mut stats = PurgeStats::default();
+    if pairs.is_empty() {
+        return stats;
+    }
+    let flows: Vec<_> = maps
+        .ct
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| k.proto == PROTO_UDP && pairs.contains(&(v.service_id, v.backend_id)))
+        .map(|(k, _)| k)
+        .collect();
+    for k in &flows {
+        if maps.ct.remove(k).is_ok() {
+            stats.flows += 1;
+        }
+    }
+    let affinities: Vec<_> = maps
+        .affinity
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| pairs.contains(&(k.service_id, v.backend_id)))
+        .map(|(k, _)| k)
+        .collect();
+    for k in &affinities {
+        if maps.affinity.remove(k).is_ok() {
+            stats.affinities += 1;
+        }
+    }
+    let sockets: Vec<_> = maps
+        .sockct
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| pairs.contains(&(v.service_id, v.backend_id)))
+        .map(|(k, _)| k)
+        .collect();
+    for k in &sockets {
+        if maps.sockct.remove(k).is_ok() {
+            stats.sockets += 1;
+        }
+    }
+    stats
+}

@@ -1,0 +1,185 @@
+//! Reading the service maps back into a readable picture: service port → frontends → backends,
+//! with counters (`tollgate maps`, tests, metrics).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use tollgate_common::lb::{scope, stats::Counters, svc_flags, svcinfo::SvcInfo};
+
+use super::{
+    DataplaneError, PinLayout,
+    addr::{ip, port_host},
+    lbmaps::{LbMaps, sum},
+};
+use crate::enls::model::EndpointAddr;
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct CounterView {
+    pub connections: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub refused: u64,
+}
+
+impl From<Counters> for CounterView {
+    fn from(c: Counters) -> Self {
+        Self {
+            connections: c.connections,
+            packets: c.packets,
+            bytes: c.bytes,
+            refused: c.refused,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendView {
+    pub id: u32,
+    pub address: String,
+    pub counters: CounterView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FrontendView {
+    /// ClusterIP, NodePort, LoadBalancer or External (externalIP or LB IP without ranges).
+    pub kind: &'static str,
+    pub address: String,
+    /// "internal" (pods and host) or "external" (from outside, Local policy).
+    pub scope: &'static str,
+    pub flags: Vec<&'static str>,
+    pub affinity_timeout: u32,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceView {
+    pub service_id: u32,
+    pub namespace: String,
+    pub name: String,
+    pub port_name: String,
+    pub port: u16,
+    pub protocol: &'static str,
+    pub family: u8,
+    pub counters: CounterView,
+    pub frontends: Vec<FrontendView>,
+}
+
+fn text(b: &[u8]) -> String {
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        6 => "TCP",
+        17 => "UDP",
+        132 => "SCTP",
+        _ => "?",
+    }
+}
+
+fn flag_names(f: u16) -> Vec<&'static str> {
+    [
+        (svc_flags::EXTERNAL, "external"),
+        (svc_flags::SOURCE_RANGES, "source-ranges"),
+        (svc_flags::DROP_IF_EMPTY, "drop-if-empty"),
+        (svc_flags::LOCAL_ONLY, "local-only"),
+        (svc_flags::NODE_ADDRESS, "node-address"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| f & bit != 0)
+    .map(|(_, n)| n)
+    .collect()
+}
+
+/// Every service port with its frontends, backends and counters, sorted by name.
+pub fn services(pins: &PinLayout) -> Result<Vec<ServiceView>, DataplaneError> {
+    let maps = LbMaps::open(pins)?;
+    let infos: BTreeMap<u32, SvcInfo> = maps.svcinfo.iter().filter_map(Result::ok).collect();
+    let entries: Vec<_> = maps.svc.iter().filter_map(Result::ok).collect();
+    let slots: BTreeMap<_, u32> = entries
+        .iter()
+        .filter(|(k, _)| k.slot != 0)
+        .map(|(k, v)| ((k.addr, k.port, k.proto, k.scope, k.slot), v.backend_id))
+        .collect();
+    let counters = |map: &aya::maps::PerCpuArray<aya::maps::MapData, Counters>, id: u32| {
+        map.get(&id, 0).map(|v| sum(&v).into()).unwrap_or_default()
+    };
+    let mut out: BTreeMap<u32, ServiceView> = BTreeMap::new();
+    for (k, v) in entries.iter().filter(|(k, _)| k.slot == 0) {
+        let svc = out.entry(v.service_id).or_insert_with(|| {
+            let info = infos.get(&v.service_id).copied().unwrap_or_default();
+            ServiceView {
+                service_id: v.service_id,
+                namespace: text(&info.namespace),
+                name: text(&info.name),
+                port_name: text(&info.port_name),
+                port: info.port,
+                protocol: proto_name(k.proto),
+                family: info.family,
+                counters: counters(&maps.svcstat, v.service_id),
+                frontends: Vec::new(),
+            }
+        });
+        let backends = (1..=v.count)
+            .filter_map(|slot| slots.get(&(k.addr, k.port, k.proto, k.scope, slot)))
+            .map(|id| {
+                let address = maps
+                    .backend
+                    .get(id, 0)
+                    .map(|b| {
+                        EndpointAddr {
+                            ip: ip(b.addr),
+                            port: port_host(b.port),
+                        }
+                        .to_string()
+                    })
+                    .unwrap_or_else(|_| "?".into());
+                BackendView {
+                    id: *id,
+                    address,
+                    counters: counters(&maps.bestat, *id),
+                }
+            })
+            .collect();
+        let kind = if v.flags & svc_flags::NODE_ADDRESS != 0 {
+            "NodePort"
+        } else if v.flags & svc_flags::SOURCE_RANGES != 0 {
+            "LoadBalancer"
+        } else if v.flags & svc_flags::EXTERNAL != 0 {
+            "External"
+        } else {
+            "ClusterIP"
+        };
+        svc.frontends.push(FrontendView {
+            kind,
+            address: EndpointAddr {
+                ip: ip(k.addr),
+                port: port_host(k.port),
+            }
+            .to_string(),
+            scope: if k.scope == scope::EXTERNAL {
+                "external"
+            } else {
+                "internal"
+            },
+            flags: flag_names(v.flags),
+            affinity_timeout: v.affinity_timeout,
+            backends,
+        });
+    }
+    let mut list: Vec<ServiceView> = out.into_values().collect();
+    for s in &mut list {
+        s.frontends
+            .sort_by(|a, b| (a.kind, &a.address, a.scope).cmp(&(b.kind, &b.address, b.scope)));
+    }
+    list.sort_by(|a, b| {
+        (&a.namespace, &a.name, &a.port_name, a.family).cmp(&(
+            &b.namespace,
+            &b.name,
+            &b.port_name,
+            b.family,
+        ))
+    });
+    Ok(list)
+}

@@ -1,0 +1,71 @@
+//! Typed handles on the pinned load-balancing maps, opened by path (the writer, the garbage
+//! collector and `tollgate maps` each open their own).
+
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
+use tollgate_common::lb::{
+    affinity::{self, AffinityKey, AffinityValue},
+    backend::{self, Backend},
+    config::{self, Config},
+    ct::{self, CtEntry, CtKey},
+    revnat::{self, RevNat},
+    sockct::{self, SockCtKey, SockCtValue},
+    sockrev::{self, SockRevKey, SockRevValue},
+    srcrange::{self, SrcRangeKey},
+    stats::{self, Counters},
+    svc::{self, SvcKey, SvcValue},
+    svcinfo::{self, SvcInfo},
+};
+
+use super::{DataplaneError, PinLayout, stats::open_pinned};
+
+pub struct LbMaps {
+    pub svc: HashMap<MapData, SvcKey, SvcValue>,
+    pub backend: HashMap<MapData, u32, Backend>,
+    pub revnat: HashMap<MapData, u32, RevNat>,
+    pub ct: HashMap<MapData, CtKey, CtEntry>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub sockct: HashMap<MapData, SockCtKey, SockCtValue>,
+    pub sockrev: HashMap<MapData, SockRevKey, SockRevValue>,
+    pub srcrange: LpmTrie<MapData, SrcRangeKey, u8>,
+    pub svcstat: PerCpuArray<MapData, Counters>,
+    pub bestat: PerCpuArray<MapData, Counters>,
+    pub config: Array<MapData, Config>,
+    pub svcinfo: HashMap<MapData, u32, SvcInfo>,
+}
+
+macro_rules! open {
+    ($pins:expr, $name:expr, $ty:ident) => {{
+        let name: &'static str = $name;
+        $ty::try_from(open_pinned($pins, name)?)
+            .map_err(|source| DataplaneError::Map { name, source })?
+    }};
+}
+
+impl LbMaps {
+    pub fn open(pins: &PinLayout) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            svc: open!(pins, svc::NAME, HashMap),
+            backend: open!(pins, backend::NAME, HashMap),
+            revnat: open!(pins, revnat::NAME, HashMap),
+            ct: open!(pins, ct::NAME, HashMap),
+            affinity: open!(pins, affinity::NAME, HashMap),
+            sockct: open!(pins, sockct::NAME, HashMap),
+            sockrev: open!(pins, sockrev::NAME, HashMap),
+            srcrange: open!(pins, srcrange::NAME, LpmTrie),
+            svcstat: open!(pins, stats::SVC_NAME, PerCpuArray),
+            bestat: open!(pins, stats::BACKEND_NAME, PerCpuArray),
+            config: open!(pins, config::NAME, Array),
+            svcinfo: open!(pins, svcinfo::NAME, HashMap),
+        })
+    }
+}
+
+/// Sums a per-CPU counter over CPUs.
+pub fn sum(values: &aya::maps::PerCpuValues<Counters>) -> Counters {
+    values.iter().fold(Counters::default(), |a, c| Counters {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+        connections: a.connections + c.connections,
+        refused: a.refused + c.refused,
+    })
+}

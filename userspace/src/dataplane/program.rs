@@ -1,0 +1,264 @@
+//! The task that programs ENLS updates into the maps, keeps the node-wide config entry right,
+//! reports health and metrics, and hands stale flows to the purge task.
+
+use std::{net::IpAddr, sync::Arc, time::Instant};
+
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::sync::mpsc;
+use tollgate_common::lb::config::Config;
+
+use super::{
+    addr::words,
+    gc,
+    lbmaps::LbMaps,
+    writer::{Purge, WriteError, Writer},
+};
+use crate::{
+    admin::Health,
+    enls::{Update, metrics::ProgrammingMetrics, model::NodeInfo},
+};
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// Dataplane metrics (kube-proxy's sync histograms, Tollgate's write and purge counters).
+#[derive(Clone)]
+pub struct DataplaneMetrics {
+    sync: Histogram,
+    sync_full: Histogram,
+    sync_partial: Histogram,
+    errors: Family<Labels, Counter>,
+    entries: Family<Labels, Counter>,
+    purged: Family<Labels, Counter>,
+    services: Gauge,
+}
+
+impl DataplaneMetrics {
+    pub fn register(reg: &mut Registry) -> Self {
+        let buckets = || {
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.0001, 2.0, 18,
+            ))
+        };
+        let m = Self {
+            sync: buckets(),
+            sync_full: buckets(),
+            sync_partial: buckets(),
+            errors: Family::default(),
+            entries: Family::default(),
+            purged: Family::default(),
+            services: Gauge::default(),
+        };
+        reg.register(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            m.sync.clone(),
+        );
+        reg.register(
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs",
+            m.sync_full.clone(),
+        );
+        reg.register(
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for partial resyncs",
+            m.sync_partial.clone(),
+        );
+        reg.register(
+            "tollgate_dataplane_write_errors",
+            "Services that could not be programmed, by reason (capacity, ids, map)",
+            m.errors.clone(),
+        );
+        reg.register(
+            "tollgate_dataplane_map_operations",
+            "Map entries written or deleted",
+            m.entries.clone(),
+        );
+        reg.register(
+            "tollgate_dataplane_purged",
+            "Stale flows, affinities and socket choices removed after their backend left",
+            m.purged.clone(),
+        );
+        reg.register(
+            "tollgate_dataplane_programmed_services",
+            "Services programmed in the maps",
+            m.services.clone(),
+        );
+        m
+    }
+
+    pub fn detached() -> Self {
+        Self::register(&mut Registry::default())
+    }
+}
+
+fn reason(e: &WriteError) -> &'static str {
+    match e {
+        WriteError::Capacity { .. } => "capacity",
+        WriteError::Ids { .. } => "ids",
+        WriteError::Map { .. } => "map",
+    }
+}
+
+/// Node-wide settings the programs read from `tg_config_v1`.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub host_netns_cookie: u64,
+    pub snat_ports: (u16, u16),
+    /// Addresses of the uplinks (SNAT fallback when the Node object has none).
+    pub uplink_addresses: Vec<IpAddr>,
+}
+
+fn config(settings: &NodeSettings, node: Option<&NodeInfo>, ready: bool) -> Config {
+    let node_addrs = node.map(|n| n.addresses.as_slice()).unwrap_or_default();
+    let pick = |v4: bool| {
+        node_addrs
+            .iter()
+            .chain(&settings.uplink_addresses)
+            .find(|a| a.is_ipv4() == v4)
+            .map(|a| words(*a))
+            .unwrap_or([0; 4])
+    };
+    Config {
+        host_netns_cookie: settings.host_netns_cookie,
+        snat_v4: pick(true),
+        snat_v6: pick(false),
+        snat_port_min: settings.snat_ports.0,
+        snat_port_max: settings.snat_ports.1,
+        ready: u8::from(ready),
+        pad: [0; 3],
+    }
+}
+
+pub struct Programmer {
+    pub writer: Writer,
+    pub settings: NodeSettings,
+    pub health: Health,
+    pub programming: ProgrammingMetrics,
+    pub metrics: DataplaneMetrics,
+    pub purges: mpsc::UnboundedSender<Purge>,
+}
+
+impl Programmer {
+    /// Programs updates until the ENLS stops. Logs "tollgate ready" after the first one.
+    pub async fn run(mut self, mut updates: mpsc::Receiver<Arc<Update>>, ready_note: String) {
+        let mut node: Option<NodeInfo> = None;
+        let mut ready = false;
+        self.writer.adopt_backends();
+        while let Some(update) = updates.recv().await {
+            let start = Instant::now();
+            if let Some(n) = &update.node {
+                self.writer.set_node(n);
+                self.health.set_node_eligible(n.eligible);
+                node = Some(n.clone());
+            }
+            let mut purge = Purge::default();
+            for change in &update.services {
+                match self.writer.apply(change) {
+                    Ok(p) => purge.pairs.extend(p.pairs),
+                    Err(e) => {
+                        tracing::error!(service = %change.key, "not programmed: {e}");
+                        self.metrics
+                            .errors
+                            .get_or_create(&[("reason", reason(&e))])
+                            .inc();
+                    }
+                }
+            }
+            if update.initial {
+                match self.writer.adopt_done() {
+                    Ok(n) if n > 0 => tracing::info!(
+                        removed = n,
+                        "removed entries of a previous run that the current state no longer has"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("cleaning entries of a previous run: {e}"),
+                }
+                ready = true;
+            }
+            let cfg = config(&self.settings, node.as_ref(), ready);
+            if let Err(e) = self.writer.maps().config.set(0, cfg, 0) {
+                tracing::error!("writing tg_config_v1: {e}");
+            }
+            let took = start.elapsed().as_secs_f64();
+            self.metrics.sync.observe(took);
+            if update.initial {
+                &self.metrics.sync_full
+            } else {
+                &self.metrics.sync_partial
+            }
+            .observe(took);
+            let stats = self.writer.take_stats();
+            self.metrics
+                .entries
+                .get_or_create(&[("op", "write")])
+                .inc_by(stats.entries_written as u64);
+            self.metrics
+                .entries
+                .get_or_create(&[("op", "delete")])
+                .inc_by(stats.entries_deleted as u64);
+            self.metrics
+                .services
+                .set(self.writer.programmed_services() as i64);
+            self.programming.programmed(&update.trigger_times);
+            self.health.programmed();
+            if !purge.is_empty() {
+                let _ = self.purges.send(purge);
+            }
+            if update.initial {
+                tracing::info!(
+                    revision = update.revision,
+                    services = update.services.len(),
+                    took_ms = took * 1e3,
+                    "tollgate ready {ready_note}"
+                );
+            } else {
+                tracing::debug!(
+                    revision = update.revision,
+                    services = update.services.len(),
+                    took_us = took * 1e6,
+                    "programmed"
+                );
+            }
+        }
+    }
+}
+
+/// Removes stale flows as purge requests arrive (off the programming path: it walks maps).
+pub async fn purge_task(
+    maps: LbMaps,
+    metrics: DataplaneMetrics,
+    mut rx: mpsc::UnboundedReceiver<Purge>,
+) {
+    let maps = Arc::new(std::sync::Mutex::new(maps));
+    while let Some(mut purge) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            purge.pairs.extend(more.pairs);
+        }
+        let maps = maps.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut m = maps.lock().unwrap_or_else(|p| p.into_inner());
+            gc::purge(&mut m, &purge)
+        })
+        .await;
+        if let Ok(s) = done {
+            metrics
+                .purged
+                .get_or_create(&[("what", "flows")])
+                .inc_by(s.flows as u64);
+            metrics
+                .purged
+                .get_or_create(&[("what", "affinities")])
+                .inc_by(s.affinities as u64);
+            metrics
+                .purged
+                .get_or_create(&[("what", "sockets")])
+                .inc_by(s.sockets as u64);
+            if s != gc::PurgeStats::default() {
+                tracing::debug!(?s, "purged state of backends that left their service");
+            }
+        }
+    }
+}

@@ -1,0 +1,786 @@
+//! Applies ENLS changes to the maps, incrementally: one service changing touches only its own
+//! entries, and only those whose value differs.
+//!
+//! Order per frontend, so no reader ever sees a service without backends it should have:
+//! new backend entries → slots 1..=n (overwritten in place) → the frontend entry with count n →
+//! slots beyond n deleted → backend entries nobody references any more deleted. A reader that
+//! read the old, larger count and misses a deleted slot falls back to slot 1.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use aya::maps::lpm_trie::Key;
+use tollgate_common::lb::{
+    backend::{self, Backend},
+    revnat::RevNat,
+    scope,
+    srcrange::{self, SrcRangeKey},
+    stats::{self, Counters},
+    svc::{self, SvcKey, SvcValue},
+    svc_flags,
+    svcinfo::{self, SvcInfo},
+};
+
+use super::{
+    addr::{port_be, prefix_words, words},
+    lbmaps::LbMaps,
+};
+use crate::enls::{
+    ServiceChange,
+    model::{
+        EndpointAddr, EndpointSet, Frontend, FrontendKind, IpFamily, NodeInfo, ObjKey, Protocol,
+        ServicePortState, ServiceState,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{map} is full: {needed} more entries needed, {free} free")]
+    Capacity {
+        map: &'static str,
+        needed: usize,
+        free: usize,
+    },
+    #[error("no free {what} ID (limit {limit})")]
+    Ids { what: &'static str, limit: u32 },
+    #[error("writing {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// A backend's identity: one ID per address, port and protocol, shared by every service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct BackendAddr {
+    addr: [u32; 4],
+    port: u16,
+    proto: u8,
+}
+
+#[derive(Debug)]
+struct BackendRef {
+    id: u32,
+    refs: u32,
+}
+
+/// Hands out small IDs and takes them back.
+#[derive(Debug)]
+struct Ids {
+    what: &'static str,
+    next: u32,
+    limit: u32,
+    free: Vec<u32>,
+}
+
+impl Ids {
+    fn new(what: &'static str, limit: u32) -> Self {
+        Self {
+            what,
+            next: 1,
+            limit,
+            free: Vec::new(),
+        }
+    }
+
+    fn take(&mut self) -> Result<u32, WriteError> {
+        if let Some(id) = self.free.pop() {
+            return Ok(id);
+        }
+        if self.next >= self.limit {
+            return Err(WriteError::Ids {
+                what: self.what,
+                limit: self.limit,
+            });
+        }
+        self.next += 1;
+        Ok(self.next - 1)
+    }
+
+    fn give(&mut self, id: u32) {
+        self.free.push(id);
+    }
+}
+
+/// One frontend entry (with its slots) as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WrittenFrontend {
+    key: SvcKey,
+    value: SvcValue,
+    slots: Vec<u32>,
+}
+
+/// One service port (one family) as written.
+#[derive(Debug, Clone)]
+struct WrittenPort {
+    ident: (Arc<str>, Protocol, IpFamily),
+    service_id: u32,
+    frontends: Vec<WrittenFrontend>,
+    /// (frontend address, port, protocol) → rev-NAT ID.
+    revnats: Vec<((IpAddr, u16, Protocol), u32)>,
+    src_ranges: Vec<SrcRangeKey>,
+    src_range_bits: Vec<u32>,
+    /// Backends this port holds a reference on.
+    backends: Vec<BackendAddr>,
+    /// Serving backends (flows to others are stale).
+    serving: HashSet<BackendAddr>,
+    info: SvcInfo,
+}
+
+#[derive(Debug, Default)]
+struct WrittenService {
+    ports: Vec<WrittenPort>,
+}
+
+/// Flows and affinities that must go because a backend stopped serving a service port.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Purge {
+    /// (service ID, backend ID) pairs.
+    pub pairs: Vec<(u32, u32)>,
+}
+
+impl Purge {
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
+/// What a write did, for metrics and logs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WriteStats {
+    pub entries_written: usize,
+    pub entries_deleted: usize,
+}
+
+pub struct Writer {
+    maps: LbMaps,
+    services: HashMap<ObjKey, WrittenService>,
+    backends: HashMap<BackendAddr, BackendRef>,
+    backend_ids: Ids,
+    service_ids: Ids,
+    revnat_ids: Ids,
+    /// Entries in use, for capacity checks.
+    svc_entries: usize,
+    revnat_entries: usize,
+    srcrange_entries: usize,
+    node_addresses: Vec<IpAddr>,
+    stats: WriteStats,
+}
+
+fn fill(dst: &mut [u8], s: &str) {
+    let b = s.as_bytes();
+    let n = b.len().min(dst.len().saturating_sub(1));
+    dst[..n].copy_from_slice(&b[..n]);
+}
+
+fn backend_addr(e: &EndpointAddr, proto: Protocol) -> BackendAddr {
+    BackendAddr {
+        addr: words(e.ip),
+        port: port_be(e.port),
+        proto: proto.number(),
+    }
+}
+
+impl Writer {
+    /// Takes over maps that may already hold a previous agent's state: that state keeps
+    /// serving until [`Writer::adopt_done`] removes what the new state no longer has.
+    pub fn new(maps: LbMaps) -> Self {
+        Self {
+            maps,
+            services: HashMap::new(),
+            backends: HashMap::new(),
+            backend_ids: Ids::new("backend", stats::CAPACITY),
+            service_ids: Ids::new("service port", stats::CAPACITY),
+            revnat_ids: Ids::new("frontend", 1 << 30),
+            svc_entries: 0,
+            revnat_entries: 0,
+            srcrange_entries: 0,
+            node_addresses: Vec::new(),
+            stats: WriteStats::default(),
+        }
+    }
+
+    pub fn maps(&mut self) -> &mut LbMaps {
+        &mut self.maps
+    }
+
+    pub fn programmed_services(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn take_stats(&mut self) -> WriteStats {
+        std::mem::take(&mut self.stats)
+    }
+
+    pub fn set_node(&mut self, node: &NodeInfo) {
+        self.node_addresses = node.addresses.clone();
+    }
+
+    /// Removes every entry a previous agent left that the current state does not have
+    /// (called once, after the first complete state is written).
+    pub fn adopt_done(&mut self) -> Result<usize, WriteError> {
+        let wanted_svc: HashSet<SvcKey> = self
+            .services
+            .values()
+            .flat_map(|s| &s.ports)
+            .flat_map(|p| &p.frontends)
+            .flat_map(|f| {
+                (0..=f.slots.len()).map(move |slot| SvcKey {
+                    slot: slot as u16,
+                    ..f.key
+                })
+            })
+            .collect();
+        let stale: Vec<SvcKey> = self
+            .maps
+            .svc
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted_svc.contains(k))
+            .collect();
+        let mut removed = stale.len();
+        for k in &stale {
+            let _ = self.maps.svc.remove(k);
+        }
+        let wanted_backends: HashSet<u32> = self.backends.values().map(|b| b.id).collect();
+        let stale: Vec<u32> = self
+            .maps
+            .backend
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted_backends.contains(k))
+            .collect();
+        removed += stale.len();
+        for k in &stale {
+            let _ = self.maps.backend.remove(k);
+        }
+        let wanted_revnat: HashSet<u32> = self
+            .services
+            .values()
+            .flat_map(|s| &s.ports)
+            .flat_map(|p| p.revnats.iter().map(|(_, id)| *id))
+            .collect();
+        let stale: Vec<u32> = self
+            .maps
+            .revnat
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted_revnat.contains(k))
+            .collect();
+        removed += stale.len();
+        for k in &stale {
+            let _ = self.maps.revnat.remove(k);
+        }
+        let wanted_info: HashSet<u32> = self
+            .services
+            .values()
+            .flat_map(|s| &s.ports)
+            .map(|p| p.service_id)
+            .collect();
+        let stale: Vec<u32> = self
+            .maps
+            .svcinfo
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted_info.contains(k))
+            .collect();
+        for k in &stale {
+            let _ = self.maps.svcinfo.remove(k);
+        }
+        Ok(removed)
+    }
+
+    /// Seeds the ID allocators from a previous agent's backend map, so backends keep their IDs
+    /// (affinity entries and counters stay meaningful across restarts).
+    pub fn adopt_backends(&mut self) {
+        let existing: Vec<(u32, Backend)> =
+            self.maps.backend.iter().filter_map(Result::ok).collect();
+        let mut max = 0;
+        for (id, b) in existing {
+            let addr = BackendAddr {
+                addr: b.addr,
+                port: b.port,
+                proto: b.proto,
+            };
+            self.backends.insert(addr, BackendRef { id, refs: 0 });
+            max = max.max(id);
+        }
+        if max >= self.backend_ids.next {
+            let used: HashSet<u32> = self.backends.values().map(|b| b.id).collect();
+            self.backend_ids.free = (1..=max).filter(|i| !used.contains(i)).rev().collect();
+            self.backend_ids.next = max + 1;
+        }
+    }
+
+    /// Applies one service's change. On error the service keeps its previous programming and
+    /// nothing else is affected.
+    pub fn apply(&mut self, change: &ServiceChange) -> Result<Purge, WriteError> {
+        let old = self.services.remove(&change.key);
+        let result = match &change.new {
+            Some(new) => self.program(new, old.as_ref()),
+            None => Ok(WrittenService::default()),
+        };
+        match result {
+            Ok(new) => {
+                let purge = self.retire(old.as_ref(), &new);
+                if !new.ports.is_empty() {
+                    self.services.insert(change.key.clone(), new);
+                }
+                Ok(purge)
+            }
+            Err(e) => {
+                if let Some(old) = old {
+                    self.services.insert(change.key.clone(), old);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn acquire(&mut self, addr: BackendAddr) -> Result<u32, WriteError> {
+        if let Some(r) = self.backends.get_mut(&addr) {
+            r.refs += 1;
+            return Ok(r.id);
+        }
+        let id = self.backend_ids.take()?;
+        let value = Backend {
+            addr: addr.addr,
+            port: addr.port,
+            proto: addr.proto,
+            flags: 0,
+        };
+        if let Err(source) = self.maps.backend.insert(id, value, 0) {
+            self.backend_ids.give(id);
+            return Err(WriteError::Map {
+                map: backend::NAME,
+                source,
+            });
+        }
+        self.zero_counters(id, false);
+        self.stats.entries_written += 1;
+        self.backends.insert(addr, BackendRef { id, refs: 1 });
+        Ok(id)
+    }
+
+    fn release(&mut self, addr: &BackendAddr) -> Option<u32> {
+        let r = self.backends.get_mut(addr)?;
+        r.refs = r.refs.saturating_sub(1);
+        if r.refs > 0 {
+            return None;
+        }
+        let id = r.id;
+        self.backends.remove(addr);
+        let _ = self.maps.backend.remove(&id);
+        self.stats.entries_deleted += 1;
+        self.backend_ids.give(id);
+        Some(id)
+    }
+
+    fn zero_counters(&mut self, id: u32, service: bool) {
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        let zeros = aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus]);
+        if let Ok(zeros) = zeros {
+            let map = if service {
+                &mut self.maps.svcstat
+            } else {
+                &mut self.maps.bestat
+            };
+            let _ = map.set(id, zeros, 0);
+        }
+    }
+
+    /// Writes `state` (reusing `old`'s IDs where the port or frontend is the same) and returns
+    /// what was written.
+    fn program(
+        &mut self,
+        state: &ServiceState,
+        old: Option<&WrittenService>,
+    ) -> Result<WrittenService, WriteError> {
+        let needed_svc: usize = state
+            .ports
+            .iter()
+            .map(|p| {
+                p.frontends
+                    .iter()
+                    .map(|f| {
+                        let inside = 1 + p.endpoints_from_inside(f.kind).len();
+                        let outside = if external_entry(p, f.kind) {
+                            1 + p.endpoints_from_outside(f.kind).len()
+                        } else {
+                            0
+                        };
+                        inside + outside
+                    })
+                    .sum::<usize>()
+            })
+            .sum();
+        let old_svc: usize = old
+            .map(|o| {
+                o.ports
+                    .iter()
+                    .flat_map(|p| &p.frontends)
+                    .map(|f| 1 + f.slots.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        let free =
+            (svc::CAPACITY as usize).saturating_sub(self.svc_entries.saturating_sub(old_svc));
+        if needed_svc > free {
+            return Err(WriteError::Capacity {
+                map: svc::NAME,
+                needed: needed_svc,
+                free,
+            });
+        }
+        let mut written = WrittenService::default();
+        for port in &state.ports {
+            let ident = (port.name.clone(), port.protocol, port.ip_family);
+            let prev = old.and_then(|o| o.ports.iter().find(|p| p.ident == ident));
+            let service_id = match prev {
+                Some(p) => p.service_id,
+                None => {
+                    let id = match self.service_ids.take() {
+                        Ok(id) => id,
+                        Err(e) => {
+                            self.undo(written, old);
+                            return Err(e);
+                        }
+                    };
+                    self.zero_counters(id, true);
+                    id
+                }
+            };
+            let mut out = WrittenPort {
+                ident,
+                service_id,
+                frontends: Vec::new(),
+                revnats: Vec::new(),
+                src_ranges: Vec::new(),
+                src_range_bits: Vec::new(),
+                backends: Vec::new(),
+                serving: HashSet::new(),
+                info: SvcInfo::default(),
+            };
+            let result = self.program_port(state, port, prev, &mut out);
+            written.ports.push(out);
+            if let Err(e) = result {
+                self.undo(written, old);
+                return Err(e);
+            }
+        }
+        Ok(written)
+    }
+
+    /// Takes back what a failed `program` wrote: entries `old` does not have are removed and
+    /// every reference taken is released. (Entries it overwrote are rewritten from `old`'s
+    /// record on the next change of this service.)
+    fn undo(&mut self, partial: WrittenService, old: Option<&WrittenService>) {
+        let keep = WrittenService {
+            ports: old.map(|o| o.ports.clone()).unwrap_or_default(),
+        };
+        // Retiring `partial` against `old` removes only what old does not have (and gives back
+        // service IDs old does not use); `old`'s references are untouched because partial
+        // holds its own.
+        let _ = self.retire(Some(&partial), &keep);
+    }
+
+    fn program_port(
+        &mut self,
+        state: &ServiceState,
+        port: &ServicePortState,
+        prev: Option<&WrittenPort>,
+        out: &mut WrittenPort,
+    ) -> Result<(), WriteError> {
+        let service_id = out.service_id;
+        let proto = port.protocol.number();
+        out.serving = port
+            .serving_endpoints
+            .iter()
+            .map(|e| backend_addr(e, port.protocol))
+            .collect();
+        fill(&mut out.info.namespace, &state.namespace);
+        fill(&mut out.info.name, &state.name);
+        fill(&mut out.info.port_name, &port.name);
+        out.info.port = port.port;
+        out.info.proto = proto;
+        out.info.family = if port.ip_family == IpFamily::IPv4 {
+            4
+        } else {
+            6
+        };
+        if prev.map(|p| p.info) != Some(out.info) {
+            self.maps
+                .svcinfo
+                .insert(service_id, out.info, 0)
+                .map_err(|source| WriteError::Map {
+                    map: svcinfo::NAME,
+                    source,
+                })?;
+        }
+        for fe in &port.frontends {
+            let fkey = (fe.ip, fe.port, port.protocol);
+            let rev_nat_id = match prev.and_then(|p| p.revnats.iter().find(|(k, _)| *k == fkey)) {
+                Some((_, id)) => *id,
+                None => {
+                    let id = self.revnat_ids.take()?;
+                    let value = RevNat {
+                        addr: words(fe.ip),
+                        port: port_be(fe.port),
+                        pad: [0; 2],
+                    };
+                    self.maps
+                        .revnat
+                        .insert(id, value, 0)
+                        .map_err(|source| WriteError::Map {
+                            map: tollgate_common::lb::revnat::NAME,
+                            source,
+                        })?;
+                    self.revnat_entries += 1;
+                    self.stats.entries_written += 1;
+                    id
+                }
+            };
+            out.revnats.push((fkey, rev_nat_id));
+            let mut flags = 0u16;
+            if fe.kind.is_external() {
+                flags |= svc_flags::EXTERNAL;
+            }
+            if fe.kind == FrontendKind::NodePort {
+                flags |= svc_flags::NODE_ADDRESS;
+            }
+            if fe.kind == FrontendKind::LoadBalancer && !port.source_ranges.is_empty() {
+                flags |= svc_flags::SOURCE_RANGES;
+                self.source_ranges(port, fe, rev_nat_id, out)?;
+            }
+            if port.has_endpoints {
+                flags |= svc_flags::DROP_IF_EMPTY;
+            }
+            let base = SvcValue {
+                backend_id: 0,
+                count: 0,
+                flags,
+                rev_nat_id,
+                service_id,
+                affinity_timeout: port.session_affinity_timeout_seconds.unwrap_or(0),
+                pad: [0; 4],
+            };
+            let inside = port.endpoints_from_inside(fe.kind).clone();
+            self.write_frontend(fe, proto, scope::INTERNAL, base, &inside, port, prev, out)?;
+            if external_entry(port, fe.kind) {
+                let outside = port.endpoints_from_outside(fe.kind).clone();
+                let mut value = base;
+                value.flags |= svc_flags::LOCAL_ONLY;
+                self.write_frontend(fe, proto, scope::EXTERNAL, value, &outside, port, prev, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn source_ranges(
+        &mut self,
+        port: &ServicePortState,
+        fe: &Frontend,
+        rev_nat_id: u32,
+        out: &mut WrittenPort,
+    ) -> Result<(), WriteError> {
+        let mut entries: Vec<(IpAddr, u8)> = port
+            .source_ranges
+            .iter()
+            .map(|r| (r.addr, r.prefix_len))
+            .collect();
+        // kube-proxy: if a node address is in a range, the LB VIP itself may be a source (the
+        // VIP bound locally, looping back).
+        if port
+            .source_ranges
+            .iter()
+            .any(|r| self.node_addresses.iter().any(|a| r.contains(a)))
+        {
+            entries.push((fe.ip, if fe.ip.is_ipv4() { 32 } else { 128 }));
+        }
+        for (ip, prefix) in entries {
+            let (addr, bits) = prefix_words(ip, prefix);
+            let data = SrcRangeKey {
+                rev_nat_id: rev_nat_id.to_be(),
+                addr,
+            };
+            if self.srcrange_entries >= srcrange::CAPACITY as usize {
+                return Err(WriteError::Capacity {
+                    map: srcrange::NAME,
+                    needed: 1,
+                    free: 0,
+                });
+            }
+            self.maps
+                .srcrange
+                .insert(&Key::new(32 + bits, data), 1, 0)
+                .map_err(|source| WriteError::Map {
+                    map: srcrange::NAME,
+                    source,
+                })?;
+            self.srcrange_entries += 1;
+            out.src_ranges.push(data);
+            out.src_range_bits.push(32 + bits);
+        }
+        Ok(())
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one frontend entry's worth of context"
+    )]
+    fn write_frontend(
+        &mut self,
+        fe: &Frontend,
+        proto: u8,
+        scope: u8,
+        mut value: SvcValue,
+        set: &EndpointSet,
+        port: &ServicePortState,
+        prev: Option<&WrittenPort>,
+        out: &mut WrittenPort,
+    ) -> Result<(), WriteError> {
+        let key = SvcKey {
+            addr: words(fe.ip),
+            port: port_be(fe.port),
+            proto,
+            scope,
+            slot: 0,
+            pad: [0; 2],
+        };
+        let before = prev.and_then(|p| p.frontends.iter().find(|f| f.key == key));
+        let mut slots = Vec::with_capacity(set.len());
+        for e in set.iter() {
+            let addr = backend_addr(e, port.protocol);
+            let id = self.acquire(addr)?;
+            out.backends.push(addr);
+            slots.push(id);
+        }
+        for (i, id) in slots.iter().enumerate() {
+            if before.and_then(|b| b.slots.get(i)) == Some(id) {
+                continue;
+            }
+            let skey = SvcKey {
+                slot: (i + 1) as u16,
+                ..key
+            };
+            let sval = SvcValue {
+                backend_id: *id,
+                ..SvcValue::default()
+            };
+            self.maps
+                .svc
+                .insert(skey, sval, 0)
+                .map_err(|source| WriteError::Map {
+                    map: svc::NAME,
+                    source,
+                })?;
+            self.stats.entries_written += 1;
+            if before.is_none_or(|b| i >= b.slots.len()) {
+                self.svc_entries += 1;
+            }
+        }
+        value.count = slots.len() as u16;
+        if before.map(|b| b.value) != Some(value) {
+            self.maps
+                .svc
+                .insert(key, value, 0)
+                .map_err(|source| WriteError::Map {
+                    map: svc::NAME,
+                    source,
+                })?;
+            self.stats.entries_written += 1;
+            if before.is_none() {
+                self.svc_entries += 1;
+            }
+        }
+        // Slots beyond the new count go only now that the count no longer covers them.
+        if let Some(b) = before {
+            for slot in slots.len() + 1..=b.slots.len() {
+                let _ = self.maps.svc.remove(&SvcKey {
+                    slot: slot as u16,
+                    ..key
+                });
+                self.svc_entries = self.svc_entries.saturating_sub(1);
+                self.stats.entries_deleted += 1;
+            }
+        }
+        out.frontends.push(WrittenFrontend { key, value, slots });
+        Ok(())
+    }
+
+    /// Removes what `old` wrote and `new` did not, releases references, and returns the
+    /// (service, backend) pairs whose flows and affinities are now stale.
+    fn retire(&mut self, old: Option<&WrittenService>, new: &WrittenService) -> Purge {
+        let mut purge = Purge::default();
+        let Some(old) = old else {
+            return purge;
+        };
+        for op in &old.ports {
+            let np = new.ports.iter().find(|p| p.ident == op.ident);
+            for of in &op.frontends {
+                let kept = np.and_then(|p| p.frontends.iter().find(|f| f.key == of.key));
+                if kept.is_none() {
+                    for slot in (1..=of.slots.len()).rev() {
+                        let _ = self.maps.svc.remove(&SvcKey {
+                            slot: slot as u16,
+                            ..of.key
+                        });
+                    }
+                    let _ = self.maps.svc.remove(&of.key);
+                    self.svc_entries = self.svc_entries.saturating_sub(1 + of.slots.len());
+                    self.stats.entries_deleted += 1 + of.slots.len();
+                }
+            }
+            for (fkey, id) in &op.revnats {
+                let kept = np.is_some_and(|p| p.revnats.iter().any(|(k, _)| k == fkey));
+                if !kept {
+                    let _ = self.maps.revnat.remove(id);
+                    self.revnat_entries = self.revnat_entries.saturating_sub(1);
+                    self.revnat_ids.give(*id);
+                }
+            }
+            for (data, bits) in op.src_ranges.iter().zip(&op.src_range_bits) {
+                let kept = np.is_some_and(|p| {
+                    p.src_ranges
+                        .iter()
+                        .zip(&p.src_range_bits)
+                        .any(|(d, b)| d == data && b == bits)
+                });
+                if !kept {
+                    let _ = self.maps.srcrange.remove(&Key::new(*bits, *data));
+                    self.srcrange_entries = self.srcrange_entries.saturating_sub(1);
+                }
+            }
+            // Backends that stopped serving this port: their flows and affinities are stale.
+            let service_id = op.service_id;
+            for b in &op.serving {
+                if np.is_none_or(|p| !p.serving.contains(b))
+                    && let Some(r) = self.backends.get(b)
+                {
+                    purge.pairs.push((service_id, r.id));
+                }
+            }
+            if np.is_none() {
+                let _ = self.maps.svcinfo.remove(&service_id);
+                self.service_ids.give(service_id);
+            }
+        }
+        // Release old references last: new references were taken first, so a backend that
+        // stays keeps its entry and ID.
+        for op in &old.ports {
+            for b in &op.backends {
+                self.release(b);
+            }
+        }
+        purge
+    }
+}
+
+/// Does this frontend need its own entry for traffic from outside? Only external frontends
+/// of an externalTrafficPolicy=Local port (its backends, and no SNAT, differ from inside).
+fn external_entry(port: &ServicePortState, kind: FrontendKind) -> bool {
+    kind.is_external() && port.external_traffic_policy_local
+}
