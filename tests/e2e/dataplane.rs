@@ -23,14 +23,10 @@ fn cluster_ip_from_pods_and_host_tcp_and_udp() {
     // From a pod: both backends (one local, one on the other node) answer.
     let t = s.client(s.pod("n1p2").placement(), &web, 40, Mode::Tcp, T);
     assert_eq!(t.ok, 40, "{t:?}");
-    assert_eq!(
-        t.backends.keys().collect::<Vec<_>>(),
-        ["n1p1", "n2p1"],
-        "{t:?}"
-    );
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
     assert_eq!(
         t.peers,
-        [web.clone()],
+        std::slice::from_ref(&web),
         "getpeername shows the service address"
     );
     assert_eq!(
@@ -48,12 +44,12 @@ fn cluster_ip_from_pods_and_host_tcp_and_udp() {
     let dns = format!("{}:53", scenario::DNS);
     let t = s.client(s.pod("n2p1").placement(), &dns, 20, Mode::Udp, T);
     assert_eq!(t.ok, 20, "{t:?}");
-    assert_eq!(t.peers, [dns.clone()], "{t:?}");
+    assert_eq!(t.peers, std::slice::from_ref(&dns), "{t:?}");
     let t = s.client(s.pod("n2p1").placement(), &dns, 20, Mode::UdpUnconnected, T);
     assert_eq!(t.ok, 20, "{t:?}");
     assert_eq!(
         t.peers,
-        [dns.clone()],
+        std::slice::from_ref(&dns),
         "recvfrom shows the service address: {t:?}"
     );
     assert_eq!(
@@ -61,4 +57,424 @@ fn cluster_ip_from_pods_and_host_tcp_and_udp() {
         1,
         "one unconnected socket keeps its backend: {t:?}"
     );
+}
+
+#[test]
+fn nodeport_external_ip_and_load_balancer_from_outside() {
+    let s = Scenario::new();
+    let node1 = s.node("node1").ip;
+    let outside = || s.cluster.outside();
+    // NodePort on node1 reaches the local backend (n1p1) and the remote one (n2p1); kube-proxy
+    // masquerades under Cluster policy, so backends see the node's address.
+    let np = format!("{node1}:{}", scenario::NODEPORT);
+    let t = s.client(outside(), &np, 40, Mode::Tcp, T);
+    assert_eq!(t.ok, 40, "{t:?}");
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
+    assert!(
+        t.seen_as
+            .iter()
+            .all(|a| a.starts_with(&format!("{node1}:"))),
+        "SNAT to the node address: {t:?}"
+    );
+    assert_eq!(t.peers, std::slice::from_ref(&np));
+    // UDP NodePort too.
+    let t = s.client(
+        outside(),
+        &format!("{node1}:{}", scenario::NODEPORT_UDP),
+        10,
+        Mode::Udp,
+        T,
+    );
+    assert_eq!(t.ok, 10, "{t:?}");
+    // externalIP and LoadBalancer IP (routed to node1 by the network).
+    let t = s.client(
+        outside(),
+        &format!("{}:80", scenario::EXTERNAL_IP),
+        10,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!((t.ok, t.names()), (10, vec!["n1p2"]), "{t:?}");
+    let t = s.client(
+        outside(),
+        &format!("{}:80", scenario::LB_IP),
+        10,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!(
+        (t.ok, t.names()),
+        (10, vec!["n2p2"]),
+        "source range allows the client: {t:?}"
+    );
+    // A LoadBalancer whose source ranges exclude the client: dropped (timeout, no reset).
+    let t = s.client(
+        outside(),
+        &format!("{}:80", scenario::LB_DENY_IP),
+        2,
+        Mode::Tcp,
+        Duration::from_millis(700),
+    );
+    assert_eq!((t.ok, t.timeout), (0, 2), "source ranges drop: {t:?}");
+    // Pods reach the LB VIP too (source ranges apply to outside traffic only).
+    let t = s.client(
+        s.pod("n1p1").placement(),
+        &format!("{}:80", scenario::LB_DENY_IP),
+        5,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!(t.ok, 5, "{t:?}");
+}
+
+#[test]
+fn external_traffic_policy_local() {
+    let s = Scenario::new();
+    let (node1, node2) = (s.node("node1").ip, s.node("node2").ip);
+    // node2 has the only endpoint: the client address is preserved.
+    let t = s.client(
+        s.cluster.outside(),
+        &format!("{node2}:{}", scenario::NODEPORT_LOCAL),
+        10,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!((t.ok, t.names()), (10, vec!["n2p2"]), "{t:?}");
+    assert!(
+        t.seen_as.iter().all(|a| a.starts_with("192.168.77.100:")),
+        "client IP preserved: {t:?}"
+    );
+    // node1 has none: DROP (kube-proxy drops so the LB health check takes the node out).
+    let t = s.client(
+        s.cluster.outside(),
+        &format!("{node1}:{}", scenario::NODEPORT_LOCAL),
+        2,
+        Mode::Tcp,
+        Duration::from_millis(700),
+    );
+    assert_eq!((t.ok, t.timeout), (0, 2), "{t:?}");
+    // Pods and host processes of node1 are short-circuited to the cluster endpoints.
+    let t = s.client(
+        s.pod("n1p1").placement(),
+        &format!("{node1}:{}", scenario::NODEPORT_LOCAL),
+        5,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!((t.ok, t.names()), (5, vec!["n2p2"]), "{t:?}");
+    let t = s.client(
+        s.node("node1").host(),
+        &format!("{node1}:{}", scenario::NODEPORT_LOCAL),
+        5,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!(t.ok, 5, "{t:?}");
+}
+
+#[test]
+fn reject_and_drop() {
+    let s = Scenario::new();
+    // No endpoints at all: REJECT, at once (connection refused), from pods, host and outside.
+    let empty = format!("{}:80", scenario::EMPTY);
+    for at in [s.pod("n1p1").placement(), s.node("node1").host()] {
+        let t = s.client(at, &empty, 3, Mode::Tcp, T);
+        assert_eq!((t.ok, t.refused), (0, 3), "{t:?}");
+        assert!(t.elapsed_ms < 500, "refused at once, not timed out: {t:?}");
+    }
+    let t = s.client(
+        s.cluster.outside(),
+        &format!("{}:{}", s.node("node1").ip, scenario::NODEPORT_EMPTY),
+        3,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!((t.ok, t.refused), (0, 3), "outside gets a reset: {t:?}");
+    let t = s.client(
+        s.pod("n1p1").placement(),
+        &format!("{}:53", scenario::EMPTY),
+        2,
+        Mode::Udp,
+        T,
+    );
+    assert_eq!((t.ok, t.refused), (0, 2), "UDP is refused too: {t:?}");
+    // internalTrafficPolicy=Local with the only endpoint on node2: node1's pods get DROP
+    // (a timeout), node2's pods reach it.
+    let itp = format!("{}:80", scenario::ITP_LOCAL);
+    let t = s.client(
+        s.pod("n1p1").placement(),
+        &itp,
+        2,
+        Mode::Tcp,
+        Duration::from_millis(700),
+    );
+    assert_eq!((t.ok, t.timeout), (0, 2), "{t:?}");
+    let t = s.client(
+        s.node("node1").host(),
+        &itp,
+        2,
+        Mode::Tcp,
+        Duration::from_millis(700),
+    );
+    assert_eq!(
+        (t.ok, t.timeout),
+        (0, 2),
+        "host traffic is dropped too: {t:?}"
+    );
+    let t = s.client(s.pod("n2p2").placement(), &itp, 5, Mode::Tcp, T);
+    assert_eq!((t.ok, t.names()), (5, vec!["n2p1"]), "{t:?}");
+}
+
+#[test]
+fn multi_port_named_ports_hairpin_ipv6_and_affinity() {
+    let s = Scenario::new();
+    // Two named ports of one service map to different target ports of every pod.
+    for (port, expect) in [(80u16, "8080"), (81, "8081")] {
+        let t = s.client(
+            s.pod("n1p1").placement(),
+            &format!("{}:{port}", scenario::MULTI),
+            30,
+            Mode::Tcp,
+            T,
+        );
+        assert_eq!(t.ok, 30, "port {port}: {t:?}");
+        assert_eq!(
+            t.backends.len(),
+            4,
+            "all four pods serve port {port} ({expect}): {t:?}"
+        );
+    }
+    // Hairpin: n1p1 is a backend of web; reaching web from n1p1 sometimes lands on itself.
+    let t = s.client(
+        s.pod("n1p1").placement(),
+        &format!("{}:80", scenario::WEB),
+        40,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!(t.ok, 40, "{t:?}");
+    assert!(
+        t.backends.contains_key("n1p1"),
+        "the pod reached itself through its service: {t:?}"
+    );
+    // IPv6 ClusterIP, from a pod and from a host process.
+    let web6 = format!("[{}]:80", scenario::WEB6);
+    for at in [s.pod("n2p2").placement(), s.node("node1").host()] {
+        let t = s.client(at, &web6, 20, Mode::Tcp, T);
+        assert_eq!(t.ok, 20, "{t:?}");
+        assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
+        assert_eq!(t.peers, std::slice::from_ref(&web6), "{t:?}");
+    }
+    // ClientIP affinity: one client sticks to one backend within the timeout (2 s)...
+    let aff = format!("{}:80", scenario::AFFINITY);
+    let t = s.client(s.pod("n1p2").placement(), &aff, 30, Mode::Tcp, T);
+    assert_eq!((t.ok, t.backends.len()), (30, 1), "sticky: {t:?}");
+    // ... and is free to move once it expires: over several expiries, more than one backend.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(2300));
+        let t = s.client(s.pod("n1p2").placement(), &aff, 3, Mode::Tcp, T);
+        assert_eq!((t.ok, t.backends.len()), (3, 1), "{t:?}");
+        seen.extend(t.backends.into_keys());
+    }
+    assert!(seen.len() > 1, "affinity never expired: {seen:?}");
+}
+
+fn slice_of(s: &Scenario, name: &str) -> serde_json::Value {
+    s.object("EndpointSlice", name)
+}
+
+fn with_endpoints(mut slice: serde_json::Value, eps: Vec<serde_json::Value>) -> serde_json::Value {
+    slice["endpoints"] = serde_json::Value::Array(eps);
+    slice
+}
+
+/// Where the sequence switched from `from` to `to`: all of the first before, all of the second
+/// after, at most `gap` failures between.
+fn switched(seq: &[String], from: &str, to: &str, gap: usize) {
+    let first = seq.iter().position(|b| b != from).unwrap_or(seq.len());
+    assert!(first > 0, "never reached {from}: {seq:?}");
+    let rest = &seq[first..];
+    let fails = rest.iter().take_while(|b| *b == "!").count();
+    assert!(fails <= gap, "{fails} failures in the switch: {seq:?}");
+    assert!(
+        !rest[fails..].is_empty() && rest[fails..].iter().all(|b| b == to),
+        "after the switch only {to}: {seq:?}"
+    );
+}
+
+#[test]
+fn stale_udp_flows_are_purged_when_their_backend_goes() {
+    let s = Scenario::new();
+    let (n1p1, n1p2, n2p1, n2p2) = (s.pod("n1p1"), s.pod("n1p2"), s.pod("n2p1"), s.pod("n2p2"));
+    let (only_n1p2, only_n2p2) = (
+        with_endpoints(
+            slice_of(&s, "dns-1"),
+            vec![scenario::endpoint(n1p2, scenario::ready())],
+        ),
+        with_endpoints(
+            slice_of(&s, "dns-1"),
+            vec![scenario::endpoint(n2p2, scenario::ready())],
+        ),
+    );
+    let np_n1p1 = with_endpoints(
+        slice_of(&s, "np-1"),
+        vec![scenario::endpoint(n1p1, scenario::ready())],
+    );
+    let np_n2p1 = with_endpoints(
+        slice_of(&s, "np-1"),
+        vec![scenario::endpoint(n2p1, scenario::ready())],
+    );
+    s.update(vec![only_n1p2, np_n1p1]);
+    s.wait_backends(
+        &format!("{}:53", scenario::DNS),
+        "internal",
+        &[&format!("{}:5353", n1p2.ip)],
+    );
+    let node1 = s.node("node1").ip;
+    s.wait_backends(
+        &format!("{node1}:{}", scenario::NODEPORT_UDP),
+        "internal",
+        &[&format!("{}:5353", n1p1.ip)],
+    );
+
+    // One unconnected UDP socket in a pod (socket LB), one UDP "flow" from outside (conntrack).
+    let pace = Duration::from_millis(100);
+    let mut pod = s.spawn_client(
+        s.pod("n1p1").placement(),
+        &format!("{}:53", scenario::DNS),
+        40,
+        Mode::UdpUnconnected,
+        pace,
+    );
+    let mut outside = s.spawn_client(
+        s.cluster.outside(),
+        &format!("{node1}:{}", scenario::NODEPORT_UDP),
+        40,
+        Mode::UdpUnconnected,
+        pace,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    s.update(vec![only_n2p2, np_n2p1]);
+    let pod = Scenario::finish(&mut pod, Duration::from_secs(15));
+    let outside = Scenario::finish(&mut outside, Duration::from_secs(15));
+    switched(&pod.sequence, "n1p2", "n2p2", 2);
+    switched(&outside.sequence, "n1p1", "n2p1", 2);
+}
+
+#[test]
+fn terminating_endpoints_keep_their_established_flows() {
+    let s = Scenario::new();
+    let (n1p1, n2p1) = (s.pod("n1p1"), s.pod("n2p1"));
+    let node1 = s.node("node1").ip;
+    let np = format!("{node1}:{}", scenario::NODEPORT);
+    s.update(vec![with_endpoints(
+        slice_of(&s, "np-1"),
+        vec![scenario::endpoint(n2p1, scenario::ready())],
+    )]);
+    s.wait_backends(&np, "internal", &[&format!("{}:8080", n2p1.ip)]);
+    // A long connection from outside (per-packet path) and one from a pod (socket LB).
+    let pace = Duration::from_millis(100);
+    let mut from_outside = s.spawn_session(s.cluster.outside(), &np, 30, pace);
+    let mut from_pod = s.spawn_session(s.pod("n1p2").placement(), &np, 30, pace);
+    // n2p1 starts terminating, n1p1 takes new connections.
+    s.update(vec![with_endpoints(
+        slice_of(&s, "np-1"),
+        vec![
+            scenario::endpoint(n2p1, scenario::terminating()),
+            scenario::endpoint(n1p1, scenario::ready()),
+        ],
+    )]);
+    s.wait_backends(&np, "internal", &[&format!("{}:8080", n1p1.ip)]);
+    let t = s.client(s.cluster.outside(), &np, 10, Mode::Tcp, T);
+    assert_eq!(
+        (t.ok, t.names()),
+        (10, vec!["n1p1"]),
+        "new connections avoid the terminating endpoint: {t:?}"
+    );
+    for (what, p) in [("outside", &mut from_outside), ("pod", &mut from_pod)] {
+        let t = Scenario::finish(p, Duration::from_secs(15));
+        assert_eq!(
+            (t.ok, t.names()),
+            (30, vec!["n2p1"]),
+            "{what}: the established flow kept its backend: {t:?}"
+        );
+    }
+}
+
+#[test]
+fn agent_restart_keeps_established_flows_and_serves_at_once() {
+    let mut s = Scenario::new();
+    let node1 = s.node("node1").ip;
+    let np = format!("{node1}:{}", scenario::NODEPORT);
+    let web = format!("{}:80", scenario::WEB);
+    let pace = Duration::from_millis(100);
+    let mut from_outside = s.spawn_session(s.cluster.outside(), &np, 40, pace);
+    let mut from_pod = s.spawn_session(s.pod("n1p2").placement(), &web, 40, pace);
+    // SIGKILL: no clean-up runs. Programs stay attached through their pinned links.
+    s.agents[0].kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = s.client(s.pod("n1p2").placement(), &web, 5, Mode::Tcp, T);
+    assert_eq!(t.ok, 5, "served while no agent runs: {t:?}");
+    let t = s.client(s.cluster.outside(), &np, 5, Mode::Tcp, T);
+    assert_eq!(t.ok, 5, "NodePort served while no agent runs: {t:?}");
+    // Restart: new connections right away.
+    let node = s.cluster.node("node1");
+    s.agents[0] = tollgate_tests::agent::start_agent(node, &s.source, &[]);
+    let t = s.client(
+        s.pod("n1p2").placement(),
+        &web,
+        5,
+        Mode::Tcp,
+        Duration::from_secs(1),
+    );
+    assert_eq!(t.ok, 5, "served at once after the restart: {t:?}");
+    let t = s.client(
+        s.cluster.outside(),
+        &np,
+        5,
+        Mode::Tcp,
+        Duration::from_secs(1),
+    );
+    assert_eq!(t.ok, 5, "{t:?}");
+    for (what, p) in [("outside", &mut from_outside), ("pod", &mut from_pod)] {
+        let t = Scenario::finish(p, Duration::from_secs(20));
+        assert_eq!(
+            (t.ok, t.backends.len()),
+            (40, 1),
+            "{what}: the connection survived the restart: {t:?}"
+        );
+    }
+    // The restarted agent updated its pinned links in place instead of stacking programs.
+    let links = std::fs::read_dir(node.bpffs.join("links")).unwrap().count();
+    assert_eq!(
+        links,
+        3 + 8 + 2 * 2,
+        "uplink 3 + socket hooks 8 + two pod interfaces × 2"
+    );
+}
+
+#[test]
+fn new_connections_spread_evenly_over_backends() {
+    let s = Scenario::new();
+    const N: u64 = 20_000;
+    let t = s.client(
+        s.pod("n1p1").placement(),
+        &format!("{}:80", scenario::SPREAD),
+        N,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!(t.ok, N, "{t:?}");
+    let expected = N as f64 / 4.0;
+    for (name, count) in &t.backends {
+        let dev = (*count as f64 - expected) / expected;
+        assert!(
+            dev.abs() <= 0.05,
+            "{name}: {count} of {N} ({:+.1} %): {:?}",
+            dev * 100.0,
+            t.backends
+        );
+    }
+    assert_eq!(t.backends.len(), 4);
 }

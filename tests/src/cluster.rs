@@ -157,6 +157,12 @@ impl Cluster {
             }
         }
 
+        // Like any real node, each has a default route (to the LAN's router, the outside
+        // namespace, which does not forward): traffic to unknown destinations leaves the uplink.
+        for node in &nodes {
+            node.ns
+                .ip(&["route", "add", "default", "via", &OUTSIDE_V4.to_string()]);
+        }
         let cloud = spec.cloud.then(|| {
             let cloud = Netns::new(&prefix.child("cloud"));
             cloud.ip(&[

@@ -139,7 +139,7 @@ pub fn replace(objects: &mut Vec<Value>, new: Value) {
 pub struct Scenario {
     pub agents: Vec<BgProcess>,
     pub servers: Vec<BgProcess>,
-    pub objects: Vec<Value>,
+    pub objects: std::cell::RefCell<Vec<Value>>,
     pub source: String,
     pub cluster: Cluster,
 }
@@ -186,7 +186,7 @@ impl Scenario {
         Self {
             agents,
             servers,
-            objects,
+            objects: std::cell::RefCell::new(objects),
             source,
             cluster,
         }
@@ -200,19 +200,30 @@ impl Scenario {
         self.cluster.pod(name)
     }
 
-    /// Writes the manifest with `changed` objects replaced, and waits until every agent
-    /// programmed it (its maps agree with `check`).
-    pub fn update(&mut self, changed: Vec<Value>) {
+    /// Writes the manifest with `changed` objects replaced (agents reload it; use
+    /// [`Scenario::wait_backends`] to wait until they programmed it).
+    pub fn update(&self, changed: Vec<Value>) {
+        let mut objects = self.objects.borrow_mut();
         for o in changed {
-            replace(&mut self.objects, o);
+            replace(&mut objects, o);
         }
-        self.cluster.write_manifest(&self.objects);
+        self.cluster.write_manifest(&objects);
     }
 
-    pub fn remove(&mut self, kind: &str, name: &str) {
+    pub fn remove(&self, kind: &str, name: &str) {
+        let mut objects = self.objects.borrow_mut();
+        objects.retain(|o| !(o["kind"] == kind && o["metadata"]["name"] == name));
+        self.cluster.write_manifest(&objects);
+    }
+
+    /// The current manifest object of `kind` named `name`.
+    pub fn object(&self, kind: &str, name: &str) -> Value {
         self.objects
-            .retain(|o| !(o["kind"] == kind && o["metadata"]["name"] == name));
-        self.cluster.write_manifest(&self.objects);
+            .borrow()
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} {name} in the scenario"))
     }
 
     /// Runs a client process in `at` and returns its tally.
@@ -254,6 +265,75 @@ impl Scenario {
         })
     }
 
+    /// Starts a paced client in the background (`interval` between exchanges); read its tally
+    /// with [`Scenario::finish`].
+    pub fn spawn_client(
+        &self,
+        at: Placement<'_>,
+        to: &str,
+        count: u64,
+        mode: Mode,
+        interval: Duration,
+    ) -> BgProcess {
+        let mut cmd = Command::new(testbed_bin());
+        let mode = match mode {
+            Mode::Tcp => "tcp",
+            Mode::Udp => "udp",
+            Mode::UdpUnconnected => "udp-unconnected",
+        };
+        cmd.args([
+            "connect",
+            "--to",
+            to,
+            "--count",
+            &count.to_string(),
+            "--mode",
+            mode,
+        ])
+        .args([
+            "--interval-ms",
+            &interval.as_millis().to_string(),
+            "--timeout-ms",
+            "1000",
+        ]);
+        BgProcess::spawn(&format!("{}-client-{}", at.netns.name(), count), at, cmd)
+    }
+
+    /// Starts one long TCP connection exchanging `lines` lines `interval` apart.
+    pub fn spawn_session(
+        &self,
+        at: Placement<'_>,
+        to: &str,
+        lines: u64,
+        interval: Duration,
+    ) -> BgProcess {
+        let mut cmd = Command::new(testbed_bin());
+        cmd.args(["session", "--to", to, "--lines", &lines.to_string()])
+            .args([
+                "--interval-ms",
+                &interval.as_millis().to_string(),
+                "--timeout-ms",
+                "2000",
+            ]);
+        let mut p = BgProcess::spawn(&format!("{}-session-{lines}", at.netns.name()), at, cmd);
+        p.wait_for_log("connected", Duration::from_secs(5));
+        p
+    }
+
+    /// Waits for a background client to exit and parses its tally.
+    pub fn finish(p: &mut BgProcess, within: Duration) -> Tally {
+        crate::wait_for("the client to finish", within, || {
+            (!p.alive()).then_some(())
+        });
+        let logs = p.logs();
+        let line = logs
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or("");
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("client output {logs:?}: {e}"))
+    }
+
     /// `tollgate maps --json` on a node.
     pub fn maps(&self, node: &Node) -> Value {
         let mut cmd = Command::new(tollgate_bin());
@@ -287,17 +367,25 @@ impl Scenario {
             })
     }
 
-    /// Waits until every node's maps show `frontend` with exactly `backends`.
+    /// Waits until every node whose maps have `frontend` (NodePorts exist only on their own
+    /// node) shows exactly `backends` for it; at least one node must have it.
     pub fn wait_backends(&self, frontend: &str, scope: &str, backends: &[&str]) {
         let mut want: Vec<String> = backends.iter().map(|s| s.to_string()).collect();
         want.sort();
-        for node in &self.cluster.nodes {
-            crate::wait_for(
-                &format!("{frontend} → {want:?} on {}", node.name),
-                Duration::from_secs(10),
-                || (self.backends(node, frontend, scope).as_ref() == Some(&want)).then_some(()),
-            );
-        }
+        crate::wait_for(
+            &format!("{frontend} → {want:?}"),
+            Duration::from_secs(10),
+            || {
+                let seen: Vec<Option<Vec<String>>> = self
+                    .cluster
+                    .nodes
+                    .iter()
+                    .map(|n| self.backends(n, frontend, scope))
+                    .collect();
+                let present: Vec<&Vec<String>> = seen.iter().flatten().collect();
+                (!present.is_empty() && present.iter().all(|b| **b == want)).then_some(())
+            },
+        );
     }
 }
 

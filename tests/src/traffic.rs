@@ -95,13 +95,21 @@ pub struct Tally {
     pub timeout: u64,
     pub other: u64,
     pub elapsed_ms: u64,
+    /// Backend name per exchange, in order ("!" for a failure).
+    pub sequence: Vec<String>,
 }
 
 impl Tally {
+    /// Names of the backends that answered, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.backends.keys().map(String::as_str).collect()
+    }
+
     fn answer(&mut self, line: &str, peer: Option<SocketAddr>) {
         let mut parts = line.split_whitespace();
         let name = parts.next().unwrap_or("?").to_owned();
         let seen = parts.next().unwrap_or("?").to_owned();
+        self.sequence.push(name.clone());
         *self.backends.entry(name).or_default() += 1;
         if !self.seen_as.contains(&seen) {
             self.seen_as.push(seen);
@@ -115,6 +123,7 @@ impl Tally {
     }
 
     fn error(&mut self, e: &std::io::Error) {
+        self.sequence.push("!".into());
         match e.kind() {
             std::io::ErrorKind::ConnectionRefused => self.refused += 1,
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => self.timeout += 1,
@@ -160,7 +169,13 @@ fn udp_socket(to: SocketAddr, timeout: Duration) -> std::io::Result<UdpSocket> {
 
 /// `count` exchanges with `to`, each on a new connection (or a new connected UDP socket); for
 /// `UdpUnconnected`, all on one socket.
-pub fn connect(to: SocketAddr, count: u64, mode: Mode, timeout: Duration) -> Tally {
+pub fn connect(
+    to: SocketAddr,
+    count: u64,
+    mode: Mode,
+    timeout: Duration,
+    interval: Duration,
+) -> Tally {
     let mut tally = Tally::default();
     let start = Instant::now();
     let shared = match mode {
@@ -189,6 +204,9 @@ pub fn connect(to: SocketAddr, count: u64, mode: Mode, timeout: Duration) -> Tal
         };
         if let Err(e) = r {
             tally.error(&e);
+        }
+        if !interval.is_zero() {
+            std::thread::sleep(interval);
         }
     }
     tally.elapsed_ms = start.elapsed().as_millis() as u64;

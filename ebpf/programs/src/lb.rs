@@ -49,6 +49,10 @@ pub fn frontend_inside(addr: [u32; 4], port: u16, proto: u8) -> Option<Frontend>
 
 /// Looks `key` (slot 0) up, falling back to the internal scope for an external lookup; fills
 /// `out` in place (for callers short of stack). Returns whether it was found.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "references into the per-CPU scratch map (via the caller); by-value copies would use the 512-byte stack"
+)]
 #[inline(always)]
 pub fn frontend_into(key: &mut SvcKey, out: &mut Frontend) -> bool {
     // SAFETY: copied out immediately.

@@ -439,6 +439,10 @@ fn new_flow(s: &mut Scratch, side: Side) -> u32 {
     u32::from(new_flow_inner(s, side).is_err())
 }
 
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "references into the per-CPU scratch map; by-value copies would use the 512-byte stack"
+)]
 #[inline(always)]
 fn new_flow_inner(s: &mut Scratch, side: Side) -> R<()> {
     if lb::choose(&s.fe, &s.pkt.saddr, affinity_kind::CLIENT_IP, &mut s.chosen) == 0 {
@@ -516,6 +520,10 @@ fn new_flow_inner(s: &mut Scratch, side: Side) -> R<()> {
 /// family) into `s.nat_addr`, and a free source port, claimed by inserting a placeholder reply
 /// entry with BPF_NOEXIST (two CPUs cannot claim the same one). Returns the port in network
 /// order, 0 when there is none. Out of line, working in scratch space.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "references into the per-CPU scratch map; by-value copies would use the 512-byte stack"
+)]
 #[inline(never)]
 fn snat_source(s: &mut Scratch, hairpin: u8) -> u16 {
     let Some(cfg) = CONFIG.get(0) else {

@@ -48,6 +48,9 @@ enum Cmd {
         mode: tollgate_tests::traffic::Mode,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Pause between exchanges.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
     },
     /// One TCP connection exchanging LINES lines, INTERVAL apart; prints a JSON tally.
     Session {
@@ -92,12 +95,14 @@ fn main() -> anyhow::Result<()> {
             count,
             mode,
             timeout_ms,
+            interval_ms,
         } => {
             let t = tollgate_tests::traffic::connect(
                 to,
                 count,
                 mode,
                 Duration::from_millis(timeout_ms),
+                Duration::from_millis(interval_ms),
             );
             println!("{}", serde_json::to_string(&t)?);
             Ok(())
