@@ -16,7 +16,12 @@ use tollgate_tests::{
 };
 
 fn start_agent(cluster: &Cluster, node: &Node) -> BgProcess {
-    tollgate_tests::agent::start_agent(node, &cluster.write_manifest(&[]), &[])
+    // Native XDP even on the test bed's veth uplinks (it only counts and passes here).
+    tollgate_tests::agent::start_agent(
+        node,
+        &cluster.write_manifest(&[]),
+        &["--xdp-mode", "native"],
+    )
 }
 
 fn ifindex(node: &Node, iface: &str) -> u32 {
@@ -122,6 +127,7 @@ fn dropping_the_cluster_removes_everything_it_created() {
     let cluster = Cluster::new(&ClusterSpec {
         pods_per_node: vec![1],
         cloud: true,
+        ..Default::default()
     });
     let prefix = cluster.prefix.to_string();
     let cgroup = cluster.cgroup_root().to_owned();
@@ -173,6 +179,7 @@ fn xdp_and_tc_count_real_packets_in_a_pinned_btf_map() {
     let cluster = Cluster::new(&ClusterSpec {
         pods_per_node: vec![1, 1],
         cloud: false,
+        ..Default::default()
     });
     let node = cluster.node("node1");
     let mut echo = Command::new(testbed_bin());
@@ -240,6 +247,7 @@ fn programs_keep_counting_across_agent_sigkill_and_restart() {
     let cluster = Cluster::new(&ClusterSpec {
         pods_per_node: vec![0],
         cloud: false,
+        ..Default::default()
     });
     let node = cluster.node("node1");
     let mut echo = Command::new(testbed_bin());
@@ -285,6 +293,7 @@ fn cleanup_removes_pins_and_detaches_programs() {
     let cluster = Cluster::new(&ClusterSpec {
         pods_per_node: vec![0],
         cloud: false,
+        ..Default::default()
     });
     let node = cluster.node("node1");
     let mut agent = start_agent(&cluster, node);
@@ -372,6 +381,7 @@ fn agent_exposes_enls_metrics_and_health() {
     let cluster = Cluster::new(&ClusterSpec {
         pods_per_node: vec![1],
         cloud: false,
+        ..Default::default()
     });
     let node = cluster.node("node1");
     let svc = k8s::service("default", "web", "10.96.0.10", &[("http", 80)]);

@@ -35,6 +35,9 @@ pub struct ClusterSpec {
     pub pods_per_node: Vec<usize>,
     /// Create the "cloud" namespace owning 169.254.169.254.
     pub cloud: bool,
+    /// Full checksums in every packet, as on a wire (transmit checksum offload off on the test
+    /// bed's interfaces). Needed where native XDP retransmits frames between veths.
+    pub wire_checksums: bool,
 }
 
 impl Default for ClusterSpec {
@@ -42,6 +45,7 @@ impl Default for ClusterSpec {
         Self {
             pods_per_node: vec![2, 2],
             cloud: true,
+            wire_checksums: false,
         }
     }
 }
@@ -202,6 +206,25 @@ impl Cluster {
             cloud
         });
 
+        if spec.wire_checksums {
+            let off = |ns: &Netns, iface: &str| {
+                let mut c = Command::new("ethtool");
+                c.args(["-K", iface, "tx", "off"]);
+                let out = Placement::new(ns, None).output(c);
+                assert!(
+                    out.status.success(),
+                    "ethtool -K {iface} tx off: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            off(&outside, "br0");
+            for node in &nodes {
+                off(&node.ns, "eth0");
+                for pod in &node.pods {
+                    off(&pod.ns, "eth0");
+                }
+            }
+        }
         let outside_cgroup = cgroup.child("outside");
         let cloud_cgroup = cgroup.child("cloud");
         let workdir = std::env::temp_dir().join(prefix.as_str());
@@ -255,6 +278,16 @@ impl Cluster {
             outside.name(),
         ]);
         outside.ip(&["link", "set", &peer, "master", "br0", "up"]);
+        // A veth only takes frames an XDP program transmits (XDP_TX) when its peer runs NAPI;
+        // GRO turns that on (physical NICs need nothing of the kind).
+        let mut gro = Command::new("ethtool");
+        gro.args(["-K", &peer, "gro", "on"]);
+        let out = Placement::new(outside, None).output(gro);
+        assert!(
+            out.status.success(),
+            "ethtool -K {peer} gro on: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ip = Ipv4Addr::new(192, 168, 77, 10 + index);
         let ip6: Ipv6Addr = format!("{LAN_V6_PREFIX}{}", 10 + u16::from(index))
             .parse()

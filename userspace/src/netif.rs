@@ -86,3 +86,54 @@ pub fn cgroup2_root() -> Option<std::path::PathBuf> {
         })
         .min_by_key(|p| p.as_os_str().len())
 }
+
+/// The kernel driver behind `iface` (ethtool's ETHTOOL_GDRVINFO; works in any network
+/// namespace, unlike sysfs which shows the namespace it was mounted in).
+pub fn driver(iface: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IF_NAMESIZE],
+        data: *mut DrvInfo,
+        pad: [u8; 16],
+    }
+    let name = iface.as_bytes();
+    if name.len() >= libc::IF_NAMESIZE {
+        return None;
+    }
+    // SAFETY: zeroed plain-old-data structs passed to the ethtool ioctl on our own socket.
+    unsafe {
+        let mut info: DrvInfo = std::mem::zeroed();
+        info.cmd = ETHTOOL_GDRVINFO;
+        let mut req: IfReq = std::mem::zeroed();
+        req.name[..name.len()].copy_from_slice(name);
+        req.data = &mut info;
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req as *mut IfReq);
+        libc::close(fd);
+        if rc != 0 {
+            return None;
+        }
+        let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
+        Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+    }
+}

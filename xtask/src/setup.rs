@@ -24,6 +24,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("nsenter", "util-linux"),
     ("cc", "gcc"),
+    ("ethtool", "ethtool"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -8,9 +8,10 @@ mod maps;
 mod nat;
 mod sock;
 mod stats;
+mod xdp;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
@@ -19,13 +20,14 @@ use tollgate_common::iface_stats::hook;
 
 use crate::{nat::Side, sock::Hook};
 
-/// XDP on uplinks: counts (the per-packet translation runs at TC).
+/// XDP on uplinks: the fast path for outside traffic that leaves through the same uplink (see
+/// `xdp.rs`); everything else passes to TC unmodified.
 #[xdp]
 pub fn tg_xdp_uplink(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let len = ctx.data_end().saturating_sub(ctx.data()) as u64;
     stats::count(ifindex, hook::XDP, len);
-    xdp_action::XDP_PASS
+    xdp::uplink(&ctx)
 }
 
 #[inline(always)]

@@ -215,7 +215,7 @@ fn set_port(ctx: &TcContext, p: &mut Pkt, src: bool, new: u16) -> R<()> {
 }
 
 #[inline(always)]
-fn key(p: &Pkt, dir: u8) -> CtKey {
+pub(crate) fn key(p: &Pkt, dir: u8) -> CtKey {
     CtKey {
         saddr: p.saddr,
         daddr: p.daddr,
@@ -230,7 +230,7 @@ fn key(p: &Pkt, dir: u8) -> CtKey {
 /// Looks a flow up and refreshes its `last_seen` (at most once a second per flow). The entry
 /// is used in place (no copy on the stack).
 #[inline(always)]
-fn ct_get(k: &CtKey) -> Option<&'static CtEntry> {
+pub(crate) fn ct_get(k: &CtKey) -> Option<&'static CtEntry> {
     let ptr = CONNTRACK.get_ptr_mut(k)?;
     let now = lb::now_secs();
     // SAFETY: the entry stays valid during this program run (RCU); a racing refresh of
@@ -333,7 +333,7 @@ fn apply_reply(ctx: &TcContext, p: &mut Pkt, e: &CtEntry) -> i32 {
 }
 
 #[inline(always)]
-fn source_allowed(fe: &Frontend, client: &[u32; 4]) -> bool {
+pub(crate) fn source_allowed(fe: &Frontend, client: &[u32; 4]) -> bool {
     let data = SrcRangeKey {
         rev_nat_id: fe.value.rev_nat_id.to_be(),
         addr: *client,
@@ -435,7 +435,7 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
 /// A new flow: choose a backend and claim its conntrack entries. Out of line (its own stack
 /// frame, not stacked on the translation's). Returns 0 on success.
 #[inline(never)]
-fn new_flow(s: &mut Scratch, side: Side) -> u32 {
+pub(crate) fn new_flow(s: &mut Scratch, side: Side) -> u32 {
     u32::from(new_flow_inner(s, side).is_err())
 }
 

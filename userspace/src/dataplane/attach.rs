@@ -85,10 +85,18 @@ pub(super) fn unpin_iface(pins: &PinLayout, program: &str, iface: &str, keep: Op
     }
 }
 
+/// Drivers of virtual interfaces where native XDP does more harm than good: a frame sent back
+/// with XDP_TX loses the skb's checksum-offload state (packets from a local namespace carry
+/// only a partial checksum), and there is no NIC work to save.
+const VIRTUAL_DRIVERS: &[&str] = &[
+    "veth", "bridge", "tun", "dummy", "vxlan", "geneve", "macvlan", "ipvlan",
+];
+
 /// How XDP is attached to uplinks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum XdpModeArg {
-    /// Let the kernel pick (native when the driver supports it).
+    /// Native XDP on physical NICs; none on virtual interfaces (veth & co.), where TC handles
+    /// everything.
     #[default]
     Auto,
     /// Driver (native) mode; fails if the driver lacks XDP support.
@@ -158,6 +166,19 @@ pub(super) fn xdp(
     let Some(mode) = mode.mode() else {
         return Ok(());
     };
+    if matches!(mode, XdpMode::Default)
+        && let Some(driver) = crate::netif::driver(iface)
+        && VIRTUAL_DRIVERS.contains(&driver.as_str())
+    {
+        tracing::info!(
+            iface,
+            driver,
+            "no XDP on a virtual interface (TC translates everything); --xdp-mode native forces it"
+        );
+        // A previous run's pinned XDP link on this interface goes too.
+        unpin_iface(pins, program, iface, None);
+        return Ok(());
+    }
     let prog: &mut Xdp = ebpf
         .program_mut(program)
         .and_then(|p| p.try_into().ok())

@@ -182,6 +182,36 @@ impl Dataplane {
     }
 }
 
+impl Dataplane {
+    /// Runs a TC or XDP program on a synthetic packet (`BPF_PROG_TEST_RUN`) in the calling
+    /// thread's network namespace: returns the verdict and the packet as the program left it.
+    /// `ctx` is the raw `__sk_buff` / `xdp_md` input (ifindex fields).
+    pub fn test_run(
+        &self,
+        program: &'static str,
+        packet: &[u8],
+        ctx: Option<&[u8]>,
+    ) -> Result<(u32, Vec<u8>), DataplaneError> {
+        use aya::programs::{Program, TestRun as _, TestRunOptions};
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = ctx;
+        let result = match self.ebpf.program(program) {
+            Some(Program::SchedClassifier(p)) => p.test_run(opts),
+            Some(Program::Xdp(p)) => p.test_run(opts),
+            _ => return Err(DataplaneError::MissingProgram { name: program }),
+        }
+        .map_err(|source| DataplaneError::Program {
+            name: program,
+            source,
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+}
+
 /// Removes every pinned map and link under `root` (programs detach when their last link goes),
 /// then the directory itself. Missing pieces are not an error: cleanup is idempotent.
 pub fn cleanup(root: &Path) -> std::io::Result<Vec<PathBuf>> {

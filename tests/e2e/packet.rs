@@ -1,0 +1,660 @@
+//! Packet tests: synthetic packets through the TC and XDP programs (`BPF_PROG_TEST_RUN`),
+//! checking the rewritten bytes, both checksums (recomputed here independently), MACs and the
+//! verdict. They run in a test-bed node namespace so the programs' FIB lookups resolve.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "end-to-end tests panic with clear messages"
+)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde_json::{Value, json};
+use tollgate::{
+    dataplane::{Dataplane, lbmaps::LbMaps, writer::Writer},
+    enls::{Enls, EnlsConfig, Object, SourceEvent, ingest::Kind, metrics::EnlsMetrics},
+};
+use tollgate_common::lb::config::Config;
+use tollgate_tests::{Cluster, ClusterSpec, Node};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 11);
+const NODE6: &str = "fd00:77::11";
+const PEER_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 12);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
+const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0];
+const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x12];
+
+// --- packets -------------------------------------------------------------------------------
+
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    for chunk in data.chunks(2) {
+        let w = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        acc += u32::from(w);
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+fn ipv4(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Vec<u8> {
+    let len = (20 + l4.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&len.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = fold(sum16(&ip, 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(l4);
+    ip
+}
+
+fn pseudo(src: &IpAddr, dst: &IpAddr, proto: u8, len: usize) -> u32 {
+    let mut b = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            b.extend_from_slice(&s.octets());
+            b.extend_from_slice(&d.octets());
+            b.extend_from_slice(&[0, proto]);
+            b.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            b.extend_from_slice(&s.octets());
+            b.extend_from_slice(&d.octets());
+            b.extend_from_slice(&(len as u32).to_be_bytes());
+            b.extend_from_slice(&[0, 0, 0, proto]);
+        }
+        _ => panic!("mixed families"),
+    }
+    sum16(&b, 0)
+}
+
+fn tcp(src: &IpAddr, dst: &IpAddr, sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    t.extend_from_slice(payload);
+    let c = fold(sum16(&t, pseudo(src, dst, 6, t.len())));
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
+
+fn udp(
+    src: &IpAddr,
+    dst: &IpAddr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+    zero_checksum: bool,
+) -> Vec<u8> {
+    let mut u = vec![0u8; 8];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(payload);
+    if !zero_checksum {
+        let c = fold(sum16(&u, pseudo(src, dst, 17, u.len())));
+        u[6..8].copy_from_slice(&c.to_be_bytes());
+    }
+    u
+}
+
+fn ether(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn syn4(dst: Ipv4Addr, dport: u16, sport: u16, node_mac: [u8; 6]) -> Vec<u8> {
+    let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(dst));
+    ether(
+        node_mac,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(6, CLIENT, dst, &tcp(&s, &d, sport, dport, 0x02, &[])),
+    )
+}
+
+/// A parsed IPv4/IPv6 TCP or UDP frame, checksums verified.
+#[derive(Debug)]
+struct Seen {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    l4: Vec<u8>,
+}
+
+fn parse(frame: &[u8]) -> Seen {
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    let (src, dst, proto, l4): (IpAddr, IpAddr, u8, &[u8]) = match ethertype {
+        0x0800 => {
+            let ip = &frame[14..];
+            let ihl = usize::from(ip[0] & 0xf) * 4;
+            assert_eq!(
+                fold(sum16(&ip[..ihl], 0)),
+                0,
+                "IPv4 header checksum wrong: {frame:02x?}"
+            );
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
+            let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
+            (src, dst, ip[9], &ip[ihl..total])
+        }
+        0x86dd => {
+            let ip = &frame[14..];
+            let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            let s: [u8; 16] = ip[8..24].try_into().unwrap();
+            let d: [u8; 16] = ip[24..40].try_into().unwrap();
+            (
+                IpAddr::V6(Ipv6Addr::from(s)),
+                IpAddr::V6(Ipv6Addr::from(d)),
+                ip[6],
+                &ip[40..40 + len],
+            )
+        }
+        other => panic!("ethertype {other:#x}"),
+    };
+    if proto == 6 || proto == 17 {
+        let zero_udp = proto == 17 && l4[6] == 0 && l4[7] == 0 && src.is_ipv4();
+        if !zero_udp {
+            assert_eq!(
+                fold(sum16(l4, pseudo(&src, &dst, proto, l4.len()))),
+                0,
+                "L4 checksum wrong: {frame:02x?}"
+            );
+        }
+    }
+    if proto == 1 {
+        assert_eq!(fold(sum16(l4, 0)), 0, "ICMP checksum wrong: {frame:02x?}");
+    }
+    Seen {
+        dst_mac: frame[0..6].try_into().unwrap(),
+        src_mac: frame[6..12].try_into().unwrap(),
+        src,
+        dst,
+        proto,
+        sport: u16::from_be_bytes([l4[0], l4[1]]),
+        dport: u16::from_be_bytes([l4[2], l4[3]]),
+        tcp_flags: if proto == 6 { l4[13] } else { 0 },
+        l4: l4.to_vec(),
+    }
+}
+
+// --- set-up --------------------------------------------------------------------------------
+
+fn endpoint(ip: Ipv4Addr, node: &str) -> Value {
+    json!({"addresses": [ip.to_string()], "nodeName": node, "conditions": {"ready": true}})
+}
+
+fn objects() -> Vec<Value> {
+    let svc = |name: &str, spec: Value| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": name}, "spec": spec});
+    let slice = |name: &str, svc: &str, ports: Value, eps: Vec<Value>| {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": "default", "name": name, "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": if eps.first().is_some_and(|e| e["addresses"][0].as_str().unwrap().contains(':')) { "IPv6" } else { "IPv4" },
+        "ports": ports, "endpoints": eps})
+    };
+    vec![
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1"},
+            "status": {"addresses": [{"type": "InternalIP", "address": NODE.to_string()}, {"type": "InternalIP", "address": NODE6}]}}),
+        // Cluster policy, remote backend: DNAT + SNAT, redirected out of the uplink.
+        svc(
+            "remote",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.1", "ports": [
+            {"name": "http", "port": 80, "nodePort": 30080}, {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053}]}),
+        ),
+        slice(
+            "remote-1",
+            "remote",
+            json!([{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]),
+            vec![endpoint(REMOTE_POD, "node2")],
+        ),
+        // Local policy, local backend: DNAT only, client address kept.
+        svc(
+            "local",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.2", "externalTrafficPolicy": "Local",
+            "ports": [{"name": "http", "port": 80, "nodePort": 30081}]}),
+        ),
+        slice(
+            "local-1",
+            "local",
+            json!([{"name": "http", "port": 8080}]),
+            vec![endpoint(LOCAL_POD, "node1")],
+        ),
+        // No endpoints: REJECT.
+        svc(
+            "empty",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.3", "ports": [
+            {"name": "http", "port": 80, "nodePort": 30099}, {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30098}]}),
+        ),
+        // IPv6, Local policy, local backend.
+        svc(
+            "six",
+            json!({"type": "NodePort", "clusterIP": "fd00:96::6", "clusterIPs": ["fd00:96::6"], "ipFamilies": ["IPv6"],
+            "externalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80, "nodePort": 30086}]}),
+        ),
+        slice(
+            "six-1",
+            "six",
+            json!([{"name": "http", "port": 8080}]),
+            vec![
+                json!({"addresses": ["fd00:244:1::11"], "nodeName": "node1", "conditions": {"ready": true}}),
+            ],
+        ),
+    ]
+}
+
+fn to_object(v: Value) -> Object {
+    match v["kind"].as_str().unwrap() {
+        "Service" => Object::Service(Box::new(serde_json::from_value(v).unwrap())),
+        "EndpointSlice" => Object::EndpointSlice(Box::new(serde_json::from_value(v).unwrap())),
+        "Node" => Object::Node(Box::new(serde_json::from_value(v).unwrap())),
+        k => panic!("{k}"),
+    }
+}
+
+struct Bench {
+    dp: Dataplane,
+    eth0: u32,
+    eth0_mac: [u8; 6],
+}
+
+/// Loads the dataplane (nothing attached), programs the services, and sets up node1's
+/// routes and neighbours so FIB lookups resolve. Runs inside node1's namespace.
+fn bench(node: &Node) -> Bench {
+    node.ns.ip(&[
+        "route",
+        "add",
+        "10.244.2.0/24",
+        "via",
+        &PEER_NODE.to_string(),
+    ]);
+    node.ns.ip(&[
+        "neigh",
+        "replace",
+        &PEER_NODE.to_string(),
+        "lladdr",
+        "02:00:00:00:00:12",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    node.ns.ip(&[
+        "neigh",
+        "replace",
+        &CLIENT.to_string(),
+        "lladdr",
+        "02:00:00:00:01:00",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    let dp = Dataplane::load(&node.bpffs).unwrap();
+    let mut writer = Writer::new(LbMaps::open(dp.pins()).unwrap());
+    let mut enls = Enls::new(EnlsConfig::new("node1"), EnlsMetrics::detached());
+    for k in Kind::ALL {
+        enls.handle(SourceEvent::ListBegin(k));
+    }
+    for o in objects() {
+        enls.handle(SourceEvent::Apply(to_object(o)));
+    }
+    for k in Kind::ALL {
+        enls.handle(SourceEvent::ListDone(k));
+    }
+    let update = enls.sync().unwrap();
+    for c in &update.services {
+        writer.apply(c).unwrap();
+    }
+    let words = tollgate::dataplane::addr::words;
+    writer
+        .maps()
+        .config
+        .set(
+            0,
+            Config {
+                host_netns_cookie: 0,
+                snat_v4: words(IpAddr::V4(NODE)),
+                snat_v6: words(NODE6.parse().unwrap()),
+                snat_port_min: 61000,
+                snat_port_max: 65535,
+                ready: 1,
+                pad: [0; 3],
+            },
+            0,
+        )
+        .unwrap();
+    let eth0: u32 = node
+        .ns
+        .ip(&["-o", "link", "show", "eth0"])
+        .split(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mac = node.ns.ip(&["-o", "link", "show", "eth0"]);
+    let mac = mac
+        .split("link/ether ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let eth0_mac: Vec<u8> = mac
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    Bench {
+        dp,
+        eth0,
+        eth0_mac: eth0_mac.try_into().unwrap(),
+    }
+}
+
+/// `__sk_buff` input: ifindex and ingress_ifindex set to `ifindex`.
+fn skb_ctx(ifindex: u32) -> Vec<u8> {
+    let mut ctx = vec![0u8; 192];
+    // struct __sk_buff: ifindex at 40, ingress_ifindex at 36.
+    ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// `xdp_md` input: ingress_ifindex set.
+fn xdp_ctx(len: usize, ifindex: u32) -> Vec<u8> {
+    let mut ctx = vec![0u8; 24];
+    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+fn cluster() -> Cluster {
+    Cluster::new(&ClusterSpec {
+        pods_per_node: vec![0],
+        cloud: false,
+        ..Default::default()
+    })
+}
+
+// --- tests ---------------------------------------------------------------------------------
+
+#[test]
+fn tc_translates_nodeport_to_a_remote_backend_with_snat_and_redirects() {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        let pkt = syn4(NODE, 30080, 40000, b.eth0_mac);
+        let (verdict, out) =
+            b.dp.test_run("tg_tc_ingress", &pkt, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT, "redirected out through the FIB");
+        let p = parse(&out);
+        assert_eq!(
+            (p.dst, p.dport),
+            (IpAddr::V4(REMOTE_POD), 8080),
+            "DNAT to the backend"
+        );
+        assert_eq!(
+            p.src,
+            IpAddr::V4(NODE),
+            "SNAT to the node address the client used"
+        );
+        assert!(
+            (61000..=65535).contains(&p.sport),
+            "SNAT port from the range: {}",
+            p.sport
+        );
+        assert_eq!(
+            (p.dst_mac, p.src_mac),
+            (PEER_MAC, b.eth0_mac),
+            "MACs of the next hop"
+        );
+        assert_eq!(p.tcp_flags, 0x02);
+        // The backend's reply comes back and is translated to what the client expects.
+        let (s, d) = (IpAddr::V4(REMOTE_POD), IpAddr::V4(NODE));
+        let reply = ether(
+            b.eth0_mac,
+            PEER_MAC,
+            0x0800,
+            &ipv4(6, REMOTE_POD, NODE, &tcp(&s, &d, 8080, p.sport, 0x12, &[])),
+        );
+        let (verdict, out) =
+            b.dp.test_run("tg_tc_ingress", &reply, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let r = parse(&out);
+        assert_eq!(
+            (r.src, r.sport, r.dst, r.dport),
+            (IpAddr::V4(NODE), 30080, IpAddr::V4(CLIENT), 40000)
+        );
+        assert_eq!(r.dst_mac, CLIENT_MAC);
+        // UDP too, with a payload.
+        let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
+        let dgram = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4(
+                17,
+                CLIENT,
+                NODE,
+                &udp(&s, &d, 5000, 30053, b"query!", false),
+            ),
+        );
+        let (_, out) =
+            b.dp.test_run("tg_tc_ingress", &dgram, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        let u = parse(&out);
+        assert_eq!(
+            (u.dst, u.dport, u.src),
+            (IpAddr::V4(REMOTE_POD), 5353, IpAddr::V4(NODE))
+        );
+        assert_eq!(&u.l4[8..], b"query!");
+    });
+}
+
+#[test]
+fn tc_local_policy_keeps_the_client_address_and_handles_udp_without_checksum_and_ipv6() {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        let pkt = syn4(NODE, 30081, 40001, b.eth0_mac);
+        let (verdict, out) =
+            b.dp.test_run("tg_tc_ingress", &pkt, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        assert_eq!(
+            verdict, TC_ACT_OK,
+            "a local backend is reached through the stack"
+        );
+        let p = parse(&out);
+        assert_eq!(
+            (p.src, p.sport, p.dst, p.dport),
+            (IpAddr::V4(CLIENT), 40001, IpAddr::V4(LOCAL_POD), 8080)
+        );
+        // IPv6 NodePort, Local policy.
+        let (s, d): (IpAddr, IpAddr) = ("fd00:77::100".parse().unwrap(), NODE6.parse().unwrap());
+        let mut ip6 = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
+        let seg = tcp(&s, &d, 40002, 30086, 0x02, &[]);
+        ip6[4..6].copy_from_slice(&(seg.len() as u16).to_be_bytes());
+        if let (IpAddr::V6(s6), IpAddr::V6(d6)) = (s, d) {
+            ip6.extend_from_slice(&s6.octets());
+            ip6.extend_from_slice(&d6.octets());
+        }
+        ip6.extend_from_slice(&seg);
+        let frame = ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ip6);
+        let (verdict, out) =
+            b.dp.test_run("tg_tc_ingress", &frame, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        assert_eq!(verdict, TC_ACT_OK);
+        let p = parse(&out);
+        assert_eq!(
+            (p.dst, p.dport),
+            ("fd00:244:1::11".parse::<IpAddr>().unwrap(), 8080),
+            "IPv6 DNAT, checksum verified"
+        );
+        // IPv4 UDP without checksum stays without one (after a remote, SNAT translation).
+        let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
+        let dgram = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4(17, CLIENT, NODE, &udp(&s, &d, 5001, 30053, b"x", true)),
+        );
+        let (_, out) =
+            b.dp.test_run("tg_tc_ingress", &dgram, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        let u = parse(&out);
+        assert_eq!(
+            u.l4[6..8],
+            [0, 0],
+            "UDP checksum 0 means none, and stays so"
+        );
+        assert_eq!(u.dst, IpAddr::V4(REMOTE_POD));
+    });
+}
+
+#[test]
+fn tc_rejects_with_a_reset_or_port_unreachable() {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        let pkt = syn4(NODE, 30099, 40003, b.eth0_mac);
+        let (verdict, out) =
+            b.dp.test_run("tg_tc_ingress", &pkt, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT, "the reset goes back out");
+        let r = parse(&out);
+        assert_eq!(
+            (r.src, r.sport, r.dst, r.dport),
+            (IpAddr::V4(NODE), 30099, IpAddr::V4(CLIENT), 40003)
+        );
+        assert_eq!(r.tcp_flags, 0x14, "RST|ACK");
+        assert_eq!(
+            u32::from_be_bytes(r.l4[8..12].try_into().unwrap()),
+            1001,
+            "acknowledges the SYN"
+        );
+        assert_eq!(
+            (r.dst_mac, r.src_mac),
+            (CLIENT_MAC, b.eth0_mac),
+            "back to the sender"
+        );
+        let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
+        let dgram = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4(17, CLIENT, NODE, &udp(&s, &d, 5002, 30098, b"hello", false)),
+        );
+        let (verdict, out) =
+            b.dp.test_run("tg_tc_ingress", &dgram, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let icmp = parse(&out);
+        assert_eq!(
+            (icmp.proto, icmp.src, icmp.dst),
+            (1, IpAddr::V4(NODE), IpAddr::V4(CLIENT))
+        );
+        assert_eq!(icmp.l4[0..2], [3, 3], "destination/port unreachable");
+        assert_eq!(icmp.l4[8 + 9], 17, "quotes the original UDP datagram");
+        assert_eq!(out.len(), 14 + 20 + 8 + 28);
+        // A non-SYN TCP segment to an empty service is just dropped.
+        let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
+        let ack = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4(6, CLIENT, NODE, &tcp(&s, &d, 40004, 30099, 0x10, &[])),
+        );
+        let (verdict, _) =
+            b.dp.test_run("tg_tc_ingress", &ack, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        assert_eq!(verdict, TC_ACT_SHOT);
+    });
+}
+
+#[test]
+fn xdp_translates_in_place_and_transmits_from_the_uplink() {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        let payload = b"GET / HTTP/1.1\r\n\r\n";
+        let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
+        // A SYN starts the flow (conntrack entries created by XDP).
+        let syn = syn4(NODE, 30080, 40010, b.eth0_mac);
+        let (verdict, out) =
+            b.dp.test_run("tg_xdp_uplink", &syn, Some(&xdp_ctx(syn.len(), b.eth0)))
+                .unwrap();
+        assert_eq!(verdict, XDP_TX, "the backend is behind the same uplink");
+        let p = parse(&out);
+        assert_eq!(
+            (p.dst, p.dport, p.src),
+            (IpAddr::V4(REMOTE_POD), 8080, IpAddr::V4(NODE))
+        );
+        assert_eq!((p.dst_mac, p.src_mac), (PEER_MAC, b.eth0_mac));
+        // A data segment of the same flow: same translation, incremental checksums right.
+        let data = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4(6, CLIENT, NODE, &tcp(&s, &d, 40010, 30080, 0x18, payload)),
+        );
+        let (verdict, out) =
+            b.dp.test_run("tg_xdp_uplink", &data, Some(&xdp_ctx(data.len(), b.eth0)))
+                .unwrap();
+        assert_eq!(verdict, XDP_TX);
+        let q = parse(&out);
+        assert_eq!(
+            (q.sport, q.dport),
+            (p.sport, 8080),
+            "the flow keeps its SNAT port"
+        );
+        assert_eq!(&q.l4[20..], payload);
+        // A local-policy frontend is left to TC, untouched.
+        let local = syn4(NODE, 30081, 40011, b.eth0_mac);
+        let (verdict, out) =
+            b.dp.test_run("tg_xdp_uplink", &local, Some(&xdp_ctx(local.len(), b.eth0)))
+                .unwrap();
+        assert_eq!((verdict, out), (XDP_PASS, local));
+        // Not a service: passes untouched.
+        let other = syn4(NODE, 22, 40012, b.eth0_mac);
+        let (verdict, out) =
+            b.dp.test_run("tg_xdp_uplink", &other, Some(&xdp_ctx(other.len(), b.eth0)))
+                .unwrap();
+        assert_eq!((verdict, out), (XDP_PASS, other));
+    });
+}
