@@ -554,3 +554,166 @@ fn xdp_fast_path_transmits_remote_backend_traffic_from_the_uplink() {
         "XDP drops what source ranges exclude: {t:?}"
     );
 }
+
+#[test]
+fn a_full_service_map_fails_only_the_service_that_does_not_fit_until_room_frees() {
+    use tollgate_tests::{
+        agent::{admin_get, metric, metric_opt},
+        k8s, wait_for,
+    };
+    // 16 frontend/slot entries: web (1 frontend + 2 slots) and small (1 + 1) fit; big
+    // (1 + 12) does not, with 11 free.
+    let svc_and_slice = |name: &str, ip: &str, eps: Vec<serde_json::Value>| {
+        vec![
+            k8s::service("default", name, ip, &[("http", 80)]),
+            k8s::slice(
+                "default",
+                &format!("{name}-1"),
+                name,
+                &[("http", 8080)],
+                eps,
+            ),
+        ]
+    };
+    let big_eps: Vec<serde_json::Value> = (1..=12)
+        .map(|i| k8s::endpoint(&format!("10.244.9.{i}"), "node2"))
+        .collect();
+    let s = Scenario::with_objects(
+        tollgate_tests::cluster::ClusterSpec::default(),
+        &["--lb-map-size", "16"],
+        |c| {
+            let ep = |pod: &str| {
+                let node = format!("node{}", &pod[1..2]);
+                k8s::endpoint(&c.pod(pod).ip.to_string(), &node)
+            };
+            let mut o = svc_and_slice("web", scenario::WEB, vec![ep("n1p1"), ep("n2p1")]);
+            o.extend(svc_and_slice(
+                "small",
+                "10.96.0.41",
+                vec![k8s::endpoint("10.244.9.100", "node2")],
+            ));
+            o
+        },
+    );
+    let node1 = s.node("node1");
+    let web = format!("{}:80", scenario::WEB);
+    s.update(svc_and_slice("big", "10.96.0.40", big_eps));
+    wait_for("big to be refused", Duration::from_secs(10), || {
+        let text = admin_get(node1, "/metrics").1;
+        metric_opt(&text, "tollgate_dataplane_unprogrammed_services")
+            .filter(|n| *n == 1.0)
+            .map(|_| text)
+    });
+    assert_eq!(s.backends(node1, "10.96.0.40:80", "internal"), None);
+    assert_eq!(
+        s.backends(node1, "10.96.0.41:80", "internal"),
+        Some(vec!["10.244.9.100:8080".to_string()])
+    );
+    let t = s.client(s.pod("n1p2").placement(), &web, 10, Mode::Tcp, T);
+    assert_eq!(t.ok, 10, "the services that fit are served: {t:?}");
+    let text = admin_get(node1, "/metrics").1;
+    assert!(
+        metric(
+            &text,
+            "tollgate_dataplane_write_errors_total{reason=\"capacity\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "tollgate_dataplane_unprogrammed_services"),
+        1.0
+    );
+    assert!(
+        s.agents[0]
+            .logs()
+            .contains("tg_svc_v1 is full: 13 more entries needed, 11 free"),
+        "the log names the map and the shortfall"
+    );
+
+    // Removing small frees 2 entries: big is retried and fits, unchanged itself.
+    s.remove("Service", "small");
+    s.remove("EndpointSlice", "small-1");
+    let want: Vec<String> = (1..=12).map(|i| format!("10.244.9.{i}:8080")).collect();
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    s.wait_backends("10.96.0.40:80", "internal", &want);
+    assert_eq!(s.backends(node1, "10.96.0.41:80", "internal"), None);
+    let text = admin_get(node1, "/metrics").1;
+    assert_eq!(
+        metric_opt(&text, "tollgate_dataplane_unprogrammed_services"),
+        Some(0.0)
+    );
+    let t = s.client(s.pod("n1p2").placement(), &web, 10, Mode::Tcp, T);
+    assert_eq!(t.ok, 10, "{t:?}");
+}
+
+#[test]
+fn bpftool_prints_every_pinned_map_with_field_names() {
+    let s = Scenario::new();
+    let node1 = s.node("node1");
+    // Traffic that leaves an entry in every map: a NodePort flow from outside to a remote
+    // backend (conntrack), a ClusterIP service with affinity (affinity, socket LB) and UDP
+    // from a pod (reverse socket translation).
+    let np = format!("{}:{}", node1.ip, scenario::NODEPORT);
+    let t = s.client(s.cluster.outside(), &np, 4, Mode::Tcp, T);
+    assert_eq!(t.ok, 4, "{t:?}");
+    let affinity = format!("{}:80", scenario::AFFINITY);
+    let t = s.client(s.pod("n1p2").placement(), &affinity, 2, Mode::Tcp, T);
+    assert_eq!(t.ok, 2, "{t:?}");
+    let dns = format!("{}:53", scenario::DNS);
+    let t = s.client(s.pod("n1p2").placement(), &dns, 2, Mode::UdpUnconnected, T);
+    assert_eq!(t.ok, 2, "{t:?}");
+
+    let fields: &[(&str, &[&str])] = &[
+        ("tg_ifstats_v1", &["ifindex", "hook", "packets"]),
+        (
+            "tg_svc_v1",
+            &["addr", "scope", "slot", "backend_id", "rev_nat_id"],
+        ),
+        ("tg_backend_v1", &["addr", "port", "proto", "flags"]),
+        ("tg_revnat_v1", &["addr", "port"]),
+        (
+            "tg_ct_v1",
+            &["saddr", "dir", "nat_addr", "nat_port", "last_seen"],
+        ),
+        ("tg_affinity_v1", &["client", "service_id", "last_used"]),
+        ("tg_sockct_v1", &["cookie", "backend_id", "service_id"]),
+        ("tg_sockrev_v1", &["cookie", "addr", "port"]),
+        ("tg_srcrange_v1", &["rev_nat_id", "addr"]),
+        (
+            "tg_svcstat_v1",
+            &["packets", "bytes", "connections", "refused"],
+        ),
+        ("tg_bestat_v1", &["packets", "bytes", "connections"]),
+        ("tg_svcinfo_v1", &["namespace", "name", "port_name"]),
+        (
+            "tg_config_v1",
+            &["host_netns_cookie", "snat_port_min", "ready"],
+        ),
+    ];
+    let names: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        names,
+        tollgate_common::MAP_NAMES,
+        "every map is checked, in MAP_NAMES order"
+    );
+    for (map, want) in fields {
+        let out = node1.output({
+            let mut c = std::process::Command::new("bpftool");
+            c.args(["map", "dump", "pinned"]).arg(node1.bpffs.join(map));
+            c
+        });
+        assert!(
+            out.status.success(),
+            "bpftool {map}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        for field in *want {
+            assert!(
+                text.contains(&format!("\"{field}\": ")),
+                "bpftool dump of {map} lacks field {field}: {}",
+                &text[..text.len().min(2000)]
+            );
+        }
+    }
+}

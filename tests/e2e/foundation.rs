@@ -353,27 +353,7 @@ fn cleanup_removes_pins_and_detaches_programs() {
     });
 }
 
-fn curl(node: &Node, path: &str) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-s",
-        "-w",
-        "\n%{http_code}",
-        &format!("http://127.0.0.1:10256{path}"),
-    ]);
-    let out = node.output(cmd);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
-}
+use tollgate_tests::agent::{admin_get as curl, metric};
 
 #[test]
 fn agent_exposes_enls_metrics_and_health() {

@@ -319,7 +319,7 @@ fn bench(node: &Node) -> Bench {
         "nud",
         "permanent",
     ]);
-    let dp = Dataplane::load(&node.bpffs).unwrap();
+    let dp = Dataplane::load(&node.bpffs, &Default::default()).unwrap();
     let mut writer = Writer::new(LbMaps::open(dp.pins()).unwrap());
     let mut enls = Enls::new(EnlsConfig::new("node1"), EnlsMetrics::detached());
     for k in Kind::ALL {

@@ -40,3 +40,35 @@ pub fn start_agent(node: &Node, source: &str, extra: &[&str]) -> BgProcess {
     agent.wait_for_log("tollgate ready", Duration::from_secs(30));
     agent
 }
+
+/// GET `path` from the agent's admin server on `node` (the default port, from inside the node's
+/// namespace): the status code and body (code 0 when nothing answered).
+pub fn admin_get(node: &Node, path: &str) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-m",
+        "5",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://127.0.0.1:10256{path}"),
+    ]);
+    let out = node.output(cmd);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The value of the first sample of `name` (exactly that name, with or without labels) in a
+/// Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> f64 {
+    metric_opt(text, name).unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+}
+
+/// Like [`metric`], `None` when absent; `name` may include labels (`m{a="b"}`).
+pub fn metric_opt(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

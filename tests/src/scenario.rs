@@ -150,6 +150,15 @@ impl Scenario {
     }
 
     pub fn with(spec: ClusterSpec, agent_args: &[&str]) -> Self {
+        Self::with_objects(spec, agent_args, objects)
+    }
+
+    /// A scenario whose manifest holds `objects(cluster)` instead of the standard services.
+    pub fn with_objects(
+        spec: ClusterSpec,
+        agent_args: &[&str],
+        objects: impl FnOnce(&Cluster) -> Vec<Value>,
+    ) -> Self {
         let cluster = Cluster::new(&spec);
         // externalIPs and LB IPs are routed to node1 by "the network".
         let node1 = cluster.node("node1").ip.to_string();

@@ -16,7 +16,7 @@ use super::EnlsArgs;
 use crate::{
     admin::{self, AdminState, Health},
     dataplane::{
-        Dataplane, XdpModeArg,
+        Dataplane, MapSizes, XdpModeArg,
         ifwatch::{self, Glob, IfEvent},
         lbmaps::LbMaps,
         program::{self, DataplaneMetrics, NodeSettings, Programmer},
@@ -58,6 +58,15 @@ pub struct Args {
     /// Source ports for SNAT of translated traffic (outside the kernel's ephemeral range).
     #[arg(long, default_value = "61000-65535", value_parser = parse_range)]
     pub snat_port_range: (u16, u16),
+    /// Entries of the service, backend, affinity and source-range maps (Cilium's
+    /// `bpf-lb-map-max`). A service that does not fit is reported (log, metric
+    /// `tollgate_dataplane_write_errors_total{reason="capacity"}`) and programmed as soon as
+    /// room frees up; the others are unaffected.
+    #[arg(long, default_value_t = tollgate_common::lb::svc::CAPACITY, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
+    pub lb_map_size: u32,
+    /// Entries of the connection-tracking maps (per-packet flows and socket-LB choices).
+    #[arg(long, default_value_t = tollgate_common::lb::ct::CAPACITY, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub ct_map_size: u32,
     /// Admin HTTP server: /metrics, /healthz, /livez (kube-proxy's healthz port by default).
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub admin_addr: SocketAddr,
@@ -104,7 +113,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let dp_metrics = DataplaneMetrics::register(&mut registry);
     let health = Health::register(&mut registry, Duration::from_secs(args.health_timeout));
 
-    let mut dp = Dataplane::load(&args.bpffs).context("loading the dataplane")?;
+    let sizes = MapSizes {
+        lb: args.lb_map_size,
+        ct: args.ct_map_size,
+    };
+    let mut dp = Dataplane::load(&args.bpffs, &sizes).context("loading the dataplane")?;
     if let Some(logger) = dp.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
     }

@@ -31,6 +31,25 @@ pub struct LbMaps {
     pub bestat: PerCpuArray<MapData, Counters>,
     pub config: Array<MapData, Config>,
     pub svcinfo: HashMap<MapData, u32, SvcInfo>,
+    /// The kernel's `max_entries` of the maps that grow with the cluster.
+    pub capacity: Capacity,
+}
+
+/// How many entries the sized maps hold (as created, which may predate the current flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub svc: usize,
+    pub backend: usize,
+    pub srcrange: usize,
+}
+
+fn max_entries(pins: &PinLayout, name: &'static str) -> Result<usize, DataplaneError> {
+    let data =
+        MapData::from_pin(pins.map(name)).map_err(|source| DataplaneError::Map { name, source })?;
+    let info = data
+        .info()
+        .map_err(|source| DataplaneError::Map { name, source })?;
+    Ok(info.max_entries() as usize)
 }
 
 macro_rules! open {
@@ -56,6 +75,11 @@ impl LbMaps {
             bestat: open!(pins, stats::BACKEND_NAME, PerCpuArray),
             config: open!(pins, config::NAME, Array),
             svcinfo: open!(pins, svcinfo::NAME, HashMap),
+            capacity: Capacity {
+                svc: max_entries(pins, svc::NAME)?,
+                backend: max_entries(pins, backend::NAME)?,
+                srcrange: max_entries(pins, srcrange::NAME)?,
+            },
         })
     }
 }

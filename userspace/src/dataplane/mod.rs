@@ -21,6 +21,65 @@ pub use attach::{AttachError, XdpModeArg};
 use aya::{Ebpf, EbpfLoader};
 pub use pins::PinLayout;
 
+/// Sizes of the maps that grow with the cluster (`--lb-map-size`, `--ct-map-size`). A map that
+/// is already pinned keeps the size it was created with until `tollgate cleanup` removes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Service frontends and their backend slots, backends, affinity and source-range entries.
+    pub lb: u32,
+    /// Connection tracking: per-packet flows and socket-LB choices.
+    pub ct: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            lb: tollgate_common::lb::svc::CAPACITY,
+            ct: tollgate_common::lb::ct::CAPACITY,
+        }
+    }
+}
+
+impl MapSizes {
+    fn entries(&self) -> [(&'static str, u32); 7] {
+        use tollgate_common::lb::{affinity, backend, ct, sockct, sockrev, srcrange, svc};
+        [
+            (svc::NAME, self.lb),
+            (backend::NAME, self.lb),
+            (affinity::NAME, self.lb),
+            (srcrange::NAME, self.lb),
+            (ct::NAME, self.ct),
+            (sockct::NAME, self.ct),
+            (sockrev::NAME, self.ct),
+        ]
+    }
+
+    fn warn_on_pinned_mismatch(&self, ebpf: &Ebpf) {
+        for (name, wanted) in self.entries() {
+            let actual = ebpf
+                .map(name)
+                .and_then(|m| match m {
+                    aya::maps::Map::HashMap(d)
+                    | aya::maps::Map::LruHashMap(d)
+                    | aya::maps::Map::LpmTrie(d) => d.info().ok(),
+                    _ => None,
+                })
+                .map(|i| i.max_entries());
+            if let Some(actual) = actual
+                && actual != wanted
+            {
+                tracing::warn!(
+                    map = name,
+                    pinned = actual,
+                    configured = wanted,
+                    "the pinned map keeps its size; `tollgate cleanup` (which drops established \
+                     flows) lets the configured size take effect"
+                );
+            }
+        }
+    }
+}
+
 /// Everything that can go wrong while bringing the dataplane up or reading it.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -83,7 +142,7 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads every program and opens every map, reusing maps already pinned under `root` (an
     /// agent restart keeps its state) and pinning the ones that are new.
-    pub fn load(root: &Path) -> Result<Self, DataplaneError> {
+    pub fn load(root: &Path, sizes: &MapSizes) -> Result<Self, DataplaneError> {
         let pins = PinLayout::prepare(root)?;
         let mut loader = EbpfLoader::new();
         let map_paths: Vec<(&'static str, PathBuf)> = tollgate_common::MAP_NAMES
@@ -93,7 +152,11 @@ impl Dataplane {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
+        for (name, size) in sizes.entries() {
+            loader.map_max_entries(name, size);
+        }
         let mut ebpf = loader.load(object::KERNEL_OBJECT)?;
+        sizes.warn_on_pinned_mismatch(&ebpf);
         let names = [
             programs::XDP_UPLINK,
             programs::TC_INGRESS,

@@ -1,7 +1,7 @@
 //! The task that programs ENLS updates into the maps, keeps the node-wide config entry right,
 //! reports health and metrics, and hands stale flows to the purge task.
 
-use std::{net::IpAddr, sync::Arc, time::Instant};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Instant};
 
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -18,7 +18,11 @@ use super::{
 };
 use crate::{
     admin::Health,
-    enls::{Update, metrics::ProgrammingMetrics, model::NodeInfo},
+    enls::{
+        ServiceChange, Update,
+        metrics::ProgrammingMetrics,
+        model::{NodeInfo, ObjKey},
+    },
 };
 
 type Labels = [(&'static str, &'static str); 1];
@@ -33,6 +37,7 @@ pub struct DataplaneMetrics {
     entries: Family<Labels, Counter>,
     purged: Family<Labels, Counter>,
     services: Gauge,
+    unprogrammed: Gauge,
 }
 
 impl DataplaneMetrics {
@@ -50,6 +55,7 @@ impl DataplaneMetrics {
             entries: Family::default(),
             purged: Family::default(),
             services: Gauge::default(),
+            unprogrammed: Gauge::default(),
         };
         reg.register(
             "kubeproxy_sync_proxy_rules_duration_seconds",
@@ -85,6 +91,11 @@ impl DataplaneMetrics {
             "tollgate_dataplane_programmed_services",
             "Services programmed in the maps",
             m.services.clone(),
+        );
+        reg.register(
+            "tollgate_dataplane_unprogrammed_services",
+            "Services waiting to be programmed after an error (retried on every update)",
+            m.unprogrammed.clone(),
         );
         m
     }
@@ -146,6 +157,10 @@ impl Programmer {
     pub async fn run(mut self, mut updates: mpsc::Receiver<Arc<Update>>, ready_note: String) {
         let mut node: Option<NodeInfo> = None;
         let mut ready = false;
+        // Services whose latest state could not be written (a full map): they keep their
+        // previous entries and are retried after every update, so room freed by another
+        // service's removal is used without waiting for this one to change.
+        let mut pending: BTreeMap<ObjKey, ServiceChange> = BTreeMap::new();
         self.writer.adopt_backends();
         while let Some(update) = updates.recv().await {
             let start = Instant::now();
@@ -156,17 +171,19 @@ impl Programmer {
             }
             let mut purge = Purge::default();
             for change in &update.services {
-                match self.writer.apply(change) {
-                    Ok(p) => purge.pairs.extend(p.pairs),
-                    Err(e) => {
-                        tracing::error!(service = %change.key, "not programmed: {e}");
-                        self.metrics
-                            .errors
-                            .get_or_create(&[("reason", reason(&e))])
-                            .inc();
+                pending.remove(&change.key);
+                self.apply(change, &mut pending, &mut purge);
+            }
+            if !pending.is_empty() && !update.services.is_empty() {
+                let retry: Vec<ServiceChange> =
+                    std::mem::take(&mut pending).into_values().collect();
+                for change in &retry {
+                    if self.apply_quietly(change, &mut purge).is_err() {
+                        pending.insert(change.key.clone(), change.clone());
                     }
                 }
             }
+            self.metrics.unprogrammed.set(pending.len() as i64);
             if update.initial {
                 match self.writer.adopt_done() {
                     Ok(n) if n > 0 => tracing::info!(
@@ -223,6 +240,34 @@ impl Programmer {
                 );
             }
         }
+    }
+}
+
+impl Programmer {
+    fn apply(
+        &mut self,
+        change: &ServiceChange,
+        pending: &mut BTreeMap<ObjKey, ServiceChange>,
+        purge: &mut Purge,
+    ) {
+        if let Err(e) = self.apply_quietly(change, purge) {
+            tracing::error!(service = %change.key, "not programmed (retried on later updates): {e}");
+            self.metrics
+                .errors
+                .get_or_create(&[("reason", reason(&e))])
+                .inc();
+            pending.insert(change.key.clone(), change.clone());
+        }
+    }
+
+    fn apply_quietly(
+        &mut self,
+        change: &ServiceChange,
+        purge: &mut Purge,
+    ) -> Result<(), WriteError> {
+        let p = self.writer.apply(change)?;
+        purge.pairs.extend(p.pairs);
+        Ok(())
     }
 }
 

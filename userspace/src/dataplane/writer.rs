@@ -345,6 +345,13 @@ impl Writer {
             r.refs += 1;
             return Ok(r.id);
         }
+        if self.backends.len() >= self.maps.capacity.backend {
+            return Err(WriteError::Capacity {
+                map: backend::NAME,
+                needed: 1,
+                free: 0,
+            });
+        }
         let id = self.backend_ids.take()?;
         let value = Backend {
             addr: addr.addr,
@@ -426,8 +433,11 @@ impl Writer {
                     .sum()
             })
             .unwrap_or(0);
-        let free =
-            (svc::CAPACITY as usize).saturating_sub(self.svc_entries.saturating_sub(old_svc));
+        let free = self
+            .maps
+            .capacity
+            .svc
+            .saturating_sub(self.svc_entries.saturating_sub(old_svc));
         if needed_svc > free {
             return Err(WriteError::Capacity {
                 map: svc::NAME,
@@ -606,7 +616,7 @@ impl Writer {
                 rev_nat_id: rev_nat_id.to_be(),
                 addr,
             };
-            if self.srcrange_entries >= srcrange::CAPACITY as usize {
+            if self.srcrange_entries >= self.maps.capacity.srcrange {
                 return Err(WriteError::Capacity {
                     map: srcrange::NAME,
                     needed: 1,
