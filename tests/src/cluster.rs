@@ -488,6 +488,25 @@ impl Cluster {
         format!("file:{}", path.display())
     }
 
+    /// Like [`Cluster::write_manifest`], with `extra` given as manifest text (YAML or JSON
+    /// documents) appended as it is.
+    pub fn write_manifest_text(&self, extra: &str) -> String {
+        let path = self.workdir().join("cluster.yaml");
+        let mut text = self
+            .base_objects()
+            .iter()
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+        text.push_str("\n---\n");
+        text.push_str(extra);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
+        std::fs::rename(&tmp, &path)
+            .unwrap_or_else(|e| panic!("replacing {}: {e}", path.display()));
+        format!("file:{}", path.display())
+    }
+
     /// Where the outside client runs (the LAN, not a node).
     pub fn outside(&self) -> Placement<'_> {
         Placement::new(&self.outside, Some(&self.outside_cgroup))
