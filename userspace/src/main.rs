@@ -64,3 +64,76 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::{apps::v1::DaemonSet, rbac::v1::ClusterRole};
+
+    use super::*;
+
+    fn deploy(name: &str) -> String {
+        let path = format!("{}/../deploy/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn the_daemonset_runs_a_command_line_the_agent_accepts() {
+        let ds: DaemonSet = serde_saphyr::from_str(&deploy("daemonset.yaml")).unwrap();
+        let spec = ds.spec.unwrap().template.spec.unwrap();
+        assert_eq!(spec.host_network, Some(true));
+        let container = &spec.containers[0];
+        let args: Vec<String> = container
+            .args
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.replace("$(NODE_NAME)", "node1"))
+            .collect();
+        let cli = Cli::try_parse_from(std::iter::once("tollgate".to_owned()).chain(args))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(cli.command, Command::Run(_)));
+        // Every path the arguments name is mounted from the host.
+        let mounts: Vec<String> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.clone())
+            .collect();
+        for arg in container.args.iter().flatten() {
+            if let Some((_, path)) = arg.split_once('=')
+                && path.starts_with('/')
+            {
+                assert!(
+                    mounts.iter().any(|m| path.starts_with(m.as_str())),
+                    "{arg} is not under a mounted volume {mounts:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_cluster_role_lets_the_agent_list_and_watch_its_sources() {
+        let text = deploy("rbac.yaml");
+        let role: ClusterRole = text
+            .split("\n---")
+            .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
+            .find(|v| v["kind"] == "ClusterRole")
+            .map(|v| serde_json::from_value(v).unwrap())
+            .expect("a ClusterRole in deploy/rbac.yaml");
+        for (group, resource) in [
+            ("", "services"),
+            ("", "nodes"),
+            ("", "pods"),
+            ("discovery.k8s.io", "endpointslices"),
+        ] {
+            let allowed = role.rules.iter().flatten().any(|r| {
+                r.api_groups.iter().flatten().any(|g| g == group)
+                    && r.resources.iter().flatten().any(|x| x == resource)
+                    && ["list", "watch"]
+                        .iter()
+                        .all(|v| r.verbs.iter().any(|x| x == v))
+            });
+            assert!(allowed, "list+watch on {group}/{resource}");
+        }
+    }
+}
