@@ -449,8 +449,8 @@ fn agent_restart_keeps_established_flows_and_serves_at_once() {
     let links = std::fs::read_dir(node.bpffs.join("links")).unwrap().count();
     assert_eq!(
         links,
-        2 + 8 + 2 * 2,
-        "uplink TC ingress+egress (auto mode skips XDP on veth) + socket hooks 8 + two pod interfaces × 2"
+        2 + 8 + 2,
+        "uplink TC ingress+egress (auto mode skips XDP on veth) + socket hooks 8 + TC ingress of two pod interfaces"
     );
 }
 
@@ -672,7 +672,7 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
         ("tg_backend_v1", &["addr", "port", "proto", "flags"]),
         ("tg_revnat_v1", &["addr", "port"]),
         (
-            "tg_ct_v1",
+            "tg_ct_v2",
             &["saddr", "dir", "nat_addr", "nat_port", "last_seen"],
         ),
         ("tg_affinity_v1", &["client", "service_id", "last_used"]),

@@ -14,6 +14,7 @@ pub struct BenchArgs {
 pub enum Suite {
     All,
     Enls,
+    Dataplane,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -21,8 +22,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     build::build_packages(&["tollgate", "tollgate-tests"], true)?;
     let bench = build::target_bin("tollgate-bench", true)?;
     let suites: &[&str] = match args.suite {
-        Suite::All => &["enls"],
+        Suite::All => &["enls", "dataplane"],
         Suite::Enls => &["enls"],
+        Suite::Dataplane => &["dataplane"],
     };
     for suite in suites {
         sh::run(sh::cmd(&bench).arg(suite))?;

@@ -4,7 +4,7 @@
 //!   backend count and flags, and entries `slot = 1..=count` holding backend IDs;
 //! - `tg_backend_v1`: backends by ID;
 //! - `tg_revnat_v1`: frontend address by frontend (rev-NAT) ID;
-//! - `tg_ct_v1`: LRU conntrack for per-packet NAT (traffic from outside, and pod traffic the
+//! - `tg_ct_v2`: LRU conntrack for per-packet NAT (traffic from outside, and pod traffic the
 //!   socket hooks did not translate);
 //! - `tg_affinity_v1`: LRU ClientIP session affinity;
 //! - `tg_sockct_v1` / `tg_sockrev_v1`: per-socket backend choice and reverse translation for the
@@ -143,7 +143,7 @@ pub mod revnat {
     crate::impl_pod!(RevNat);
 }
 
-/// `CtKey::dir`.
+/// `CtEntry::dir`.
 pub mod ct_dir {
     /// Client → frontend, as the packet arrives.
     pub const FORWARD: u8 = 0;
@@ -161,7 +161,7 @@ pub mod ct_flags {
 }
 
 pub mod ct {
-    pub const NAME: &str = "tg_ct_v1";
+    pub const NAME: &str = "tg_ct_v2";
     pub const CAPACITY: u32 = 262_144;
 
     #[repr(C)]
@@ -177,9 +177,7 @@ pub mod ct {
         pub dport: u16,
         /// IP protocol number.
         pub proto: u8,
-        /// [`super::ct_dir`].
-        pub dir: u8,
-        pub pad: [u8; 2],
+        pub pad: [u8; 3],
     }
     const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
 
@@ -197,7 +195,11 @@ pub mod ct {
         pub nat_port: u16,
         /// [`super::ct_flags`].
         pub flags: u8,
-        pub pad: [u8; 3],
+        /// [`super::ct_dir`]: which way the packets this entry matches go. (The direction is
+        /// in the value, not the key, so that a packet needs one lookup: a reply's tuple never
+        /// equals another flow's forward tuple, whose destination is a frontend.)
+        pub dir: u8,
+        pub pad: [u8; 2],
         /// host: the backend (for purging and counters).
         pub backend_id: u32,
         /// host: the service port (counters).

@@ -75,15 +75,9 @@ pub fn tg_tc_egress(ctx: TcContext) -> i32 {
 /// backend is this pod, and service traffic the socket hooks did not translate.
 #[classifier]
 pub fn tg_tc_from_pod(ctx: TcContext) -> i32 {
-    count_skb(&ctx, hook::TC_INGRESS);
+    // Not counted per interface: this runs on every pod packet, and the kernel's interface
+    // counters already have these numbers.
     translate(&ctx, Side::Pod)
-}
-
-/// TC egress on pod-facing interfaces: counts.
-#[classifier]
-pub fn tg_tc_to_pod(ctx: TcContext) -> i32 {
-    count_skb(&ctx, hook::TC_EGRESS);
-    TC_ACT_UNSPEC
 }
 
 macro_rules! sock_program {

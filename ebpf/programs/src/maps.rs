@@ -39,7 +39,7 @@ pub static BACKENDS: HashMap<u32, Backend, { backend::CAPACITY as usize }> = Has
 #[btf_map(name = "tg_revnat_v1")]
 pub static REVNAT: HashMap<u32, RevNat, { revnat::CAPACITY as usize }> = HashMap::new();
 
-#[btf_map(name = "tg_ct_v1")]
+#[btf_map(name = "tg_ct_v2")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { ct::CAPACITY as usize }> = LruHashMap::new();
 
 #[btf_map(name = "tg_affinity_v1")]

@@ -77,9 +77,27 @@ pub struct Pkt {
 type R<T> = Result<T, ()>;
 
 #[inline(always)]
-fn load<T>(ctx: &TcContext, off: usize) -> R<T> {
+fn load<T: Copy>(ctx: &TcContext, off: usize) -> R<T> {
+    // Direct packet access when the bytes are in the linear part (headers nearly always
+    // are): a bounds check instead of a helper call per field.
+    // The check is for a fixed 16-byte window (every T read here is at most 16 bytes): with
+    // `size_of::<T>()` LLVM turns a one-byte check into `<`, which the verifier does not
+    // credit with any range.
+    const WINDOW: usize = 16;
+    let start = ctx.data();
+    if core::mem::size_of::<T>() <= WINDOW
+        && off <= MAX_HEADERS
+        && start + off + WINDOW <= ctx.data_end()
+    {
+        // SAFETY: bounds-checked against data_end just above; unaligned read.
+        return Ok(unsafe { ((start + off) as *const T).read_unaligned() });
+    }
     ctx.load::<T>(off).map_err(|_| ())
 }
+
+/// Headers are read directly up to this offset (Ethernet + IPv4 with options or IPv6 + the
+/// L4 fields we use); it also bounds the offsets for the verifier.
+const MAX_HEADERS: usize = 128;
 
 /// Parses the packet; `None` for anything the translation leaves alone (not IP, not TCP/UDP,
 /// non-first fragments, IPv6 extension headers).
@@ -215,15 +233,14 @@ fn set_port(ctx: &TcContext, p: &mut Pkt, src: bool, new: u16) -> R<()> {
 }
 
 #[inline(always)]
-pub(crate) fn key(p: &Pkt, dir: u8) -> CtKey {
+pub(crate) fn key(p: &Pkt) -> CtKey {
     CtKey {
         saddr: p.saddr,
         daddr: p.daddr,
         sport: p.sport,
         dport: p.dport,
         proto: p.proto,
-        dir,
-        pad: [0; 2],
+        pad: [0; 3],
     }
 }
 
@@ -376,13 +393,13 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
     if !parse_into(ctx, &mut s.pkt) {
         return TC_ACT_UNSPEC;
     }
-    s.key = key(&s.pkt, ct_dir::REPLY);
+    s.key = key(&s.pkt);
     if let Some(e) = ct_get(&s.key) {
-        return apply_reply(ctx, &mut s.pkt, e);
-    }
-    s.key.dir = ct_dir::FORWARD;
-    if let Some(e) = ct_get(&s.key) {
-        return apply_forward(ctx, &mut s.pkt, e);
+        return if e.dir == ct_dir::REPLY {
+            apply_reply(ctx, &mut s.pkt, e)
+        } else {
+            apply_forward(ctx, &mut s.pkt, e)
+        };
     }
     let p = &s.pkt;
     s.svc_key = SvcKey {
@@ -425,7 +442,7 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         return TC_ACT_SHOT;
     }
     // Translate with the entry just created (the same path as every later packet).
-    s.key = key(&s.pkt, ct_dir::FORWARD);
+    s.key = key(&s.pkt);
     match ct_get(&s.key) {
         Some(e) => apply_forward(ctx, &mut s.pkt, e),
         None => TC_ACT_SHOT,
@@ -483,8 +500,7 @@ fn new_flow_inner(s: &mut Scratch, side: Side) -> R<()> {
         sport: backend.port,
         dport: if snat { nat_port } else { sport },
         proto: s.pkt.proto,
-        dir: ct_dir::REPLY,
-        pad: [0; 2],
+        pad: [0; 3],
     };
     s.entry = CtEntry {
         to_addr: daddr,
@@ -492,21 +508,23 @@ fn new_flow_inner(s: &mut Scratch, side: Side) -> R<()> {
         to_port: dport,
         nat_port: if snat { sport } else { 0 },
         flags: flags | if node_reply { ct_flags::REDIRECT } else { 0 },
-        pad: [0; 3],
+        dir: ct_dir::REPLY,
+        pad: [0; 2],
         backend_id,
         service_id: fe.value.service_id,
         last_seen: now,
     };
     // With SNAT this replaces the placeholder the port allocation claimed.
     CONNTRACK.insert(&s.key, &s.entry, 0).map_err(|_| ())?;
-    s.key = key(&s.pkt, ct_dir::FORWARD);
+    s.key = key(&s.pkt);
     s.entry = CtEntry {
         to_addr: backend.addr,
         nat_addr,
         to_port: backend.port,
         nat_port,
         flags,
-        pad: [0; 3],
+        dir: ct_dir::FORWARD,
+        pad: [0; 2],
         backend_id,
         service_id: fe.value.service_id,
         last_seen: now,
@@ -546,10 +564,13 @@ fn snat_source(s: &mut Scratch, hairpin: u8) -> u16 {
         sport: s.chosen.backend.port,
         dport: 0,
         proto: s.pkt.proto,
-        dir: ct_dir::REPLY,
-        pad: [0; 2],
+        pad: [0; 3],
     };
-    s.entry = CtEntry::default();
+    // A placeholder until the flow's entry replaces it.
+    s.entry = CtEntry {
+        dir: ct_dir::REPLY,
+        ..CtEntry::default()
+    };
     let span = u32::from(max - min) + 1;
     for _ in 0..8 {
         // SAFETY: helper without preconditions.

@@ -242,13 +242,9 @@ pub fn uplink(ctx: &XdpContext) -> u32 {
     if parse(ctx, &mut s.pkt).is_none() {
         return xdp_action::XDP_PASS;
     }
-    s.key = nat::key(&s.pkt, ct_dir::REPLY);
+    s.key = nat::key(&s.pkt);
     if let Some(e) = nat::ct_get(&s.key) {
-        return tx(ctx, &s.pkt, e, 1);
-    }
-    s.key.dir = ct_dir::FORWARD;
-    if let Some(e) = nat::ct_get(&s.key) {
-        return tx(ctx, &s.pkt, e, 0);
+        return tx(ctx, &s.pkt, e, u8::from(e.dir == ct_dir::REPLY));
     }
     s.svc_key = SvcKey {
         addr: s.pkt.daddr,
@@ -281,7 +277,7 @@ pub fn uplink(ctx: &XdpContext) -> u32 {
     if nat::new_flow(s, Side::Outside) != 0 {
         return xdp_action::XDP_PASS;
     }
-    s.key = nat::key(&s.pkt, ct_dir::FORWARD);
+    s.key = nat::key(&s.pkt);
     match nat::ct_get(&s.key) {
         Some(e) => tx(ctx, &s.pkt, e, 0),
         None => xdp_action::XDP_PASS,

@@ -1,6 +1,7 @@
 //! Benchmarks behind `cargo xtask bench`: each suite measures, writes raw results (JSON) and
 //! plots (SVG) to `tests/benchmarks/`, and rewrites its own section of BENCHMARKS.md.
 
+pub mod dataplane;
 pub mod enls;
 pub mod plot;
 

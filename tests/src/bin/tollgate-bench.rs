@@ -27,6 +27,19 @@ enum Suite {
         #[arg(long, default_value_t = 10)]
         endpoints: usize,
     },
+    /// Service dataplane: short-connection rate vs the limit at 1/1k/10k services, and the
+    /// time to program one change.
+    Dataplane {
+        /// Service counts (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+        services: Vec<usize>,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 8)]
+        duration: u64,
+        /// Interleaved limit/Tollgate pairs per service count.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +55,21 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             let report = bench::enls::run(&opts, &cli.out, &cli.markdown)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Suite::Dataplane {
+            services,
+            duration,
+            rounds,
+        } => {
+            tollgate_tests::require_root();
+            let opts = bench::dataplane::Options {
+                counts: services,
+                duration_s: duration,
+                rounds,
+                ..Default::default()
+            };
+            let report = bench::dataplane::run(&opts, &cli.out, &cli.markdown)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
     }

@@ -118,7 +118,6 @@ pub mod programs {
     pub const TC_INGRESS: &str = "tg_tc_ingress";
     pub const TC_EGRESS: &str = "tg_tc_egress";
     pub const TC_FROM_POD: &str = "tg_tc_from_pod";
-    pub const TC_TO_POD: &str = "tg_tc_to_pod";
     /// cgroup sock_addr programs: socket-level load balancing for pods and host processes.
     pub const SOCK: [&str; 8] = [
         "tg_connect4",
@@ -130,7 +129,7 @@ pub mod programs {
         "tg_getpeername4",
         "tg_getpeername6",
     ];
-    pub const POD_TC: [&str; 2] = [TC_FROM_POD, TC_TO_POD];
+    pub const POD_TC: [&str; 1] = [TC_FROM_POD];
 }
 
 /// The loaded kernel object with its maps pinned under [`PinLayout`].
@@ -162,7 +161,6 @@ impl Dataplane {
             programs::TC_INGRESS,
             programs::TC_EGRESS,
             programs::TC_FROM_POD,
-            programs::TC_TO_POD,
         ]
         .into_iter()
         .chain(programs::SOCK);
@@ -211,7 +209,8 @@ impl Dataplane {
         )
     }
 
-    /// A pod-facing interface (the host end of a pod's veth).
+    /// A pod-facing interface (the host end of a pod's veth): TC ingress, i.e. packets from the
+    /// pod. (Nothing runs on packets to pods: the kernel's own interface counters cover them.)
     pub fn attach_pod_interface(&mut self, iface: &str) -> Result<(), AttachError> {
         attach::tc(
             &mut self.ebpf,
@@ -219,13 +218,6 @@ impl Dataplane {
             programs::TC_FROM_POD,
             iface,
             aya::programs::TcAttachType::Ingress,
-        )?;
-        attach::tc(
-            &mut self.ebpf,
-            &self.pins,
-            programs::TC_TO_POD,
-            iface,
-            aya::programs::TcAttachType::Egress,
         )
     }
 

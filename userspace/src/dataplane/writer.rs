@@ -87,6 +87,7 @@ impl Ids {
     }
 
     fn take(&mut self) -> Result<u32, WriteError> {
+        // `free` is kept sorted high to low: the lowest free ID is reused first.
         if let Some(id) = self.free.pop() {
             return Ok(id);
         }
@@ -101,7 +102,8 @@ impl Ids {
     }
 
     fn give(&mut self, id: u32) {
-        self.free.push(id);
+        let at = self.free.partition_point(|x| *x > id);
+        self.free.insert(at, id);
     }
 }
 
@@ -188,11 +190,19 @@ impl Writer {
     /// Takes over maps that may already hold a previous agent's state: that state keeps
     /// serving until [`Writer::adopt_done`] removes what the new state no longer has.
     pub fn new(maps: LbMaps) -> Self {
+        let backend_capacity = maps.capacity.backend;
         Self {
             maps,
             services: HashMap::new(),
             backends: HashMap::new(),
-            backend_ids: Ids::new("backend", stats::CAPACITY),
+            // Backend IDs span the backend map; per-backend counters exist for the IDs below
+            // tg_bestat_v1's size (the lowest IDs are handed out first).
+            backend_ids: Ids::new(
+                "backend",
+                u32::try_from(backend_capacity)
+                    .unwrap_or(u32::MAX - 1)
+                    .saturating_add(1),
+            ),
             service_ids: Ids::new("service port", stats::CAPACITY),
             revnat_ids: Ids::new("frontend", 1 << 30),
             svc_entries: 0,
@@ -793,4 +803,29 @@ impl Writer {
 /// of an externalTrafficPolicy=Local port (its backends, and no SNAT, differ from inside).
 fn external_entry(port: &ServicePortState, kind: FrontendKind) -> bool {
     kind.is_external() && port.external_traffic_policy_local
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_reuse_the_lowest_free_id_and_stop_at_the_limit() {
+        let mut ids = Ids::new("backend", 5);
+        let taken: Vec<u32> = (0..4).map(|_| ids.take().unwrap()).collect();
+        assert_eq!(taken, [1, 2, 3, 4]);
+        assert!(matches!(
+            ids.take(),
+            Err(WriteError::Ids {
+                what: "backend",
+                limit: 5
+            })
+        ));
+        ids.give(3);
+        ids.give(1);
+        ids.give(4);
+        assert_eq!(ids.take().unwrap(), 1);
+        assert_eq!(ids.take().unwrap(), 3);
+        assert_eq!(ids.take().unwrap(), 4);
+    }
 }

@@ -67,11 +67,28 @@ fn typed<T: DeserializeOwned>(
     })
 }
 
+/// The parser's budget, scaled to the input: a cluster's worth of objects (10,000 Services
+/// and their slices are 20,000 documents and over a million nodes) fits, since documents,
+/// nodes, events and scalar bytes cannot outnumber the input's bytes without aliases; alias
+/// expansion keeps the library's limits (billion-laughs protection).
+fn options(text: &str) -> serde_saphyr::Options {
+    let n = text.len().saturating_add(1024);
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: n,
+            max_nodes: n,
+            max_events: n.saturating_mul(2),
+            max_total_scalar_bytes: n,
+        },
+    }
+}
+
 /// Parses every object of the kinds the ENLS uses. Any error rejects the whole text (the
 /// caller keeps its last good state).
 pub fn parse(text: &str) -> Result<Vec<Object>, ManifestError> {
     let docs: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Syntax(e.to_string()))?;
+        serde_saphyr::from_multiple_with_options(text, options(text))
+            .map_err(|e| ManifestError::Syntax(e.to_string()))?;
     let lines = document_lines(text);
     let mut out = Vec::new();
     for (i, doc) in docs.into_iter().enumerate() {
@@ -166,6 +183,31 @@ items:
         let objs = parse(text).unwrap();
         let kinds: Vec<_> = objs.iter().map(|o| o.kind().as_str()).collect();
         assert_eq!(kinds, ["Service", "Pod", "EndpointSlice"]);
+    }
+
+    #[test]
+    fn a_cluster_sized_manifest_parses_and_alias_bombs_do_not() {
+        let docs: Vec<String> = (0..3000)
+            .map(|i| {
+                format!(
+                    "{{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {{\"namespace\": \"a\", \"name\": \"s{i}\"}}, \"spec\": {{\"clusterIP\": \"10.96.{}.{}\", \"ports\": [{{\"port\": 80}}]}}}}",
+                    i / 250,
+                    i % 250 + 1
+                )
+            })
+            .collect();
+        assert_eq!(parse(&docs.join("\n---\n")).unwrap().len(), 3000);
+
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = (b'a' + i - 1) as char;
+            let c = (b'a' + i) as char;
+            bomb.push_str(&format!(
+                "{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+            ));
+        }
+        bomb.push_str("kind: Service\n");
+        assert!(matches!(parse(&bomb), Err(ManifestError::Syntax(_))));
     }
 
     #[test]
