@@ -686,7 +686,7 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
         ("tg_bestat_v1", &["packets", "bytes", "connections"]),
         ("tg_svcinfo_v1", &["namespace", "name", "port_name"]),
         (
-            "tg_config_v1",
+            "tg_config_v2",
             &["host_netns_cookie", "snat_port_min", "ready"],
         ),
     ];

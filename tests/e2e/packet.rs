@@ -348,7 +348,7 @@ fn bench(node: &Node) -> Bench {
                 snat_port_min: 61000,
                 snat_port_max: 65535,
                 ready: 1,
-                pad: [0; 3],
+                ..Config::default()
             },
             0,
         )

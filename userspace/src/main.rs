@@ -27,6 +27,8 @@ enum Command {
     Maps(cmd::maps::Args),
     /// Remove every program, link and pinned map Tollgate created.
     Cleanup(CleanupArgs),
+    /// Run the concealing metadata proxy on its own (`run --metadata` embeds it).
+    MetadataProxy(cmd::metadata_proxy::Args),
 }
 
 #[derive(clap::Args)]
@@ -52,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => runtime()?.block_on(cmd::run::run(args)),
         Command::Enls(args) => runtime()?.block_on(cmd::enls::run(args)),
         Command::Maps(args) => cmd::maps::run(args),
+        Command::MetadataProxy(args) => runtime()?.block_on(cmd::metadata_proxy::run(args)),
         Command::Cleanup(args) => {
             let removed = dataplane::cleanup(&args.bpffs)
                 .with_context(|| format!("removing pins under {}", args.bpffs.display()))?;

@@ -137,3 +137,31 @@ pub fn driver(iface: &str) -> Option<String> {
         Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
     }
 }
+
+/// Adds `ip` (host route: /32 or /128) to the loopback interface with host scope, so that a
+/// node-local service can listen on it (the metadata proxy's link-local address). Nothing is
+/// changed when the address is already there.
+pub async fn add_loopback_address(ip: std::net::IpAddr) -> std::io::Result<()> {
+    if addresses("lo").contains(&ip) {
+        return Ok(());
+    }
+    let index = {
+        let name = c"lo";
+        // SAFETY: a NUL-terminated name.
+        unsafe { libc::if_nametoindex(name.as_ptr()) }
+    };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(conn);
+    let prefix = if ip.is_ipv4() { 32 } else { 128 };
+    let mut req = handle.address().add(index, ip, prefix);
+    req.message_mut().header.scope = netlink_packet_route::address::AddressScope::Host;
+    let result = req
+        .execute()
+        .await
+        .map_err(|e| std::io::Error::other(format!("adding {ip}/{prefix} to lo: {e}")));
+    task.abort();
+    result
+}

@@ -11,7 +11,7 @@
 //!   socket hooks (unconnected UDP, recvmsg, getpeername);
 //! - `tg_srcrange_v1`: loadBalancerSourceRanges (LPM);
 //! - `tg_svcstat_v1` / `tg_bestat_v1`: per-CPU counters by service-port ID and backend ID;
-//! - `tg_config_v1`: one entry of node-wide settings.
+//! - `tg_config_v2`: one entry of node-wide settings.
 //!
 //! Addresses are `[u32; 4]` in network byte order; IPv4 is stored IPv4-mapped
 //! (`::ffff:a.b.c.d`), so one code path and one map serve both families.
@@ -403,8 +403,16 @@ pub mod svcinfo {
     crate::impl_pod!(SvcInfo);
 }
 
+/// `Config::md_mode`.
+pub mod md_mode {
+    /// Metadata traffic is left alone.
+    pub const OFF: u8 = 0;
+    /// Pod TCP connections to the metadata server go to the node-local proxy.
+    pub const REDIRECT: u8 = 1;
+}
+
 pub mod config {
-    pub const NAME: &str = "tg_config_v1";
+    pub const NAME: &str = "tg_config_v2";
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -420,9 +428,23 @@ pub mod config {
         pub snat_port_max: u16,
         /// host: 1 once the agent has programmed its first complete state.
         pub ready: u8,
-        pub pad: [u8; 3],
+        /// [`super::md_mode`].
+        pub md_mode: u8,
+        /// host: 1 once the metadata proxy listens and knows this node's pods. Until then pod
+        /// connections to the metadata server are refused (fail closed).
+        pub md_ready: u8,
+        pub pad: u8,
+        /// be: the metadata server's address (IPv4-mapped), e.g. 169.254.169.254.
+        pub md_addr: [u32; 4],
+        /// be: where pod connections to it go: the node-local proxy (IPv4-mapped or IPv6).
+        pub md_proxy_addr: [u32; 4],
+        /// be: the metadata server's ports that are redirected (0 = unused).
+        pub md_ports: [u16; 2],
+        /// be: the proxy's port.
+        pub md_proxy_port: u16,
+        pub pad2: [u8; 2],
     }
-    const _: () = assert!(core::mem::size_of::<Config>() == 48);
+    const _: () = assert!(core::mem::size_of::<Config>() == 88);
 
     crate::impl_pod!(Config);
 }

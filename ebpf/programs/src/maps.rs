@@ -72,5 +72,5 @@ pub static BACKEND_STATS: PerCpuArray<Counters, { stats::CAPACITY as usize }> = 
 #[btf_map(name = "tg_svcinfo_v1")]
 pub static SERVICE_INFO: HashMap<u32, SvcInfo, { svcinfo::CAPACITY as usize }> = HashMap::new();
 
-#[btf_map(name = "tg_config_v1")]
+#[btf_map(name = "tg_config_v2")]
 pub static CONFIG: Array<Config, 1> = Array::new();

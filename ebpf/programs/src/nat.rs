@@ -27,7 +27,7 @@ use aya_ebpf::{
 use tollgate_common::lb::{
     PROTO_TCP, PROTO_UDP, affinity_kind,
     ct::{CtEntry, CtKey},
-    ct_dir, ct_flags, is_v4_mapped, scope,
+    ct_dir, ct_flags, is_v4_mapped, md_mode, scope,
     srcrange::SrcRangeKey,
     svc::SvcKey,
     svc_flags, v4_mapped,
@@ -383,6 +383,20 @@ fn scratch() -> Option<&'static mut Scratch> {
     SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
+/// A pod packet to the metadata server's redirected ports: its connection did not pass the
+/// socket hook's redirect (a raw socket, or a process outside `--cgroup`), so it must not reach
+/// the real server.
+#[inline(always)]
+fn metadata_bypass(p: &Pkt) -> bool {
+    let Some(cfg) = CONFIG.get(0) else {
+        return false;
+    };
+    cfg.md_mode == md_mode::REDIRECT
+        && p.daddr == cfg.md_addr
+        && p.dport != 0
+        && (p.dport == cfg.md_ports[0] || p.dport == cfg.md_ports[1])
+}
+
 /// Translates a packet on a TC hook. Returns the TC verdict; packets that cannot be parsed
 /// pass untouched.
 #[inline(always)]
@@ -392,6 +406,9 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
     };
     if !parse_into(ctx, &mut s.pkt) {
         return TC_ACT_UNSPEC;
+    }
+    if side == Side::Pod && s.pkt.proto == PROTO_TCP && metadata_bypass(&s.pkt) {
+        return TC_ACT_SHOT;
     }
     s.key = key(&s.pkt);
     if let Some(e) = ct_get(&s.key) {

@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use tollgate_common::lb::{
-    PROTO_TCP, PROTO_UDP, affinity_kind, is_v4_mapped,
+    PROTO_TCP, PROTO_UDP, affinity_kind, is_v4_mapped, md_mode,
     sockct::{SockCtKey, SockCtValue},
     sockrev::{SockRevKey, SockRevValue},
     svc_flags, v4_mapped,
@@ -18,7 +18,7 @@ use tollgate_common::lb::{
 
 use crate::{
     lb::{self, Frontend},
-    maps::{SOCK_CT, SOCK_REV},
+    maps::{CONFIG, SOCK_CT, SOCK_REV},
 };
 
 /// Verdicts of sock_addr programs.
@@ -86,6 +86,52 @@ fn choose(
     lb::select(fe, client, affinity_kind::NETNS)
 }
 
+/// A pod's TCP connection to the metadata server goes to the node-local proxy (its source
+/// address unchanged, so the proxy knows the pod); before the proxy is ready it is refused.
+/// Host-network sockets (the proxy's own upstream connections included) are left alone.
+/// `None`: not metadata traffic.
+#[inline(always)]
+fn metadata(ctx: &SockAddrContext, v6: bool, addr: [u32; 4], port: u16) -> Option<i32> {
+    let cfg = CONFIG.get(0)?;
+    if cfg.md_mode != md_mode::REDIRECT
+        || addr != cfg.md_addr
+        || port == 0
+        || (port != cfg.md_ports[0] && port != cfg.md_ports[1])
+    {
+        return None;
+    }
+    // SAFETY: helper valid for sock_addr programs.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if netns == cfg.host_netns_cookie {
+        return Some(ALLOW);
+    }
+    if cfg.md_ready == 0 {
+        return Some(refuse());
+    }
+    let (proxy, proxy_port) = (cfg.md_proxy_addr, cfg.md_proxy_port);
+    if !set_dest(ctx, v6, proxy, proxy_port) {
+        return Some(refuse());
+    }
+    // getpeername() still shows the metadata server.
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = SOCK_REV.insert(
+        SockRevKey {
+            cookie,
+            addr: proxy,
+            port: proxy_port,
+            pad: [0; 6],
+        },
+        SockRevValue {
+            addr,
+            port,
+            pad: [0; 2],
+        },
+        0,
+    );
+    Some(ALLOW)
+}
+
 /// connect/sendmsg. Never fails the call except to REJECT: on any error it proceeds
 /// untranslated.
 #[inline(always)]
@@ -96,6 +142,12 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
         return ALLOW;
     }
     let (addr, port) = dest(ctx, v6);
+    if proto == PROTO_TCP
+        && hook == Hook::Connect
+        && let Some(verdict) = metadata(ctx, v6, addr, port)
+    {
+        return verdict;
+    }
     let Some(fe) = lb::frontend_inside(addr, port, proto) else {
         return ALLOW;
     };

@@ -1,4 +1,4 @@
-//! The admin HTTP server: `/metrics` (Prometheus text format), `/livez`, `/healthz`.
+//! The admin HTTP server: `/metrics` (Prometheus text format), `/livez`, `/healthz`, `/readyz`.
 
 pub mod health;
 
@@ -15,7 +15,17 @@ pub use health::Health;
 
 pub struct AdminState {
     pub registry: Registry,
-    pub health: Health,
+    /// kube-proxy's `/healthz` and `/livez` (the agent); `None`: both answer 200 while the
+    /// process serves (the standalone metadata proxy).
+    pub health: Option<Health>,
+    /// `/readyz`: 200 when the check passes, 503 with its reason otherwise.
+    pub ready: Option<Arc<dyn ReadyCheck>>,
+}
+
+/// A readiness check for `/readyz`.
+pub trait ReadyCheck: Send + Sync {
+    /// `Ok(detail)` when ready, `Err(reason)` otherwise.
+    fn check(&self) -> futures::future::BoxFuture<'_, Result<String, String>>;
 }
 
 fn response(
@@ -55,8 +65,27 @@ async fn handle(
                 ),
             }
         }
-        "/healthz" => {
-            let (ok, body) = state.health.healthz();
+        "/readyz" => match &state.ready {
+            Some(check) => match check.check().await {
+                Ok(detail) => response(StatusCode::OK, "text/plain", format!("ok: {detail}\n")),
+                Err(reason) => response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {reason}\n"),
+                ),
+            },
+            None => match &state.health {
+                Some(h) if !h.healthz().0 => {
+                    response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
+                }
+                _ => response(StatusCode::OK, "text/plain", "ok\n"),
+            },
+        },
+        "/healthz" | "/livez" if state.health.is_none() => {
+            response(StatusCode::OK, "text/plain", "ok\n")
+        }
+        "/healthz" if let Some(health) = &state.health => {
+            let (ok, body) = health.healthz();
             let code = if ok {
                 StatusCode::OK
             } else {
@@ -64,8 +93,8 @@ async fn handle(
             };
             response(code, "application/json", body)
         }
-        "/livez" => {
-            let (ok, body) = state.health.livez();
+        "/livez" if let Some(health) = &state.health => {
+            let (ok, body) = health.livez();
             let code = if ok {
                 StatusCode::OK
             } else {
@@ -76,7 +105,7 @@ async fn handle(
         _ => response(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz, /livez\n",
+            "not found: try /metrics, /healthz, /livez, /readyz\n",
         ),
     })
 }

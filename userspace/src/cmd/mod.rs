@@ -2,6 +2,7 @@
 
 pub mod enls;
 pub mod maps;
+pub mod metadata_proxy;
 pub mod run;
 
 use std::path::PathBuf;

@@ -12,14 +12,14 @@ use anyhow::{Context as _, bail};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
-use super::EnlsArgs;
+use super::{EnlsArgs, metadata_proxy};
 use crate::{
     admin::{self, AdminState, Health},
     dataplane::{
         Dataplane, MapSizes, XdpModeArg,
         ifwatch::{self, Glob, IfEvent},
         lbmaps::LbMaps,
-        program::{self, DataplaneMetrics, NodeSettings, Programmer},
+        program::{self, DataplaneMetrics, MetadataRedirect, NodeSettings, Programmer},
         sys,
         writer::Writer,
     },
@@ -27,6 +27,13 @@ use crate::{
         Enls, Update,
         metrics::{EnlsMetrics, ProgrammingMetrics},
         runner::{self, EnlsStatus},
+    },
+    metadata::{
+        ProxyReady,
+        identity::PodIndex,
+        metrics::ProxyMetrics,
+        proxy::{Limits, Proxy, ProxyConfig},
+        rules::Flavor,
     },
     source,
 };
@@ -67,6 +74,31 @@ pub struct Args {
     /// Entries of the connection-tracking maps (per-packet flows and socket-LB choices).
     #[arg(long, default_value_t = tollgate_common::lb::ct::CAPACITY, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub ct_map_size: u32,
+    /// Metadata concealment: `gce` or `aws` redirects pod TCP connections to the metadata
+    /// server to the embedded proxy with that cloud's rules; `off` leaves them alone.
+    #[arg(long, value_enum, default_value_t = MetadataMode::Off)]
+    pub metadata: MetadataMode,
+    /// The metadata server whose pod traffic is redirected.
+    #[arg(long, default_value = "169.254.169.254")]
+    pub metadata_address: std::net::Ipv4Addr,
+    /// Its ports that are redirected (at most two; GKE also uses 8080).
+    #[arg(long, value_delimiter = ',', default_value = "80", num_args = 1..=2)]
+    pub metadata_ports: Vec<u16>,
+    /// Where the embedded proxy listens; added to `lo` (scope host) when it is not local.
+    #[arg(long, default_value = "169.254.169.252:988")]
+    pub metadata_proxy_addr: SocketAddr,
+    /// The real metadata server the proxy forwards to.
+    #[arg(long, default_value = "http://169.254.169.254")]
+    pub metadata_upstream: String,
+    /// Policy file: which paths each namespace / service account may read (reloaded on change).
+    #[arg(long)]
+    pub metadata_policy: Option<PathBuf>,
+    /// AWS: reads need an IMDSv2 session token.
+    #[arg(long)]
+    pub metadata_aws_require_token: bool,
+    /// Seconds the metadata server has to answer a forwarded request (then 504).
+    #[arg(long, default_value_t = 60)]
+    pub metadata_upstream_timeout: u64,
     /// Admin HTTP server: /metrics, /healthz, /livez (kube-proxy's healthz port by default).
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub admin_addr: SocketAddr,
@@ -77,6 +109,81 @@ pub struct Args {
     /// Print a line per second on stderr: events, revisions, CPU, RSS.
     #[arg(long)]
     pub stats: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetadataMode {
+    Off,
+    Gce,
+    Aws,
+}
+
+impl MetadataMode {
+    fn flavor(self) -> Option<Flavor> {
+        match self {
+            MetadataMode::Off => None,
+            MetadataMode::Gce => Some(Flavor::Gce),
+            MetadataMode::Aws => Some(Flavor::Aws),
+        }
+    }
+}
+
+/// The embedded metadata proxy, bound before the socket hooks redirect anything to it.
+struct EmbeddedProxy {
+    proxy: Arc<Proxy>,
+    listener: tokio::net::TcpListener,
+    index: Arc<PodIndex>,
+    redirect: MetadataRedirect,
+}
+
+async fn embedded_proxy(
+    args: &Args,
+    flavor: Flavor,
+    registry: &mut Registry,
+) -> anyhow::Result<EmbeddedProxy> {
+    let metrics = ProxyMetrics::register(registry);
+    let index = PodIndex::new();
+    let cfg = ProxyConfig {
+        flavor,
+        upstream: args
+            .metadata_upstream
+            .parse()
+            .with_context(|| format!("--metadata-upstream {}", args.metadata_upstream))?,
+        upstream_timeout: Duration::from_secs(args.metadata_upstream_timeout.max(1)),
+        aws_require_token: args.metadata_aws_require_token,
+        identity: Some(index.clone()),
+        policy: metadata_proxy::policy_store(args.metadata_policy.as_ref(), &metrics)?,
+        limits: Limits::default(),
+    };
+    let proxy = Proxy::new(cfg, metrics).map_err(anyhow::Error::msg)?;
+    let addr = args.metadata_proxy_addr;
+    let listener = match metadata_proxy_bind(addr) {
+        Ok(l) => l,
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+            crate::netif::add_loopback_address(addr.ip())
+                .await
+                .with_context(|| format!("making {} local for the metadata proxy", addr.ip()))?;
+            metadata_proxy_bind(addr)
+                .with_context(|| format!("binding the metadata proxy on {addr}"))?
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("binding the metadata proxy on {addr}"));
+        }
+    };
+    Ok(EmbeddedProxy {
+        proxy,
+        listener,
+        index,
+        redirect: MetadataRedirect {
+            server: std::net::IpAddr::V4(args.metadata_address),
+            ports: args.metadata_ports.clone(),
+            proxy: addr,
+        },
+    })
+}
+
+fn metadata_proxy_bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    crate::metadata::proxy::bind(addr)
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -121,8 +228,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(logger) = dp.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
     }
-    let writer = Writer::new(LbMaps::open(dp.pins())?);
+    let mut writer = Writer::new(LbMaps::open(dp.pins())?);
     let purge_maps = LbMaps::open(dp.pins())?;
+    // The metadata proxy listens before any pod connection is redirected to it.
+    let embedded = match args.metadata.flavor() {
+        Some(flavor) => Some(embedded_proxy(&args, flavor, &mut registry).await?),
+        None => None,
+    };
+    let settings = NodeSettings {
+        host_netns_cookie: sys::netns_cookie()
+            .context("reading this network namespace's cookie")?,
+        snat_ports: args.snat_port_range,
+        uplink_addresses: uplinks
+            .iter()
+            .flat_map(|u| crate::netif::addresses(u))
+            .collect(),
+        metadata: embedded.as_ref().map(|e| e.redirect.clone()),
+    };
+    // Until the first complete state, pod metadata traffic is refused (fail closed).
+    writer
+        .maps()
+        .config
+        .set(0, program::initial_config(&settings), 0)
+        .context("writing tg_config_v2")?;
     for iface in &uplinks {
         dp.attach_uplink(iface, args.xdp_mode)
             .with_context(|| format!("attaching to uplink {iface}"))?;
@@ -153,9 +281,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         dp
     });
 
+    let ready: Option<Arc<dyn crate::admin::ReadyCheck>> = embedded
+        .as_ref()
+        .map(|e| Arc::new(ProxyReady(e.proxy.clone())) as Arc<dyn crate::admin::ReadyCheck>);
     let state = Arc::new(AdminState {
         registry,
-        health: health.clone(),
+        health: Some(health.clone()),
+        ready,
     });
     let (admin_addr, _admin) = admin::serve(args.admin_addr, state)
         .await
@@ -169,21 +301,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _sources = source::start(&args.enls.source, &args.enls.source_options(), events_tx)
         .await
         .context("starting the source")?;
-    tokio::spawn(runner::run(engine, events_rx, vec![updates_tx], status_tx));
+    let mut subscribers = vec![updates_tx];
+    if let Some(e) = embedded {
+        let (pods_tx, pods_rx) = mpsc::channel::<Arc<Update>>(64);
+        subscribers.push(pods_tx);
+        tokio::spawn(crate::metadata::follow_pods(e.index, pods_rx));
+        tracing::info!(
+            proxy = %e.redirect.proxy,
+            server = %e.redirect.server,
+            ports = ?e.redirect.ports,
+            "metadata proxy listening; pod connections are refused until the first complete state"
+        );
+        tokio::spawn(crate::metadata::proxy::serve(e.listener, e.proxy));
+    }
+    tokio::spawn(runner::run(engine, events_rx, subscribers, status_tx));
     if args.stats {
         tokio::spawn(runner::print_stats(status_rx));
     }
     health.queued();
 
-    let settings = NodeSettings {
-        host_netns_cookie: sys::netns_cookie()
-            .context("reading this network namespace's cookie")?,
-        snat_ports: args.snat_port_range,
-        uplink_addresses: uplinks
-            .iter()
-            .flat_map(|u| crate::netif::addresses(u))
-            .collect(),
-    };
     let (purge_tx, purge_rx) = mpsc::unbounded_channel();
     tokio::spawn(program::purge_task(
         purge_maps,

@@ -8,7 +8,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio::sync::mpsc;
-use tollgate_common::lb::config::Config;
+use tollgate_common::lb::{config::Config, md_mode};
 
 use super::{
     addr::words,
@@ -113,13 +113,30 @@ fn reason(e: &WriteError) -> &'static str {
     }
 }
 
-/// Node-wide settings the programs read from `tg_config_v1`.
+/// Node-wide settings the programs read from `tg_config_v2`.
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
     pub host_netns_cookie: u64,
     pub snat_ports: (u16, u16),
     /// Addresses of the uplinks (SNAT fallback when the Node object has none).
     pub uplink_addresses: Vec<IpAddr>,
+    /// Where pod connections to the metadata server go (`None`: left alone).
+    pub metadata: Option<MetadataRedirect>,
+}
+
+/// The kernel half of metadata concealment: pod TCP connections to `server` on `ports` are
+/// sent to `proxy`; host-network processes are never redirected.
+#[derive(Debug, Clone)]
+pub struct MetadataRedirect {
+    pub server: IpAddr,
+    pub ports: Vec<u16>,
+    pub proxy: std::net::SocketAddr,
+}
+
+/// The config entry before the first complete state: metadata traffic of pods is refused
+/// (when redirected at all) until the proxy is ready.
+pub fn initial_config(settings: &NodeSettings) -> Config {
+    config(settings, None, false)
 }
 
 fn config(settings: &NodeSettings, node: Option<&NodeInfo>, ready: bool) -> Config {
@@ -139,7 +156,39 @@ fn config(settings: &NodeSettings, node: Option<&NodeInfo>, ready: bool) -> Conf
         snat_port_min: settings.snat_ports.0,
         snat_port_max: settings.snat_ports.1,
         ready: u8::from(ready),
-        pad: [0; 3],
+        md_mode: if settings.metadata.is_some() {
+            md_mode::REDIRECT
+        } else {
+            md_mode::OFF
+        },
+        md_ready: u8::from(ready && settings.metadata.is_some()),
+        pad: 0,
+        md_addr: settings
+            .metadata
+            .as_ref()
+            .map(|m| words(m.server))
+            .unwrap_or_default(),
+        md_proxy_addr: settings
+            .metadata
+            .as_ref()
+            .map(|m| words(m.proxy.ip()))
+            .unwrap_or_default(),
+        md_ports: {
+            let mut ports = [0u16; 2];
+            for (slot, p) in ports
+                .iter_mut()
+                .zip(settings.metadata.iter().flat_map(|m| &m.ports))
+            {
+                *slot = p.to_be();
+            }
+            ports
+        },
+        md_proxy_port: settings
+            .metadata
+            .as_ref()
+            .map(|m| m.proxy.port().to_be())
+            .unwrap_or_default(),
+        pad2: [0; 2],
     }
 }
 
@@ -197,7 +246,7 @@ impl Programmer {
             }
             let cfg = config(&self.settings, node.as_ref(), ready);
             if let Err(e) = self.writer.maps().config.set(0, cfg, 0) {
-                tracing::error!("writing tg_config_v1: {e}");
+                tracing::error!("writing tg_config_v2: {e}");
             }
             let took = start.elapsed().as_secs_f64();
             self.metrics.sync.observe(took);
