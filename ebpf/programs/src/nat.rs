@@ -419,6 +419,12 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         };
     }
     let p = &s.pkt;
+    // Only a SYN can start a TCP flow: the rest of a flow we never saw (or evicted) is left to
+    // the stack (the backend would answer it with a reset). This also spares the service
+    // lookup on all but the first packet of connections that are not ours.
+    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) != TCP_SYN {
+        return TC_ACT_UNSPEC;
+    }
     s.svc_key = SvcKey {
         addr: p.daddr,
         port: p.dport,
@@ -449,11 +455,6 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
             return TC_ACT_SHOT;
         }
         return reject(ctx, p);
-    }
-    // A stray TCP segment of a flow we never saw (or evicted) must not start a new mapping:
-    // the backend would answer it with a reset. Let the stack handle it.
-    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) != TCP_SYN {
-        return TC_ACT_UNSPEC;
     }
     if new_flow(s, side) != 0 {
         return TC_ACT_SHOT;

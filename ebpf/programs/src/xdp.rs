@@ -246,6 +246,11 @@ pub fn uplink(ctx: &XdpContext) -> u32 {
     if let Some(e) = nat::ct_get(&s.key) {
         return tx(ctx, &s.pkt, e, u8::from(e.dir == ct_dir::REPLY));
     }
+    // Only a SYN starts a TCP flow (see nat::handle); the rest is not ours.
+    let flags = s.pkt.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK);
+    if s.pkt.proto == PROTO_TCP && flags != TCP_SYN {
+        return xdp_action::XDP_PASS;
+    }
     s.svc_key = SvcKey {
         addr: s.pkt.daddr,
         port: s.pkt.dport,
@@ -268,10 +273,6 @@ pub fn uplink(ctx: &XdpContext) -> u32 {
             return xdp_action::XDP_DROP;
         }
         // REJECT needs a reply packet built: TC does that.
-        return xdp_action::XDP_PASS;
-    }
-    let flags = s.pkt.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK);
-    if s.pkt.proto == PROTO_TCP && flags != TCP_SYN {
         return xdp_action::XDP_PASS;
     }
     if nat::new_flow(s, Side::Outside) != 0 {
