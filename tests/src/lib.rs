@@ -14,6 +14,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod cluster;
 pub mod k8s;
+pub mod metadata_double;
 pub mod netns;
 pub mod prefix;
 pub mod process;

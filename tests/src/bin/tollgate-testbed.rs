@@ -63,6 +63,17 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// A metadata-server double (GCE and AWS answers); one JSON line per request on stdout.
+    MetadataDouble {
+        #[arg(long, value_delimiter = ',')]
+        listen: Vec<SocketAddr>,
+        /// No per-request lines (benchmarks).
+        #[arg(long)]
+        quiet: bool,
+        /// IMDS reads need a session token.
+        #[arg(long)]
+        aws_require_token: bool,
+    },
     /// Send COUNT datagrams one after another, each waiting (≤ 1 s) for its echo; prints JSON.
     UdpPing {
         #[arg(long)]
@@ -121,6 +132,38 @@ fn main() -> anyhow::Result<()> {
             );
             println!("{}", serde_json::to_string(&t)?);
             Ok(())
+        }
+        Cmd::MetadataDouble {
+            listen,
+            quiet,
+            aws_require_token,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let opts = tollgate_tests::metadata_double::Options {
+                    quiet,
+                    aws_require_token,
+                    record: None,
+                };
+                let mut tasks = Vec::new();
+                for addr in &listen {
+                    let l = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding {addr}"))?;
+                    tasks.push(tokio::spawn(tollgate_tests::metadata_double::serve(
+                        l,
+                        opts.clone(),
+                    )));
+                }
+                println!("serving metadata on {listen:?}");
+                for t in tasks {
+                    let _ = t.await;
+                }
+                anyhow::Ok(())
+            })
         }
         Cmd::UdpEcho { listen } => {
             let sock = UdpSocket::bind(listen).with_context(|| format!("binding {listen}"))?;
