@@ -11,6 +11,11 @@ use crate::{BgProcess, Node, tools::tollgate_bin};
 /// The socket hooks go to the node's cgroup, which the test bed created: never the host's
 /// root cgroup (the agent's default), which this function refuses to allow.
 pub fn start_agent(node: &Node, source: &str, extra: &[&str]) -> BgProcess {
+    start_agent_until(node, source, extra, "tollgate ready")
+}
+
+/// Like [`start_agent`], waiting for `needle` in the log instead of readiness.
+pub fn start_agent_until(node: &Node, source: &str, extra: &[&str], needle: &str) -> BgProcess {
     let cgroup_dir = node
         .cgroup
         .parent()
@@ -37,7 +42,7 @@ pub fn start_agent(node: &Node, source: &str, extra: &[&str]) -> BgProcess {
         .args(extra)
         .env("TOLLGATE_LOG", "debug");
     let mut agent = node.spawn("agent", cmd);
-    agent.wait_for_log("tollgate ready", Duration::from_secs(30));
+    agent.wait_for_log(needle, Duration::from_secs(30));
     agent
 }
 

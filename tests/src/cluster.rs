@@ -488,6 +488,22 @@ impl Cluster {
         format!("file:{}", path.display())
     }
 
+    /// Writes exactly `objects` (the caller includes the test bed's own, e.g. edited copies of
+    /// [`Cluster::base_objects`]) and returns `file:<path>`.
+    pub fn write_objects(&self, objects: &[serde_json::Value]) -> String {
+        let path = self.workdir().join("cluster.yaml");
+        let text = objects
+            .iter()
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
+        std::fs::rename(&tmp, &path)
+            .unwrap_or_else(|e| panic!("replacing {}: {e}", path.display()));
+        format!("file:{}", path.display())
+    }
+
     /// Like [`Cluster::write_manifest`], with `extra` given as manifest text (YAML or JSON
     /// documents) appended as it is.
     pub fn write_manifest_text(&self, extra: &str) -> String {
