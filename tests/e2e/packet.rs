@@ -20,7 +20,6 @@ use tollgate_tests::{Cluster, ClusterSpec, Node};
 
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1 as the kernel reports it
 const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
