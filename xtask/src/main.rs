@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod setup;
 mod sh;
 mod test;
@@ -33,6 +34,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the benchmarks (release build) and update BENCHMARKS.md and tests/benchmarks/.
     Bench(bench::BenchArgs),
+    /// Fuzz the metadata proxy's normalisation and policy (cargo-fuzz; grows fuzz/corpus).
+    Fuzz(fuzz::FuzzArgs),
     /// Remove test-bed leftovers of killed runs (namespaces, cgroups, bpffs directories).
     CleanTestbed {
         /// Also remove objects of test runs that are still alive.
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
         Command::CleanTestbed { force } => {
             build::build_packages(&["tollgate-tests"], false)?;
             let mut args = vec!["clean"];

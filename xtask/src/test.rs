@@ -17,7 +17,7 @@ pub struct TestArgs {
 }
 
 /// `cargo +nightly …` without the outer cargo's toolchain variables leaking in.
-fn nightly_cargo() -> Command {
+pub fn nightly_cargo() -> Command {
     let mut cmd = sh::cmd("cargo");
     cmd.arg("+nightly");
     for var in [

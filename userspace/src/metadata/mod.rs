@@ -6,6 +6,7 @@
 //! IP → pod) → [`policy`] (namespace / service account) → upstream, with [`metrics`] throughout.
 
 pub mod identity;
+pub mod invariants;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -18,8 +18,9 @@
 //! if the flavour conceals it, matches `reveal`. Globs work on normalised path segments: `*`
 //! within one segment, `**` any number of segments.
 
+use std::path::{Path, PathBuf};
+#[cfg(not(fuzzing))]
 use std::{
-    path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::{Duration, SystemTime},
 };
@@ -265,63 +266,71 @@ impl Policy {
     }
 }
 
-/// The current policy, reloaded when its file changes (a file that does not load keeps the
-/// last good policy, with an error in the log and a metric).
-#[derive(Debug, Clone)]
-pub struct PolicyStore {
-    current: Arc<RwLock<Arc<Policy>>>,
-}
+#[cfg(not(fuzzing))]
+pub use store::PolicyStore;
 
-impl Default for PolicyStore {
-    fn default() -> Self {
-        Self::new(Policy::default())
+#[cfg(not(fuzzing))]
+mod store {
+    use super::*;
+
+    /// The current policy, reloaded when its file changes (a file that does not load keeps the
+    /// last good policy, with an error in the log and a metric).
+    #[derive(Debug, Clone)]
+    pub struct PolicyStore {
+        current: Arc<RwLock<Arc<Policy>>>,
     }
-}
 
-impl PolicyStore {
-    pub fn new(policy: Policy) -> Self {
-        Self {
-            current: Arc::new(RwLock::new(Arc::new(policy))),
+    impl Default for PolicyStore {
+        fn default() -> Self {
+            Self::new(Policy::default())
         }
     }
 
-    pub fn get(&self) -> Arc<Policy> {
-        self.current
-            .read()
-            .map(|p| p.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
-    }
-
-    fn set(&self, p: Policy) {
-        match self.current.write() {
-            Ok(mut g) => *g = Arc::new(p),
-            Err(e) => *e.into_inner() = Arc::new(p),
-        }
-    }
-
-    /// Watches `path` (polling its modification time; ConfigMap updates replace a symlink)
-    /// and reloads it. `on_error` is called for each file that fails to load.
-    pub async fn watch(self, path: PathBuf, every: Duration, on_error: impl Fn(&PolicyError)) {
-        let stamp = |p: &Path| -> Option<(SystemTime, u64)> {
-            let m = std::fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len()))
-        };
-        let mut last = stamp(&path);
-        loop {
-            tokio::time::sleep(every).await;
-            let now = stamp(&path);
-            if now == last {
-                continue;
+    impl PolicyStore {
+        pub fn new(policy: Policy) -> Self {
+            Self {
+                current: Arc::new(RwLock::new(Arc::new(policy))),
             }
-            last = now;
-            match Policy::load(&path) {
-                Ok(p) => {
-                    tracing::info!(path = %path.display(), "metadata policy reloaded");
-                    self.set(p);
+        }
+
+        pub fn get(&self) -> Arc<Policy> {
+            self.current
+                .read()
+                .map(|p| p.clone())
+                .unwrap_or_else(|e| e.into_inner().clone())
+        }
+
+        fn set(&self, p: Policy) {
+            match self.current.write() {
+                Ok(mut g) => *g = Arc::new(p),
+                Err(e) => *e.into_inner() = Arc::new(p),
+            }
+        }
+
+        /// Watches `path` (polling its modification time; ConfigMap updates replace a symlink)
+        /// and reloads it. `on_error` is called for each file that fails to load.
+        pub async fn watch(self, path: PathBuf, every: Duration, on_error: impl Fn(&PolicyError)) {
+            let stamp = |p: &Path| -> Option<(SystemTime, u64)> {
+                let m = std::fs::metadata(p).ok()?;
+                Some((m.modified().ok()?, m.len()))
+            };
+            let mut last = stamp(&path);
+            loop {
+                tokio::time::sleep(every).await;
+                let now = stamp(&path);
+                if now == last {
+                    continue;
                 }
-                Err(e) => {
-                    tracing::error!(path = %path.display(), "metadata policy not reloaded, the last good one stays: {e}");
-                    on_error(&e);
+                last = now;
+                match Policy::load(&path) {
+                    Ok(p) => {
+                        tracing::info!(path = %path.display(), "metadata policy reloaded");
+                        self.set(p);
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), "metadata policy not reloaded, the last good one stays: {e}");
+                        on_error(&e);
+                    }
                 }
             }
         }

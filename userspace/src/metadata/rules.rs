@@ -152,14 +152,16 @@ fn gce(headers: &HeaderMap, t: &Target) -> Result<Class, Block> {
             return Err(Block::forbidden(RECURSIVE));
         }
     }
-    // Concealed names, under every root and whatever their case.
+    // Concealed names, under every root and whatever their case: kube-env wherever it
+    // appears (instance or project attributes, any depth), the identity of any service
+    // account.
+    if lower.iter().any(|s| s == "kube-env") {
+        return Err(Block::forbidden(CONCEALED));
+    }
     for r in GCE_ROOTS {
-        let base = gce_instance_base(r);
-        let mut kube_env = base.clone();
-        kube_env.extend(["attributes", "kube-env"]);
-        let mut identity = base.clone();
+        let mut identity = gce_instance_base(r);
         identity.extend(["service-accounts", "*", "identity"]);
-        if starts(&lower, &kube_env) || starts(&lower, &identity) {
+        if starts(&lower, &identity) {
             return Err(Block::forbidden(CONCEALED));
         }
     }
@@ -316,7 +318,7 @@ mod tests {
             ("/0.2/", Err(NOT_ALLOWED)),
             ("/computeMetadata/v2/", Err(NOT_ALLOWED)),
             ("/COMPUTEMETADATA/V1/", Err(NOT_ALLOWED)),
-            ("/computeMetadata/0.1/attributes/kube-env", Err(NOT_ALLOWED)),
+            ("/computeMetadata/0.1/attributes/kube-env", Err(CONCEALED)),
             // kube-env.
             ("/0.1/meta-data/attributes/kube-env", Err(CONCEALED)),
             (
@@ -415,6 +417,14 @@ mod tests {
             ),
             (
                 "/computeMetadata/v1/instance/./attributes/kube-env",
+                Err(CONCEALED),
+            ),
+            (
+                "/computeMetadata/v1/project/attributes/kube-env",
+                Err(CONCEALED),
+            ),
+            (
+                "/computeMetadata/v1/instance/attribute0/kube-env",
                 Err(CONCEALED),
             ),
             (

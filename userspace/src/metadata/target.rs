@@ -118,7 +118,11 @@ pub fn parse(target: &str) -> Result<Target, TargetError> {
         "/"
     } else if target.starts_with('/') {
         target
-    } else if target.len() > 7 && target[..7].eq_ignore_ascii_case("http://") {
+    } else if target
+        .as_bytes()
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"http://"))
+    {
         let after = &target[7..];
         let end = after.find(['/', '?']).unwrap_or(after.len());
         let authority = &after[..end];
@@ -363,6 +367,7 @@ mod tests {
             "/x?a=%0a",
             "/x?re%08cursive=true",
             "/a b",
+            "ячейкая",
         ] {
             assert!(
                 parse(input).is_err(),
