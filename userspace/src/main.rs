@@ -115,6 +115,53 @@ mod tests {
     }
 
     #[test]
+    fn the_metadata_policy_config_map_holds_a_valid_policy() {
+        let cm: k8s_openapi::api::core::v1::ConfigMap =
+            serde_saphyr::from_str(&deploy("metadata-policy.yaml")).unwrap();
+        let ds: DaemonSet = serde_saphyr::from_str(&deploy("daemonset.yaml")).unwrap();
+        let spec = ds.spec.unwrap().template.spec.unwrap();
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| {
+                v.config_map
+                    .as_ref()
+                    .is_some_and(|c| c.name == cm.metadata.name.clone().unwrap())
+            })
+            .expect("the DaemonSet mounts the ConfigMap");
+        let mount = spec.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == volume.name)
+            .expect("mounted in the container");
+        let args = spec.containers[0].args.clone().unwrap_or_default();
+        let data = cm.data.unwrap();
+        let (key, text) = data.iter().next().unwrap();
+        assert!(
+            args.contains(&format!("--metadata-policy={}/{key}", mount.mount_path)),
+            "{args:?}"
+        );
+        let policy = tollgate::metadata::policy::Policy::parse(text).unwrap();
+        let token: Vec<String> = "computeMetadata/v1/instance/service-accounts/default/token"
+            .split('/')
+            .map(String::from)
+            .collect();
+        use tollgate::metadata::rules::Class;
+        assert!(
+            policy
+                .decide(Some(("web", "default")), &token, Class::Ordinary)
+                .is_err()
+        );
+        assert!(
+            policy
+                .decide(Some(("node-tools", "x")), &token, Class::Ordinary)
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn the_cluster_role_lets_the_agent_list_and_watch_its_sources() {
         let text = deploy("rbac.yaml");
         let role: ClusterRole = text

@@ -15,6 +15,7 @@ pub enum Suite {
     All,
     Enls,
     Dataplane,
+    Metadata,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -22,9 +23,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     build::build_packages(&["tollgate", "tollgate-tests"], true)?;
     let bench = build::target_bin("tollgate-bench", true)?;
     let suites: &[&str] = match args.suite {
-        Suite::All => &["enls", "dataplane"],
+        Suite::All => &["enls", "dataplane", "metadata"],
         Suite::Enls => &["enls"],
         Suite::Dataplane => &["dataplane"],
+        Suite::Metadata => &["metadata"],
     };
     for suite in suites {
         sh::run(sh::cmd(&bench).arg(suite))?;

@@ -3,6 +3,7 @@
 
 pub mod dataplane;
 pub mod enls;
+pub mod metadata;
 pub mod plot;
 
 use std::{path::Path, time::Duration};

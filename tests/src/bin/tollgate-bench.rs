@@ -27,6 +27,13 @@ enum Suite {
         #[arg(long, default_value_t = 10)]
         endpoints: usize,
     },
+    /// Metadata proxy: ab on the token path, through the proxy and straight to the upstream.
+    Metadata {
+        #[arg(long, default_value_t = 200_000)]
+        requests: u64,
+        #[arg(long, default_value_t = 200)]
+        concurrency: u64,
+    },
     /// Service dataplane: short-connection rate vs the limit at 1/1k/10k services, and the
     /// time to program one change.
     Dataplane {
@@ -55,6 +62,19 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             let report = bench::enls::run(&opts, &cli.out, &cli.markdown)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Suite::Metadata {
+            requests,
+            concurrency,
+        } => {
+            tollgate_tests::require_root();
+            let opts = bench::metadata::Options {
+                requests,
+                concurrency,
+                ..Default::default()
+            };
+            let report = bench::metadata::run(&opts, &cli.out, &cli.markdown)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Suite::Dataplane {

@@ -125,13 +125,19 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!("every pod serves HTTP on :8080 and UDP on :5353");
+    let mut md = Command::new(testbed_bin());
+    md.args(["metadata-double", "--listen", "169.254.169.254:80"]);
+    let mut md = cluster.spawn_cloud("metadata", md);
+    md.wait_for_log("serving metadata", Duration::from_secs(5));
+    servers.push(md);
+    println!("the cloud serves a metadata server at 169.254.169.254 (with secrets in kube-env)");
 
     section("starting `tollgate run` on every node")?;
     let source = cluster.write_manifest_text(&manifest);
     println!("source: {source}");
     let mut agents = Vec::new();
     for node in &cluster.nodes {
-        let agent = tollgate_tests::agent::start_agent(node, &source, &[]);
+        let agent = tollgate_tests::agent::start_agent(node, &source, &["--metadata", "gce"]);
         println!(
             "{}: ready, maps pinned under {}",
             node.name,
@@ -184,6 +190,46 @@ fn main() -> anyhow::Result<()> {
     println!("(refused as expected: {refused})");
     ok &= refused;
 
+    section("metadata concealment: pods get filtered answers, the node itself is not redirected")?;
+    let md_curl = |at: Placement<'_>, where_: &str, path: &str| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-m", "3", "-w", "  [HTTP %{http_code}]\n"])
+            .args(["-H", "Metadata-Flavor: Google"])
+            .arg(format!("http://169.254.169.254{path}"));
+        let out = at.output(cmd);
+        show(
+            &format!("curl -H 'Metadata-Flavor: Google' http://169.254.169.254{path}   ({where_})"),
+            &out,
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let a = md_curl(
+        n1p2.placement(),
+        "pod n1p2",
+        "/computeMetadata/v1/project/project-id",
+    );
+    let b = md_curl(
+        n1p2.placement(),
+        "pod n1p2",
+        "/computeMetadata/v1/instance/attributes/kube-env",
+    );
+    let c = md_curl(
+        n1p2.placement(),
+        "pod n1p2",
+        "/computeMetadata/v1/instance/attributes/%6bube-env",
+    );
+    let d = md_curl(
+        node1.host(),
+        "node1 host",
+        "/computeMetadata/v1/instance/attributes/kube-env",
+    );
+    let concealed = a.contains("[HTTP 200]")
+        && b.contains("[HTTP 403]")
+        && c.contains("[HTTP 403]")
+        && d.contains("KUBELET_CERT");
+    println!("(kube-env concealed from the pod, readable by the node: {concealed})");
+    ok &= concealed;
+
     section("swapping web's backends: only web's entries change, never with none")?;
     let (from, to) = (
         "  - {addresses: [10.244.2.11], nodeName: node2, conditions: {ready: true, serving: true, terminating: false}}\n---\n# externalTrafficPolicy",
@@ -214,6 +260,7 @@ fn main() -> anyhow::Result<()> {
             || l.starts_with("kubeproxy_network_programming_duration_seconds_count")
             || l.starts_with("tollgate_enls_services")
             || l.starts_with("tollgate_dataplane_map_operations_total")
+            || l.starts_with("request_count")
     }) {
         println!("{line}");
     }

@@ -155,15 +155,11 @@ fn gce(headers: &HeaderMap, t: &Target) -> Result<Class, Block> {
     // Concealed names, under every root and whatever their case: kube-env wherever it
     // appears (instance or project attributes, any depth), the identity of any service
     // account.
-    if lower.iter().any(|s| s == "kube-env") {
+    let identity = lower
+        .windows(3)
+        .any(|w| w[0] == "service-accounts" && w[2] == "identity");
+    if identity || lower.iter().any(|s| s == "kube-env") {
         return Err(Block::forbidden(CONCEALED));
-    }
-    for r in GCE_ROOTS {
-        let mut identity = gce_instance_base(r);
-        identity.extend(["service-accounts", "*", "identity"]);
-        if starts(&lower, &identity) {
-            return Err(Block::forbidden(CONCEALED));
-        }
     }
     // Discovery, then the known API roots.
     let discovery: [&[&str]; 6] = [
@@ -425,6 +421,10 @@ mod tests {
             ),
             (
                 "/computeMetadata/v1/instance/attribute0/kube-env",
+                Err(CONCEALED),
+            ),
+            (
+                "/computeMetadata/v1/insmance/service-accounts/default/identity",
                 Err(CONCEALED),
             ),
             (
