@@ -39,8 +39,12 @@ struct CleanupArgs {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    runtime_with(2)
+}
+
+fn runtime_with(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers.max(1))
         .enable_all()
         .build()
         .context("starting the tokio runtime")
@@ -54,7 +58,9 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => runtime()?.block_on(cmd::run::run(args)),
         Command::Enls(args) => runtime()?.block_on(cmd::enls::run(args)),
         Command::Maps(args) => cmd::maps::run(args),
-        Command::MetadataProxy(args) => runtime()?.block_on(cmd::metadata_proxy::run(args)),
+        Command::MetadataProxy(args) => {
+            runtime_with(args.workers)?.block_on(cmd::metadata_proxy::run(args))
+        }
         Command::Cleanup(args) => {
             let removed = dataplane::cleanup(&args.bpffs)
                 .with_context(|| format!("removing pins under {}", args.bpffs.display()))?;

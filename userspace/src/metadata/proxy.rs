@@ -46,15 +46,19 @@ pub struct Limits {
     pub body_bytes: usize,
     /// Client connections served at once (more wait in the listen backlog).
     pub connections: usize,
+    /// Requests forwarded at once (each needs an upstream connection; more wait their turn):
+    /// bounds memory and the load on the metadata server, whatever the number of clients.
+    pub upstream_concurrency: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            header_bytes: 16 * 1024,
+            header_bytes: 8 * 1024,
             header_timeout: Duration::from_secs(10),
             body_bytes: 64 * 1024,
             connections: 4096,
+            upstream_concurrency: 32,
         }
     }
 }
@@ -94,6 +98,7 @@ pub struct Proxy {
     cfg: ProxyConfig,
     authority: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    upstream_slots: Semaphore,
     pub metrics: ProxyMetrics,
 }
 
@@ -166,12 +171,15 @@ impl Proxy {
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(cfg.limits.upstream_concurrency)
+            .http1_read_buf_exact_size(8192)
             .build(connector);
+        let upstream_slots = Semaphore::new(cfg.limits.upstream_concurrency.max(1));
         Ok(Arc::new(Self {
             cfg,
             authority,
             client,
+            upstream_slots,
             metrics,
         }))
     }
@@ -188,17 +196,17 @@ impl Proxy {
         let response = match self.decide(&parts, peer).await {
             Ok(t) => match self.forward(parts, body, &t).await {
                 Ok(r) => {
-                    self.metrics.count(true, r.status().as_u16());
+                    self.metrics.count(true, r.status());
                     r.map(Either::Right)
                 }
                 Err(f) => {
-                    self.metrics.count(false, f.status.as_u16());
+                    self.metrics.count(false, f.status);
                     text(f.status, &f.reason, f.close)
                 }
             },
             Err(f) => {
                 tracing::debug!(%peer, uri = %parts.uri, status = f.status.as_u16(), reason = %f.reason, "metadata request refused");
-                self.metrics.count(false, f.status.as_u16());
+                self.metrics.count(false, f.status);
                 text(f.status, &f.reason, f.close)
             }
         };
@@ -343,7 +351,12 @@ impl Proxy {
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         let start = Instant::now();
-        let sent = tokio::time::timeout(self.cfg.upstream_timeout, self.client.request(req)).await;
+        let sent = tokio::time::timeout(self.cfg.upstream_timeout, async {
+            // The permit is held until the answer's head arrives; the body streams after.
+            let _slot = self.upstream_slots.acquire().await;
+            self.client.request(req).await
+        })
+        .await;
         let mut resp = match sent {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
