@@ -225,10 +225,7 @@ fn the_kubernetes_concealment_checker_passes_through_the_proxy() {
     let blocked = b
         .metrics
         .request_count
-        .get_or_create(&[
-            ("filter_result", "filter_result_blocked".into()),
-            ("code", "403".into()),
-        ])
+        .get_or_create(&[("filter_result", "filter_result_blocked"), ("code", "403")])
         .get();
     assert_eq!(blocked, 18, "request_count{{filter_result_blocked,403}}");
     let _ = b.rt;
