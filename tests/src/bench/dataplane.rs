@@ -17,10 +17,14 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use tollgate::{
     dataplane::{Dataplane, MapSizes, lbmaps::LbMaps, writer::Writer},
-    enls::{Enls, EnlsConfig, Object, SourceEvent, ingest::Kind, metrics::EnlsMetrics},
+    enls::{Enls, EnlsConfig, SourceEvent, ingest::Kind, metrics::EnlsMetrics},
 };
 
-use super::{Summary, micros, plot, rss_of, summarize};
+use super::{
+    Summary,
+    enls::{ep_ip, svc_ip, to_object},
+    micros, plot, rss_of, summarize, tool_version,
+};
 use crate::{BgProcess, Cluster, ClusterSpec, Pod, k8s, tools::tollgate_bin};
 
 #[derive(Debug, Clone)]
@@ -55,15 +59,6 @@ impl Default for Options {
 /// The Service wrk reaches through Tollgate.
 const TARGET_IP: &str = "10.97.0.10";
 
-fn svc_ip(i: usize) -> String {
-    format!("10.96.{}.{}", i / 250, i % 250 + 1)
-}
-
-fn ep_ip(i: usize, j: usize) -> String {
-    let n = i * 16 + j;
-    format!("10.{}.{}.{}", 128 + n / 65_536, (n / 256) % 256, n % 256)
-}
-
 fn filler(i: usize, ips: &[String]) -> [Value; 2] {
     let eps = ips.iter().map(|ip| k8s::endpoint(ip, "node2")).collect();
     [
@@ -95,16 +90,6 @@ fn manifest_objects(count: usize, endpoints: usize, nginx: &str) -> Vec<Value> {
         v.extend(filler(i, &ips));
     }
     v
-}
-
-fn to_object(v: Value) -> anyhow::Result<Object> {
-    Ok(match v["kind"].as_str() {
-        Some("Service") => Object::Service(Box::new(serde_json::from_value(v)?)),
-        Some("EndpointSlice") => Object::EndpointSlice(Box::new(serde_json::from_value(v)?)),
-        Some("Node") => Object::Node(Box::new(serde_json::from_value(v)?)),
-        Some("Pod") => Object::Pod(Box::new(serde_json::from_value(v)?)),
-        other => bail!("unexpected kind {other:?}"),
-    })
 }
 
 /// One wrk run.
@@ -464,17 +449,7 @@ fn programming(opts: &Options) -> anyhow::Result<Programming> {
 }
 
 pub fn run(opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow::Result<Report> {
-    let wrk_version = Command::new("wrk")
-        .arg("-v")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .unwrap_or_default();
+    let wrk_version = tool_version("wrk", "-v");
     let workdir: PathBuf =
         std::env::temp_dir().join(format!("tg-bench-dataplane-{}", std::process::id()));
     std::fs::create_dir_all(&workdir)?;

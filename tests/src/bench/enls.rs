@@ -41,11 +41,11 @@ impl Default for Options {
 
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
-fn svc_ip(i: usize) -> String {
+pub(crate) fn svc_ip(i: usize) -> String {
     format!("10.96.{}.{}", i / 250, i % 250 + 1)
 }
 
-fn ep_ip(i: usize, j: usize) -> String {
+pub(crate) fn ep_ip(i: usize, j: usize) -> String {
     let n = i * 16 + j;
     format!("10.{}.{}.{}", 128 + n / 65_536, (n / 256) % 256, n % 256)
 }
@@ -81,7 +81,7 @@ fn objects(opts: &Options) -> Vec<Value> {
     v
 }
 
-fn to_object(v: Value) -> anyhow::Result<Object> {
+pub(crate) fn to_object(v: Value) -> anyhow::Result<Object> {
     Ok(match v["kind"].as_str() {
         Some("Service") => Object::Service(Box::new(serde_json::from_value(v)?)),
         Some("EndpointSlice") => Object::EndpointSlice(Box::new(serde_json::from_value(v)?)),

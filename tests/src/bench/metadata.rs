@@ -156,17 +156,7 @@ pub fn run(opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow::Result<Re
     if !proxy.alive() {
         bail!("the proxy died:\n{}", proxy.logs());
     }
-    let ab_version = Command::new("ab")
-        .arg("-V")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .unwrap_or_default();
+    let ab_version = super::tool_version("ab", "-V");
     let report = Report {
         machine: super::machine(),
         ab: ab_version,

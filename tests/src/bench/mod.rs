@@ -104,3 +104,18 @@ pub fn update_section(file: &Path, name: &str, body: &str) -> std::io::Result<()
     };
     std::fs::write(file, new)
 }
+
+/// The first line a tool prints for its version flag (empty when it cannot be run).
+pub fn tool_version(tool: &str, flag: &str) -> String {
+    std::process::Command::new(tool)
+        .arg(flag)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
