@@ -227,7 +227,8 @@ impl Programmer {
                 let retry: Vec<ServiceChange> =
                     std::mem::take(&mut pending).into_values().collect();
                 for change in &retry {
-                    if self.apply_quietly(change, &mut purge).is_err() {
+                    if let Err(e) = self.apply_quietly(change, &mut purge) {
+                        tracing::debug!(service = %change.key, "still not programmed: {e}");
                         pending.insert(change.key.clone(), change.clone());
                     }
                 }
