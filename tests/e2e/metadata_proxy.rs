@@ -341,6 +341,72 @@ fn bad_clients_affect_only_themselves() {
     }
 }
 
+/// A blocking connection to `to` from the local address `from` (any 127/8 address is local).
+fn connect_from(b: &Bed, from: &str, to: SocketAddr) -> TcpStream {
+    let s = b.rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        s.connect(to).await.unwrap()
+    });
+    let s = s.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    s
+}
+
+#[test]
+fn one_client_waits_for_its_own_connections_and_never_takes_the_others_turn() {
+    let b = bed_with(
+        Flavor::Gce,
+        None,
+        Limits {
+            connections_per_client: 4,
+            ..Limits::default()
+        },
+        None,
+    );
+    let waiting = |b: &Bed| b.metrics.connections_waiting.get();
+    // Client 127.0.0.2 fills its four turns with half-sent requests.
+    let mut slow: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = connect_from(&b, "127.0.0.2", b.proxy);
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    // Its fifth connection, a complete request, is accepted but waits: no answer, no reset.
+    let mut fifth = connect_from(&b, "127.0.0.2", b.proxy);
+    fifth
+        .write_all(
+            b"GET /computeMetadata/v1/project/project-id HTTP/1.1\r\nHost: x\r\n\
+              Metadata-Flavor: Google\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(
+        matches!(fifth.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the fifth connection waits for its client's turn"
+    );
+    assert_eq!(waiting(&b), 1);
+    // Another client is served at once.
+    let start = Instant::now();
+    let (code, body) = get(b.proxy, "/computeMetadata/v1/project/project-id", G);
+    assert_eq!((code, body.as_str()), (200, PROJECT_ID));
+    assert!(start.elapsed() < Duration::from_millis(500));
+    // One of its own finishing gives the fifth its turn.
+    drop(slow.remove(0));
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut out = Vec::new();
+    fifth.read_to_end(&mut out).unwrap();
+    let (code, body) = parse_response(&String::from_utf8_lossy(&out));
+    assert_eq!((code, body.as_str()), (200, PROJECT_ID));
+    assert_eq!(waiting(&b), 0);
+}
+
 #[test]
 fn an_upstream_that_is_down_or_slow_gets_a_clear_5xx() {
     let down = bed_with(

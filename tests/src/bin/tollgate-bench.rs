@@ -44,7 +44,7 @@ enum Suite {
         #[arg(long, default_value_t = 8)]
         duration: u64,
         /// Interleaved limit/Tollgate pairs per service count.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 6)]
         rounds: usize,
     },
 }

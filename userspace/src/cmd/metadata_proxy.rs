@@ -47,6 +47,9 @@ pub struct Args {
     /// Seconds a client has to send its request head (then the connection is closed).
     #[arg(long, default_value_t = 10)]
     pub header_timeout: u64,
+    /// Connections of one client address served at once (its others wait their turn).
+    #[arg(long, default_value_t = Limits::default().connections_per_client)]
+    pub max_connections_per_client: usize,
     /// Pods, to enforce identity: `kube` or `file:PATH` (with --node). Without it the
     /// concealment rules apply alone, as with k8s-metadata-proxy.
     #[arg(long, value_parser = clap::value_parser!(SourceSpec), requires = "node")]
@@ -101,6 +104,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         policy: policy_store(args.policy.as_ref(), &metrics)?,
         limits: Limits {
             header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+            connections_per_client: args.max_connections_per_client.max(1),
             ..Limits::default()
         },
     };

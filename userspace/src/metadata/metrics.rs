@@ -21,6 +21,7 @@ pub struct ProxyMetrics {
     pub upstream_errors: Family<ReasonLabels, Counter>,
     pub policy_reload_errors: Counter,
     pub connections: Gauge,
+    pub connections_waiting: Gauge,
 }
 
 fn seconds() -> Histogram {
@@ -41,6 +42,7 @@ impl ProxyMetrics {
             upstream_errors: Family::default(),
             policy_reload_errors: Counter::default(),
             connections: Gauge::default(),
+            connections_waiting: Gauge::default(),
         };
         reg.register(
             "request_count",
@@ -79,8 +81,13 @@ impl ProxyMetrics {
         );
         reg.register(
             "tollgate_metadata_connections",
-            "Client connections open to the proxy",
+            "Client connections being served",
             m.connections.clone(),
+        );
+        reg.register(
+            "tollgate_metadata_connections_waiting",
+            "Client connections accepted and waiting because their client already has its maximum being served",
+            m.connections_waiting.clone(),
         );
         m
     }

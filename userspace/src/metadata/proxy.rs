@@ -10,9 +10,10 @@
 //! bytes of one request can reach the upstream inside another.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
-    net::SocketAddr,
-    sync::Arc,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -44,8 +45,12 @@ pub struct Limits {
     /// A client must send its request head within this time.
     pub header_timeout: Duration,
     pub body_bytes: usize,
-    /// Client connections served at once (more wait in the listen backlog).
+    /// Client connections accepted at once (more wait in the listen backlog).
     pub connections: usize,
+    /// Connections of one client address served at once; its further connections wait,
+    /// accepted but without buffers, until one of its own finishes. One pod's burst or
+    /// slow connections neither take the others' turn nor grow memory with their number.
+    pub connections_per_client: usize,
     /// Requests forwarded at once (each needs an upstream connection; more wait their turn):
     /// bounds memory and the load on the metadata server, whatever the number of clients.
     pub upstream_concurrency: usize,
@@ -58,6 +63,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             body_bytes: 64 * 1024,
             connections: 4096,
+            connections_per_client: 64,
             upstream_concurrency: 32,
         }
     }
@@ -447,10 +453,35 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// Per client address: how many of its connections may be served at once.
+#[derive(Default)]
+struct ClientSlots {
+    by_addr: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+}
+
+impl ClientSlots {
+    fn of(&self, addr: IpAddr, per_client: usize) -> Arc<Semaphore> {
+        let mut m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(addr)
+            .or_insert_with(|| Arc::new(Semaphore::new(per_client.max(1))))
+            .clone()
+    }
+
+    /// Forgets `addr` once none of its connections holds or waits for its semaphore.
+    fn release(&self, addr: IpAddr, sem: Arc<Semaphore>) {
+        let mut m = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and `sem`: nobody else is using it.
+        if Arc::strong_count(&sem) == 2 {
+            m.remove(&addr);
+        }
+    }
+}
+
 /// Serves connections until the listener fails.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     let limits = proxy.cfg.limits;
     let slots = Arc::new(Semaphore::new(limits.connections));
+    let clients = Arc::new(ClientSlots::default());
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -466,7 +497,18 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let clients = clients.clone();
         tokio::spawn(async move {
+            let sem = clients.of(peer.ip(), limits.connections_per_client);
+            let turn = match sem.clone().try_acquire_owned() {
+                Ok(t) => Ok(t),
+                Err(_) => {
+                    proxy.metrics.connections_waiting.inc();
+                    let t = sem.clone().acquire_owned().await;
+                    proxy.metrics.connections_waiting.dec();
+                    t
+                }
+            };
             proxy.metrics.connections.inc();
             let p = proxy.clone();
             let svc = hyper::service::service_fn(move |req| {
@@ -481,6 +523,8 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
             proxy.metrics.connections.dec();
+            drop(turn);
+            clients.release(peer.ip(), sem);
             drop(permit);
         });
     }
