@@ -202,7 +202,8 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
 Measured by `cargo xtask bench metadata` on {machine} (release build). In a test-bed network
 namespace, on its loopback: the metadata-server double (`tollgate-testbed metadata-double`,
 one tokio worker) as the fast local upstream, the standalone `tollgate metadata-proxy` (GCE
-rules, defaults: one tokio worker, at most 32 upstream connections) in front of it, and
+rules, defaults: one tokio worker, at most 32 upstream connections, at most 64 connections of
+one client address served at once while its others wait accepted) in front of it, and
 `{ab}` — all sharing the 2 cores. Every request is a new connection (ab speaks HTTP/1.0 without keep-alive); the proxy keeps a pool of
 keep-alive connections to the upstream.
 
