@@ -566,10 +566,11 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
 Measured by `cargo xtask bench dataplane` on {machine} (release build). A client pod runs
 `{wrk_version}` with `-t1 -c{conns} -d{dur}s -H 'Connection: close'` (every request a new TCP
 connection) against nginx (1 worker, `return 200`) in a second pod on the same node. Each of
-{rounds} rounds per row first measures the **limit** — the same traffic to the pod IP with
-nothing installed (`tollgate cleanup`) — then starts the agent with that many Services (the
-target plus fillers with {eps} endpoints each) and measures the traffic to the target's
-**ClusterIP**. Ratio: median over rounds of Tollgate's rate over the same round's limit.
+{rounds} rounds per row measures the **limit** — the same traffic to the pod IP with
+nothing installed (`tollgate cleanup`) — and, with the agent started with that many Services (the
+target plus fillers with {eps} endpoints each), the traffic to the target's **ClusterIP**; the
+order of the two alternates from round to round (each run leaves its TIME_WAIT entries to the
+next). Ratio: median over rounds of Tollgate's rate over the same round's limit.
 wrk and nginx share the 2 cores, so the absolute rates are this machine's, not a NIC's.
 
 | services | limit req/s | Tollgate req/s | ratio (goal ≥ 0.97) | limit p99 | Tollgate p99 | errors | agent start → ready | agent peak RSS |
