@@ -373,6 +373,15 @@ fn one_client_waits_for_its_own_connections_and_never_takes_the_others_turn() {
             s
         })
         .collect();
+    // (Accepted connections start in any order: let these four take their turns first.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.metrics.connections.get() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the four slow connections are served"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Its fifth connection, a complete request, is accepted but waits: no answer, no reset.
     let mut fifth = connect_from(&b, "127.0.0.2", b.proxy);
     fifth
