@@ -633,12 +633,10 @@ fn a_full_service_map_fails_only_the_service_that_does_not_fit_until_room_frees(
     // Removing small frees 2 entries: big is retried and fits, unchanged itself.
     s.remove("Service", "small");
     s.remove("EndpointSlice", "small-1");
-    let mut want: Vec<String> = (1..=12).map(|i| format!("10.244.9.{i}:8080")).collect();
-    want.sort();
-    // Node1 is the node under test (wait_backends would also accept node2 alone).
-    wait_for("big on node1", Duration::from_secs(10), || {
-        (s.backends(node1, "10.96.0.40:80", "internal").as_ref() == Some(&want)).then_some(())
-    });
+    let want: Vec<String> = (1..=12).map(|i| format!("10.244.9.{i}:8080")).collect();
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    // On node1, the node under test (wait_backends would also accept node2 alone).
+    s.wait_backends_on(node1, "10.96.0.40:80", "internal", &want);
     assert_eq!(s.backends(node1, "10.96.0.41:80", "internal"), None);
     let text = admin_get(node1, "/metrics").1;
     assert_eq!(

@@ -364,7 +364,6 @@ fn one_client_waits_for_its_own_connections_and_never_takes_the_others_turn() {
         },
         None,
     );
-    let waiting = |b: &Bed| b.metrics.connections_waiting.get();
     // Client 127.0.0.2 fills its four turns with half-sent requests.
     let mut slow: Vec<TcpStream> = (0..4)
         .map(|_| {
@@ -374,14 +373,11 @@ fn one_client_waits_for_its_own_connections_and_never_takes_the_others_turn() {
         })
         .collect();
     // (Accepted connections start in any order: let these four take their turns first.)
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while b.metrics.connections.get() < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "the four slow connections are served"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    tollgate_tests::wait_for(
+        "the four slow connections to be served",
+        Duration::from_secs(5),
+        || (b.metrics.connections.get() == 4).then_some(()),
+    );
     // Its fifth connection, a complete request, is accepted but waits: no answer, no reset.
     let mut fifth = connect_from(&b, "127.0.0.2", b.proxy);
     fifth
@@ -398,7 +394,7 @@ fn one_client_waits_for_its_own_connections_and_never_takes_the_others_turn() {
         matches!(fifth.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the fifth connection waits for its client's turn"
     );
-    assert_eq!(waiting(&b), 1);
+    assert_eq!(b.metrics.connections_waiting.get(), 1);
     // Another client is served at once.
     let start = Instant::now();
     let (code, body) = get(b.proxy, "/computeMetadata/v1/project/project-id", G);
@@ -413,7 +409,7 @@ fn one_client_waits_for_its_own_connections_and_never_takes_the_others_turn() {
     fifth.read_to_end(&mut out).unwrap();
     let (code, body) = parse_response(&String::from_utf8_lossy(&out));
     assert_eq!((code, body.as_str()), (200, PROJECT_ID));
-    assert_eq!(waiting(&b), 0);
+    assert_eq!(b.metrics.connections_waiting.get(), 0);
 }
 
 #[test]

@@ -376,6 +376,17 @@ impl Scenario {
             })
     }
 
+    /// Waits until `node`'s maps show exactly `backends` for `frontend`.
+    pub fn wait_backends_on(&self, node: &Node, frontend: &str, scope: &str, backends: &[&str]) {
+        let mut want: Vec<String> = backends.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        crate::wait_for(
+            &format!("{frontend} → {want:?} on {}", node.name),
+            Duration::from_secs(10),
+            || (self.backends(node, frontend, scope).as_ref() == Some(&want)).then_some(()),
+        );
+    }
+
     /// Waits until every node whose maps have `frontend` (NodePorts exist only on their own
     /// node) shows exactly `backends` for it; at least one node must have it.
     pub fn wait_backends(&self, frontend: &str, scope: &str, backends: &[&str]) {

@@ -313,12 +313,16 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             // address behind (Tollgate's socket LB connects to the pod IP, like the limit), so
             // the second run of a pair starts with a fuller port space: the order alternates
             // so that neither side always pays for it.
-            let limit_first = round % 2 == 0;
-            cleanup(node)?;
-            let mut limit = None;
-            if limit_first {
-                limit = Some(wrk(client, &direct, opts)?);
-            }
+            let limit_run = || -> anyhow::Result<Wrk> {
+                cleanup(node)?;
+                wrk(client, &direct, opts)
+            };
+            let limit_first = if round % 2 == 0 {
+                Some(limit_run()?)
+            } else {
+                cleanup(node)?;
+                None
+            };
             let start = Instant::now();
             let mut agent = crate::agent::start_agent(node, &source, &extra_args);
             ready.push(start.elapsed().as_secs_f64() * 1e3);
@@ -329,12 +333,9 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
                     .unwrap_or(0.0);
             }
             agent.terminate();
-            let limit = match limit {
+            let limit = match limit_first {
                 Some(l) => l,
-                None => {
-                    cleanup(node)?;
-                    wrk(client, &direct, opts)?
-                }
+                None => limit_run()?,
             };
             ratios.push(t.requests_per_s / limit.requests_per_s.max(1.0));
             r.limit.push(limit);
@@ -464,6 +465,12 @@ fn programming(opts: &Options) -> anyhow::Result<Programming> {
 }
 
 pub fn run(opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow::Result<Report> {
+    // The programming measurement changes filler Services: the target alone has none.
+    if opts.counts.iter().all(|&c| c < 2) {
+        bail!(
+            "--services: at least one count must be 2 or more (the target plus fillers to change)"
+        );
+    }
     let wrk_version = tool_version("wrk", "-v");
     let workdir: PathBuf =
         std::env::temp_dir().join(format!("tg-bench-dataplane-{}", std::process::id()));

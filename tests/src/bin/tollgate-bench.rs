@@ -41,10 +41,10 @@ enum Suite {
         #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
         services: Vec<usize>,
         /// Seconds per wrk run.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = bench::dataplane::Options::default().duration_s)]
         duration: u64,
         /// Interleaved limit/Tollgate pairs per service count.
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = bench::dataplane::Options::default().rounds)]
         rounds: usize,
     },
 }
