@@ -245,8 +245,15 @@ fn other_ports_udp_and_raw_bypasses() {
     let mut serve = c.spawn_cloud("serve", serve);
     serve.wait_for_log("serving", Duration::from_secs(5));
     let source = c.write_manifest(&[]);
-    let _agent = start_agent(node, &source, &["--metadata", "gce"]);
+    let agent = start_agent(node, &source, &["--metadata", "gce"]);
     let pod = c.pod("n1p1");
+    // The pod interfaces that exist are covered before the agent says it is ready.
+    let logs = agent.logs();
+    let ready_at = logs.find("tollgate ready").expect("ready logged");
+    let attached_at = logs
+        .find("\"tg_tc_from_pod\"")
+        .expect("pod interface attached");
+    assert!(attached_at < ready_at, "{logs}");
 
     let mut ping = Command::new(testbed_bin());
     ping.args([

@@ -266,6 +266,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tracing::error!("watching interfaces: {e}");
         }
     });
+    // The pod interfaces that already exist are covered before the agent says it is ready (a
+    // pod's raw packets to the metadata server are dropped only where the program is).
+    let (listed_tx, listed_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut listed_tx = Some(listed_tx);
     let attacher = tokio::spawn(async move {
         while let Some(event) = if_rx.recv().await {
             match event {
@@ -275,6 +279,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     }
                 }
                 IfEvent::Gone { name, .. } => dp.forget_interface(&name),
+                IfEvent::Listed => {
+                    if let Some(tx) = listed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
                 IfEvent::Up { .. } => {}
             }
         }
@@ -340,6 +349,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         uplinks,
         cgroup.display()
     );
+    // A failed watch drops the sender (and has logged why): go on without it.
+    let _ = listed_rx.await;
     let programming_task = tokio::spawn(programmer.run(updates_rx, note));
     tokio::select! {
         r = crate::signals::terminated() => r?,

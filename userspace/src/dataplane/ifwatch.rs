@@ -34,8 +34,16 @@ impl Glob {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IfEvent {
-    Up { name: String, index: u32 },
-    Gone { name: String, index: u32 },
+    Up {
+        name: String,
+        index: u32,
+    },
+    Gone {
+        name: String,
+        index: u32,
+    },
+    /// Every interface that existed when the watch started has been sent.
+    Listed,
 }
 
 fn name_of(link: &LinkMessage) -> Option<String> {
@@ -47,8 +55,8 @@ fn name_of(link: &LinkMessage) -> Option<String> {
 
 const RTMGRP_LINK: u32 = 1;
 
-/// Sends an event for every existing interface matching `globs`, then for every one that
-/// appears or goes. Runs until `tx` closes.
+/// Sends an event for every existing interface matching `globs`, then `Listed`, then an event
+/// for every one that appears or goes. Runs until `tx` closes.
 pub async fn watch(globs: Vec<Glob>, tx: mpsc::Sender<IfEvent>) -> std::io::Result<()> {
     let (mut conn, handle, mut messages) = rtnetlink::new_connection()?;
     conn.socket_mut()
@@ -68,6 +76,9 @@ pub async fn watch(globs: Vec<Glob>, tx: mpsc::Sender<IfEvent>) -> std::io::Resu
                 return Ok(());
             }
         }
+    }
+    if tx.send(IfEvent::Listed).await.is_err() {
+        return Ok(());
     }
     while let Some((msg, _)) = messages.next().await {
         let event = match msg.payload {
