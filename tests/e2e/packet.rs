@@ -659,3 +659,94 @@ fn xdp_translates_in_place_and_transmits_from_the_uplink() {
         assert_eq!((verdict, out), (XDP_PASS, other));
     });
 }
+
+#[test]
+fn pod_packets_take_the_conntrack_lookup_only_from_marked_sources() {
+    use tollgate::dataplane::{addr::words, marks};
+    use tollgate_common::lb::{
+        ct::{CtEntry, CtKey},
+        ct_dir,
+    };
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        let reply = |src: Ipv4Addr, dport: u16| {
+            let (s, d) = (IpAddr::V4(src), IpAddr::V4(CLIENT));
+            ether(
+                CLIENT_MAC,
+                [2, 0, 0, 0, 2, 0],
+                0x0800,
+                &ipv4(6, src, CLIENT, &tcp(&s, &d, 8080, dport, 0x12, &[])),
+            )
+        };
+        // A flow the program creates marks its backend first: the reply from the pod is found.
+        let syn = syn4(NODE, 30081, 40011, b.eth0_mac);
+        let (verdict, _) =
+            b.dp.test_run("tg_tc_ingress", &syn, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        assert_eq!(verdict, TC_ACT_OK);
+        assert!(marks::is_marked(b.dp.pins(), &words(IpAddr::V4(LOCAL_POD))).unwrap());
+        let (_, out) =
+            b.dp.test_run(
+                "tg_tc_from_pod",
+                &reply(LOCAL_POD, 40011),
+                Some(&skb_ctx(b.eth0)),
+            )
+            .unwrap();
+        let p = parse(&out);
+        assert_eq!(
+            (p.src, p.sport),
+            (IpAddr::V4(NODE), 30081),
+            "the reply of a marked backend is translated back"
+        );
+
+        // An entry without a mark (as an agent from before the marks left it): the pod's
+        // packets skip the lookup, until the agent seeds the marks from the conntrack map.
+        let unmarked = Ipv4Addr::new(10, 244, 1, 99);
+        assert!(!marks::is_marked(b.dp.pins(), &words(IpAddr::V4(unmarked))).unwrap());
+        let mut maps = LbMaps::open(b.dp.pins()).unwrap();
+        let key = CtKey {
+            saddr: words(IpAddr::V4(unmarked)),
+            daddr: words(IpAddr::V4(CLIENT)),
+            sport: 8080u16.to_be(),
+            dport: 40012u16.to_be(),
+            proto: 6,
+            pad: [0; 3],
+        };
+        let entry = CtEntry {
+            to_addr: words(IpAddr::V4(NODE)),
+            to_port: 30081u16.to_be(),
+            dir: ct_dir::REPLY,
+            ..CtEntry::default()
+        };
+        maps.ct.insert(key, entry, 0).unwrap();
+        let (verdict, out) =
+            b.dp.test_run(
+                "tg_tc_from_pod",
+                &reply(unmarked, 40012),
+                Some(&skb_ctx(b.eth0)),
+            )
+            .unwrap();
+        assert_eq!(
+            verdict, TC_ACT_UNSPEC,
+            "an unmarked source is not looked up"
+        );
+        assert_eq!(parse(&out).src, IpAddr::V4(unmarked));
+        assert!(marks::seed(b.dp.pins()).unwrap() >= 1);
+        assert!(marks::is_marked(b.dp.pins(), &words(IpAddr::V4(unmarked))).unwrap());
+        let (_, out) =
+            b.dp.test_run(
+                "tg_tc_from_pod",
+                &reply(unmarked, 40012),
+                Some(&skb_ctx(b.eth0)),
+            )
+            .unwrap();
+        let p = parse(&out);
+        assert_eq!(
+            (p.src, p.sport),
+            (IpAddr::V4(NODE), 30081),
+            "seeded from the conntrack map, the flow is found again"
+        );
+    });
+}

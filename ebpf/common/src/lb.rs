@@ -6,6 +6,8 @@
 //! - `tg_revnat_v1`: frontend address by frontend (rev-NAT) ID;
 //! - `tg_ct_v2`: LRU conntrack for per-packet NAT (traffic from outside, and pod traffic the
 //!   socket hooks did not translate);
+//! - `tg_ctmark_v1`: which addresses may start a conntrack tuple on a pod-facing interface
+//!   (so pod packets of socket-balanced connections skip the conntrack lookup);
 //! - `tg_affinity_v1`: LRU ClientIP session affinity;
 //! - `tg_sockct_v1` / `tg_sockrev_v1`: per-socket backend choice and reverse translation for the
 //!   socket hooks (unconnected UDP, recvmsg, getpeername);
@@ -160,6 +162,38 @@ pub mod ct_flags {
     pub const REDIRECT: u8 = 2;
 }
 
+pub mod ctmark {
+    //! A one-sided filter in front of the conntrack lookup for packets from pods. Every
+    //! conntrack tuple whose packets arrive on a pod-facing interface has as its source a
+    //! backend (replies) or a pod that reached a frontend itself (forward packets of pod
+    //! traffic the socket hooks did not translate). Before a flow's entries are inserted, the
+    //! slots of those addresses are set; a pod packet whose source's slot is clear cannot match
+    //! any entry and skips the lookup. Slots are only ever set (two addresses may share one, a
+    //! few pods then take the lookup for nothing), so the filter never hides a flow.
+    pub const NAME: &str = "tg_ctmark_v1";
+    /// Slots (entries of the array map).
+    pub const CAPACITY: u32 = 65_536;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Mark {
+        /// host: non-zero once an address of this slot had a conntrack flow.
+        pub flows: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<Mark>() == 4);
+
+    /// The slot of an address (network-order words, IPv4-mapped for IPv4): a multiplicative
+    /// hash of the words folded together, the same in the programs and in userspace.
+    #[inline(always)]
+    pub const fn slot(addr: &[u32; 4]) -> u32 {
+        let x = addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3];
+        x.wrapping_mul(0x9e37_79b1) >> 16
+    }
+    const _: () = assert!(CAPACITY == 1 << 16);
+
+    crate::impl_pod!(Mark);
+}
+
 pub mod ct {
     pub const NAME: &str = "tg_ct_v2";
     pub const CAPACITY: u32 = 262_144;
@@ -286,8 +320,32 @@ pub mod sockct {
 
 pub mod sockrev {
     //! For recvmsg/getpeername: what a socket talking to a backend believes it talks to.
+    //! UDP sockets (which may talk to several frontends) use the LRU map `tg_sockrev_v1`,
+    //! keyed by socket cookie and backend. A connected TCP socket has one peer: its
+    //! translation lives in the socket's own storage (`tg_tcprev_v1`, `BPF_MAP_TYPE_SK_STORAGE`),
+    //! created at connect and freed with the socket, so no table fills or evicts, and
+    //! getpeername() on a socket that was never translated (every accepted connection) costs
+    //! no hash lookup. The kernel has no key iteration for socket storage, so `bpftool map
+    //! dump` cannot list it (the entries are seen per socket, through getpeername()).
     pub const NAME: &str = "tg_sockrev_v1";
     pub const CAPACITY: u32 = 131_072;
+    pub const TCP_NAME: &str = "tg_tcprev_v1";
+
+    /// Socket storage of a translated TCP socket.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SockRevTcp {
+        /// be: backend address the socket was connected to.
+        pub backend_addr: [u32; 4],
+        /// be: frontend address the socket asked for.
+        pub addr: [u32; 4],
+        /// be: backend port.
+        pub backend_port: u16,
+        /// be: frontend port.
+        pub port: u16,
+        pub pad: [u8; 4],
+    }
+    const _: () = assert!(core::mem::size_of::<SockRevTcp>() == 40);
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

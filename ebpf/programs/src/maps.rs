@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
     macros::btf_map,
 };
 use tollgate_common::{
@@ -13,9 +13,10 @@ use tollgate_common::{
         backend::{self, Backend},
         config::Config,
         ct::{self, CtEntry, CtKey},
+        ctmark::{self, Mark},
         revnat::{self, RevNat},
         sockct::{self, SockCtKey, SockCtValue},
-        sockrev::{self, SockRevKey, SockRevValue},
+        sockrev::{self, SockRevKey, SockRevTcp, SockRevValue},
         srcrange::{self, SrcRangeKey},
         stats::{self, Counters},
         svc::{self, SvcKey, SvcValue},
@@ -42,6 +43,9 @@ pub static REVNAT: HashMap<u32, RevNat, { revnat::CAPACITY as usize }> = HashMap
 #[btf_map(name = "tg_ct_v2")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { ct::CAPACITY as usize }> = LruHashMap::new();
 
+#[btf_map(name = "tg_ctmark_v1")]
+pub static CT_MARKS: Array<Mark, { ctmark::CAPACITY as usize }> = Array::new();
+
 #[btf_map(name = "tg_affinity_v1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { affinity::CAPACITY as usize }> =
     LruHashMap::new();
@@ -53,6 +57,10 @@ pub static SOCK_CT: LruHashMap<SockCtKey, SockCtValue, { sockct::CAPACITY as usi
 #[btf_map(name = "tg_sockrev_v1")]
 pub static SOCK_REV: LruHashMap<SockRevKey, SockRevValue, { sockrev::CAPACITY as usize }> =
     LruHashMap::new();
+
+/// Connected TCP sockets' translation, in the socket's own storage (see `sockrev`).
+#[btf_map(name = "tg_tcprev_v1")]
+pub static TCP_REV: SkStorage<SockRevTcp> = SkStorage::new();
 
 #[btf_map(name = "tg_srcrange_v1")]
 pub static SOURCE_RANGES: LpmTrie<

@@ -27,7 +27,7 @@ use aya_ebpf::{
 use tollgate_common::lb::{
     PROTO_TCP, PROTO_UDP, affinity_kind,
     ct::{CtEntry, CtKey},
-    ct_dir, ct_flags, is_v4_mapped, md_mode, scope,
+    ct_dir, ct_flags, ctmark, is_v4_mapped, md_mode, scope,
     srcrange::SrcRangeKey,
     svc::SvcKey,
     svc_flags, v4_mapped,
@@ -35,7 +35,7 @@ use tollgate_common::lb::{
 
 use crate::{
     lb::{self, Frontend},
-    maps::{CONFIG, CONNTRACK, SOURCE_RANGES},
+    maps::{CONFIG, CONNTRACK, CT_MARKS, SOURCE_RANGES},
 };
 
 const ETH_HLEN: usize = 14;
@@ -260,6 +260,29 @@ pub(crate) fn ct_get(k: &CtKey) -> Option<&'static CtEntry> {
     }
 }
 
+/// Sets the conntrack mark of `addr` (before the entries it marks are inserted). False when
+/// the slot cannot be written: the flow must then not be created.
+#[inline(always)]
+fn mark(addr: &[u32; 4]) -> bool {
+    match CT_MARKS.get_ptr_mut(ctmark::slot(addr)) {
+        Some(m) => {
+            // SAFETY: an element of the array map; a plain store of a constant, so concurrent
+            // writers agree.
+            unsafe { core::ptr::write_volatile(&raw mut (*m).flows, 1) };
+            true
+        }
+        None => false,
+    }
+}
+
+/// Could a packet from `addr` belong to a conntrack flow? (See `ctmark`: never a false no.)
+#[inline(always)]
+fn marked(addr: &[u32; 4]) -> bool {
+    CT_MARKS
+        .get(ctmark::slot(addr))
+        .is_none_or(|m| m.flows != 0)
+}
+
 /// Sends the packet out of the interface the FIB chooses for its (translated) destination.
 #[inline(never)]
 fn fib_redirect(ctx: &TcContext, p: &Pkt) -> i32 {
@@ -411,7 +434,11 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         return TC_ACT_SHOT;
     }
     s.key = key(&s.pkt);
-    if let Some(e) = ct_get(&s.key) {
+    // From a pod, only a marked source can have an entry: the pod packets of socket-balanced
+    // connections (nearly all of them) skip the lookup.
+    if (side == Side::Outside || marked(&s.pkt.saddr))
+        && let Some(e) = ct_get(&s.key)
+    {
         return if e.dir == ct_dir::REPLY {
             apply_reply(ctx, &mut s.pkt, e)
         } else {
@@ -486,6 +513,11 @@ fn new_flow_inner(s: &mut Scratch, side: Side) -> R<()> {
     let fe = &s.fe;
     let p = &s.pkt;
     let (backend_id, backend) = (s.chosen.id, s.chosen.backend);
+    // Replies come from the backend; a pod's own forward packets come from the pod. Marked
+    // before any entry exists, so no packet of the flow can skip its lookup.
+    if !mark(&backend.addr) || (side == Side::Pod && !mark(&p.saddr)) {
+        return Err(());
+    }
     let hairpin = side == Side::Pod && backend.addr == p.saddr;
     let snat = match side {
         // kube-proxy masquerades external traffic under Cluster policy (and ClusterIP traffic

@@ -12,13 +12,13 @@ use aya_ebpf::{
 use tollgate_common::lb::{
     PROTO_TCP, PROTO_UDP, affinity_kind, is_v4_mapped, md_mode,
     sockct::{SockCtKey, SockCtValue},
-    sockrev::{SockRevKey, SockRevValue},
+    sockrev::{SockRevKey, SockRevTcp, SockRevValue},
     svc_flags, v4_mapped,
 };
 
 use crate::{
     lb::{self, Frontend},
-    maps::{CONFIG, SOCK_CT, SOCK_REV},
+    maps::{CONFIG, SOCK_CT, SOCK_REV, TCP_REV},
 };
 
 /// Verdicts of sock_addr programs.
@@ -113,23 +113,32 @@ fn metadata(ctx: &SockAddrContext, v6: bool, addr: [u32; 4], port: u16) -> Optio
         return Some(refuse());
     }
     // getpeername() still shows the metadata server.
-    // SAFETY: helper valid for sock_addr programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = SOCK_REV.insert(
-        SockRevKey {
-            cookie,
-            addr: proxy,
-            port: proxy_port,
-            pad: [0; 6],
-        },
-        SockRevValue {
-            addr,
-            port,
-            pad: [0; 2],
-        },
-        0,
-    );
+    remember_tcp(ctx, proxy, proxy_port, addr, port);
     Some(ALLOW)
+}
+
+/// Records in a connecting TCP socket's own storage which frontend its backend stands for.
+#[inline(always)]
+fn remember_tcp(
+    ctx: &SockAddrContext,
+    backend: [u32; 4],
+    backend_port: u16,
+    addr: [u32; 4],
+    port: u16,
+) {
+    let mut rev = SockRevTcp {
+        backend_addr: backend,
+        addr,
+        backend_port,
+        port,
+        pad: [0; 4],
+    };
+    // SAFETY: the storage of the socket this call is for (created with `rev` if absent).
+    let p = unsafe { TCP_REV.get_or_insert_ptr_mut(ctx, Some(&mut rev)) };
+    if !p.is_null() {
+        // SAFETY: valid storage of this socket; a reconnect overwrites an earlier translation.
+        unsafe { *p = rev };
+    }
 }
 
 /// connect/sendmsg. Never fails the call except to REJECT: on any error it proceeds
@@ -206,6 +215,10 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
     if !set_dest(ctx, v6, backend.addr, backend.port) {
         return ALLOW;
     }
+    if proto == PROTO_TCP {
+        remember_tcp(ctx, backend.addr, backend.port, addr, port);
+        return ALLOW;
+    }
     let rev = SockRevKey {
         cookie,
         addr: backend.addr,
@@ -228,6 +241,19 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
 #[inline(always)]
 pub fn reverse(ctx: &SockAddrContext, v6: bool) -> i32 {
     let (addr, port) = dest(ctx, v6);
+    // SAFETY: reading the kernel's context.
+    if unsafe { (*ctx.sock_addr).protocol } as u8 == PROTO_TCP {
+        // SAFETY: the storage of this call's socket, if it has one (no lookup otherwise).
+        let p = unsafe { TCP_REV.get_ptr_mut(ctx) };
+        if !p.is_null() {
+            // SAFETY: valid storage of this socket, copied out.
+            let rev = unsafe { *p };
+            if rev.backend_addr == addr && rev.backend_port == port {
+                set_dest(ctx, v6, rev.addr, rev.port);
+            }
+        }
+        return ALLOW;
+    }
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = SockRevKey {

@@ -21,7 +21,7 @@ use tollgate::{
 };
 
 use super::{
-    Summary,
+    Summary, cpu_of,
     enls::{ep_ip, svc_ip, to_object},
     micros, plot, rss_of, summarize, tool_version,
 };
@@ -114,6 +114,8 @@ pub struct CountResult {
     /// Agent: start → "tollgate ready" (state built and every Service programmed).
     pub agent_ready_ms: f64,
     pub agent_peak_rss_mib: f64,
+    /// CPU the agent used while wrk ran (ms, median over rounds): it should be idle.
+    pub agent_cpu_during_run_ms: f64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -305,9 +307,11 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             limit_p99_ms: 0.0,
             agent_ready_ms: 0.0,
             agent_peak_rss_mib: 0.0,
+            agent_cpu_during_run_ms: 0.0,
         };
         let mut ratios = Vec::new();
         let mut ready = Vec::new();
+        let mut agent_cpu = Vec::new();
         for round in 0..opts.rounds {
             // Every run leaves tens of thousands of TIME_WAIT entries for the same server
             // address behind (Tollgate's socket LB connects to the pod IP, like the limit), so
@@ -326,7 +330,11 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             let start = Instant::now();
             let mut agent = crate::agent::start_agent(node, &source, &extra_args);
             ready.push(start.elapsed().as_secs_f64() * 1e3);
+            let cpu_before = cpu_of(agent.pid());
             let t = wrk(client, &via, opts)?;
+            if let (Some(a), Some(b)) = (cpu_before, cpu_of(agent.pid())) {
+                agent_cpu.push(b.saturating_sub(a).as_secs_f64() * 1e3);
+            }
             if round == 0 {
                 r.agent_peak_rss_mib = rss_of(agent.pid())
                     .map(|(peak, _)| peak as f64 / 1048576.0)
@@ -344,6 +352,7 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
         cleanup(node)?;
         r.ratio = median(&mut ratios);
         r.agent_ready_ms = median(&mut ready);
+        r.agent_cpu_during_run_ms = median(&mut agent_cpu);
         r.tollgate_p99_ms = median(&mut r.tollgate.iter().map(|w| w.p99_ms).collect::<Vec<_>>());
         r.limit_p99_ms = median(&mut r.limit.iter().map(|w| w.p99_ms).collect::<Vec<_>>());
         eprintln!(
@@ -555,7 +564,7 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
         };
         let errors: u64 = c.tollgate.iter().chain(&c.limit).map(|w| w.errors).sum();
         rows.push_str(&format!(
-            "| {} | {:.0} | {:.0} | **{:.3}** | {:.2} ms | {:.2} ms | {} | {:.0} ms | {:.1} MiB |\n",
+            "| {} | {:.0} | {:.0} | **{:.3}** | {:.2} ms | {:.2} ms | {} | {:.0} ms | {:.1} MiB | {:.0} ms |\n",
             c.services,
             rate(&c.limit),
             rate(&c.tollgate),
@@ -565,6 +574,7 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
             errors,
             c.agent_ready_ms,
             c.agent_peak_rss_mib,
+            c.agent_cpu_during_run_ms,
         ));
     }
     let body = format!(
@@ -580,8 +590,8 @@ order of the two alternates from round to round (each run leaves its TIME_WAIT e
 next). Ratio: median over rounds of Tollgate's rate over the same round's limit.
 wrk and nginx share the 2 cores, so the absolute rates are this machine's, not a NIC's.
 
-| services | limit req/s | Tollgate req/s | ratio (goal ≥ 0.97) | limit p99 | Tollgate p99 | errors | agent start → ready | agent peak RSS |
-|---|---|---|---|---|---|---|---|---|
+| services | limit req/s | Tollgate req/s | ratio (goal ≥ 0.97) | limit p99 | Tollgate p99 | errors | agent start → ready | agent peak RSS | agent CPU during the run |
+|---|---|---|---|---|---|---|---|---|---|
 {rows}
 ![rate](tests/benchmarks/dataplane-rate.svg)
 ![p99](tests/benchmarks/dataplane-p99.svg)

@@ -280,6 +280,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 IfEvent::Gone { name, .. } => dp.forget_interface(&name),
                 IfEvent::Listed => {
+                    if let Err(e) = dp.reseed_marks() {
+                        tracing::error!("marking existing flows: {e}");
+                    }
                     if let Some(tx) = listed_tx.take() {
                         let _ = tx.send(());
                     }

@@ -8,6 +8,7 @@ pub mod gc;
 pub mod ifwatch;
 pub mod inspect;
 pub mod lbmaps;
+pub mod marks;
 mod object;
 mod pins;
 pub mod program;
@@ -136,6 +137,9 @@ pub mod programs {
 pub struct Dataplane {
     ebpf: Ebpf,
     pins: PinLayout,
+    /// The conntrack marks map was created by this load while older maps may have been kept:
+    /// [`Dataplane::reseed_marks`] marks the flows again once the new programs are attached.
+    marks_created: bool,
 }
 
 impl Dataplane {
@@ -154,6 +158,7 @@ impl Dataplane {
         for (name, size) in sizes.entries() {
             loader.map_max_entries(name, size);
         }
+        let marks_created = !pins.map(tollgate_common::lb::ctmark::NAME).exists();
         let mut ebpf = loader.load(object::KERNEL_OBJECT)?;
         sizes.warn_on_pinned_mismatch(&ebpf);
         let names = [
@@ -172,7 +177,29 @@ impl Dataplane {
                 return Err(DataplaneError::MissingMap { name });
             }
         }
-        Ok(Self { ebpf, pins })
+        let dp = Self {
+            ebpf,
+            pins,
+            marks_created,
+        };
+        if marks_created {
+            dp.reseed_marks()?;
+        }
+        Ok(dp)
+    }
+
+    /// When this load created the conntrack marks, marks the sources of the conntrack entries
+    /// already there (see [`marks`]). Called after loading (before any new program runs) and
+    /// again once the pod interfaces run the new programs, for flows the old programs created
+    /// in between. A no-op when the marks map was kept.
+    pub fn reseed_marks(&self) -> Result<(), DataplaneError> {
+        if self.marks_created {
+            let set = marks::seed(&self.pins)?;
+            if set > 0 {
+                tracing::info!(slots = set, "conntrack marks set for existing flows");
+            }
+        }
+        Ok(())
     }
 
     /// Forwards the programs' log records (aya-log) to this process's log.
