@@ -14,6 +14,11 @@ use tollgate_common::lb::{
 
 use super::{DataplaneError, PinLayout, stats::open_pinned};
 
+fn open_marks(pins: &PinLayout) -> Result<Array<MapData, Mark>, DataplaneError> {
+    let name = ctmark::NAME;
+    Array::try_from(open_pinned(pins, name)?).map_err(|source| DataplaneError::Map { name, source })
+}
+
 /// Marks the source of every conntrack entry; returns how many slots were newly set.
 pub fn seed(pins: &PinLayout) -> Result<usize, DataplaneError> {
     let ct: HashMap<MapData, CtKey, CtEntry> = HashMap::try_from(open_pinned(pins, ct::NAME)?)
@@ -27,8 +32,7 @@ pub fn seed(pins: &PinLayout) -> Result<usize, DataplaneError> {
         .map(|k| ctmark::slot(&k.saddr))
         .collect();
     let name = ctmark::NAME;
-    let mut marks: Array<MapData, Mark> = Array::try_from(open_pinned(pins, name)?)
-        .map_err(|source| DataplaneError::Map { name, source })?;
+    let mut marks = open_marks(pins)?;
     let mut set = 0;
     for slot in slots {
         let current = marks
@@ -48,9 +52,7 @@ pub fn seed(pins: &PinLayout) -> Result<usize, DataplaneError> {
 /// Is the address's slot set? (For tests and `tollgate maps`.)
 pub fn is_marked(pins: &PinLayout, addr: &[u32; 4]) -> Result<bool, DataplaneError> {
     let name = ctmark::NAME;
-    let marks: Array<MapData, Mark> = Array::try_from(open_pinned(pins, name)?)
-        .map_err(|source| DataplaneError::Map { name, source })?;
-    let m = marks
+    let m = open_marks(pins)?
         .get(&ctmark::slot(addr), 0)
         .map_err(|source| DataplaneError::Map { name, source })?;
     Ok(m.flows != 0)
