@@ -671,14 +671,19 @@ fn pod_packets_take_the_conntrack_lookup_only_from_marked_sources() {
     let node = c.node("node1");
     node.ns.run_in(|| {
         let b = bench(node);
+        // A SYN-ACK from `src`:8080 to the client, through the pod-side program.
         let reply = |src: Ipv4Addr, dport: u16| {
             let (s, d) = (IpAddr::V4(src), IpAddr::V4(CLIENT));
-            ether(
+            let frame = ether(
                 CLIENT_MAC,
                 [2, 0, 0, 0, 2, 0],
                 0x0800,
                 &ipv4(6, src, CLIENT, &tcp(&s, &d, 8080, dport, 0x12, &[])),
-            )
+            );
+            let (verdict, out) =
+                b.dp.test_run("tg_tc_from_pod", &frame, Some(&skb_ctx(b.eth0)))
+                    .unwrap();
+            (verdict, parse(&out))
         };
         // A flow the program creates marks its backend first: the reply from the pod is found.
         let syn = syn4(NODE, 30081, 40011, b.eth0_mac);
@@ -687,14 +692,7 @@ fn pod_packets_take_the_conntrack_lookup_only_from_marked_sources() {
                 .unwrap();
         assert_eq!(verdict, TC_ACT_OK);
         assert!(marks::is_marked(b.dp.pins(), &words(IpAddr::V4(LOCAL_POD))).unwrap());
-        let (_, out) =
-            b.dp.test_run(
-                "tg_tc_from_pod",
-                &reply(LOCAL_POD, 40011),
-                Some(&skb_ctx(b.eth0)),
-            )
-            .unwrap();
-        let p = parse(&out);
+        let (_, p) = reply(LOCAL_POD, 40011);
         assert_eq!(
             (p.src, p.sport),
             (IpAddr::V4(NODE), 30081),
@@ -721,28 +719,15 @@ fn pod_packets_take_the_conntrack_lookup_only_from_marked_sources() {
             ..CtEntry::default()
         };
         maps.ct.insert(key, entry, 0).unwrap();
-        let (verdict, out) =
-            b.dp.test_run(
-                "tg_tc_from_pod",
-                &reply(unmarked, 40012),
-                Some(&skb_ctx(b.eth0)),
-            )
-            .unwrap();
+        let (verdict, p) = reply(unmarked, 40012);
         assert_eq!(
             verdict, TC_ACT_UNSPEC,
             "an unmarked source is not looked up"
         );
-        assert_eq!(parse(&out).src, IpAddr::V4(unmarked));
+        assert_eq!(p.src, IpAddr::V4(unmarked));
         assert!(marks::seed(b.dp.pins()).unwrap() >= 1);
         assert!(marks::is_marked(b.dp.pins(), &words(IpAddr::V4(unmarked))).unwrap());
-        let (_, out) =
-            b.dp.test_run(
-                "tg_tc_from_pod",
-                &reply(unmarked, 40012),
-                Some(&skb_ctx(b.eth0)),
-            )
-            .unwrap();
-        let p = parse(&out);
+        let (_, p) = reply(unmarked, 40012);
         assert_eq!(
             (p.src, p.sport),
             (IpAddr::V4(NODE), 30081),

@@ -126,18 +126,19 @@ fn remember_tcp(
     addr: [u32; 4],
     port: u16,
 ) {
-    let mut rev = SockRevTcp {
-        backend_addr: backend,
-        addr,
-        backend_port,
-        port,
-        pad: [0; 4],
-    };
-    // SAFETY: the storage of the socket this call is for (created with `rev` if absent).
-    let p = unsafe { TCP_REV.get_or_insert_ptr_mut(ctx, Some(&mut rev)) };
+    // SAFETY: the storage of the socket this call is for (created zeroed if absent).
+    let p = unsafe { TCP_REV.get_or_insert_ptr_mut(ctx, None) };
     if !p.is_null() {
         // SAFETY: valid storage of this socket; a reconnect overwrites an earlier translation.
-        unsafe { *p = rev };
+        unsafe {
+            *p = SockRevTcp {
+                backend_addr: backend,
+                addr,
+                backend_port,
+                port,
+                pad: [0; 4],
+            }
+        };
     }
 }
 
@@ -169,8 +170,13 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
         }
         return refuse();
     }
-    // SAFETY: helper valid for sock_addr programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // Only UDP state is keyed by the socket cookie (TCP keeps its state in socket storage).
+    let cookie = if proto == PROTO_UDP {
+        // SAFETY: helper valid for sock_addr programs.
+        unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+    } else {
+        0
+    };
     let chosen = if hook == Hook::Sendmsg {
         // An unconnected UDP socket keeps its backend per frontend, like a conntrack entry.
         let key = SockCtKey {
@@ -217,23 +223,23 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
     }
     if proto == PROTO_TCP {
         remember_tcp(ctx, backend.addr, backend.port, addr, port);
-        return ALLOW;
+    } else {
+        let rev = SockRevKey {
+            cookie,
+            addr: backend.addr,
+            port: backend.port,
+            pad: [0; 6],
+        };
+        let _ = SOCK_REV.insert(
+            rev,
+            SockRevValue {
+                addr,
+                port,
+                pad: [0; 2],
+            },
+            0,
+        );
     }
-    let rev = SockRevKey {
-        cookie,
-        addr: backend.addr,
-        port: backend.port,
-        pad: [0; 6],
-    };
-    let _ = SOCK_REV.insert(
-        rev,
-        SockRevValue {
-            addr,
-            port,
-            pad: [0; 2],
-        },
-        0,
-    );
     ALLOW
 }
 

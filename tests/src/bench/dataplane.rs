@@ -8,6 +8,7 @@
 //!   10,000 Services (an endpoint replaced; a Service added) from ENLS event to maps written.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -17,11 +18,13 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use tollgate::{
     dataplane::{Dataplane, MapSizes, lbmaps::LbMaps, writer::Writer},
-    enls::{Enls, EnlsConfig, SourceEvent, ingest::Kind, metrics::EnlsMetrics},
+    enls::{
+        Enls, EnlsConfig, SourceEvent, ingest::Kind, metrics::EnlsMetrics, runner::process_usage_of,
+    },
 };
 
 use super::{
-    Summary, cpu_of,
+    Summary,
     enls::{ep_ip, svc_ip, to_object},
     micros, plot, rss_of, summarize, tool_version,
 };
@@ -116,6 +119,65 @@ pub struct CountResult {
     pub agent_peak_rss_mib: f64,
     /// CPU the agent used while wrk ran (ms, median over rounds): it should be idle.
     pub agent_cpu_during_run_ms: f64,
+    /// Tollgate's kernel programs over one more run with the kernel's run-time statistics on
+    /// (a run of its own: the statistics cost ≈ 40–65 ns per program run, so the ratio rounds
+    /// are taken without them).
+    pub programs: Vec<ProgramTime>,
+}
+
+/// One kernel program's share of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProgramTime {
+    pub program: String,
+    pub runs: u64,
+    pub ns_per_run: f64,
+    pub runs_per_request: f64,
+    /// Its time over the run's requests (every request is one connection).
+    pub ns_per_request: f64,
+}
+
+/// Run count and run time of every loaded Tollgate program (names `tg_*`), by name.
+fn program_totals() -> BTreeMap<String, (u64, Duration)> {
+    let mut totals = BTreeMap::new();
+    for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+        if let Some(name) = info.name_as_str()
+            && name.starts_with("tg_")
+        {
+            let e = totals
+                .entry(name.to_owned())
+                .or_insert((0u64, Duration::ZERO));
+            e.0 += info.run_count();
+            e.1 += info.run_time();
+        }
+    }
+    totals
+}
+
+/// One wrk run through the ClusterIP with BPF_ENABLE_STATS held (released on return, so the
+/// kernel setting is never left on): what each program cost per run and per request.
+fn program_times(client: &Pod, url: &str, opts: &Options) -> anyhow::Result<Vec<ProgramTime>> {
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling the kernel's BPF run-time statistics")?;
+    let before = program_totals();
+    let w = wrk(client, url, opts)?;
+    let after = program_totals();
+    drop(stats);
+    let requests = w.requests.max(1) as f64;
+    Ok(after
+        .into_iter()
+        .filter_map(|(program, (runs, time))| {
+            let (runs0, time0) = before.get(&program).copied().unwrap_or_default();
+            let runs = runs.saturating_sub(runs0);
+            let ns = time.saturating_sub(time0).as_nanos() as f64;
+            (runs > 0).then(|| ProgramTime {
+                program,
+                runs,
+                ns_per_run: ns / runs as f64,
+                runs_per_request: runs as f64 / requests,
+                ns_per_request: ns / requests,
+            })
+        })
+        .collect())
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -308,6 +370,7 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             agent_ready_ms: 0.0,
             agent_peak_rss_mib: 0.0,
             agent_cpu_during_run_ms: 0.0,
+            programs: Vec::new(),
         };
         let mut ratios = Vec::new();
         let mut ready = Vec::new();
@@ -330,9 +393,10 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             let start = Instant::now();
             let mut agent = crate::agent::start_agent(node, &source, &extra_args);
             ready.push(start.elapsed().as_secs_f64() * 1e3);
-            let cpu_before = cpu_of(agent.pid());
+            let cpu = || process_usage_of(agent.pid()).map(|(cpu, _)| cpu);
+            let cpu_before = cpu();
             let t = wrk(client, &via, opts)?;
-            if let (Some(a), Some(b)) = (cpu_before, cpu_of(agent.pid())) {
+            if let (Some(a), Some(b)) = (cpu_before, cpu()) {
                 agent_cpu.push(b.saturating_sub(a).as_secs_f64() * 1e3);
             }
             if round == 0 {
@@ -349,6 +413,10 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             r.limit.push(limit);
             r.tollgate.push(t);
         }
+        cleanup(node)?;
+        let mut agent = crate::agent::start_agent(node, &source, &extra_args);
+        r.programs = program_times(client, &via, opts)?;
+        agent.terminate();
         cleanup(node)?;
         r.ratio = median(&mut ratios);
         r.agent_ready_ms = median(&mut ready);
@@ -577,6 +645,22 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
             c.agent_cpu_during_run_ms,
         ));
     }
+    let mut programs = String::from(
+        "| services | program | runs per request | ns per run | ns per request |\n|---|---|---|---|---|\n",
+    );
+    for c in &r.counts {
+        for p in &c.programs {
+            programs.push_str(&format!(
+                "| {} | `{}` | {:.1} | {:.0} | {:.0} |\n",
+                c.services, p.program, p.runs_per_request, p.ns_per_run, p.ns_per_request,
+            ));
+        }
+        let total: f64 = c.programs.iter().map(|p| p.ns_per_request).sum();
+        programs.push_str(&format!(
+            "| {} | **all** | | | **{total:.0}** |\n",
+            c.services
+        ));
+    }
     let body = format!(
         r#"## Service dataplane (issue: eBPF service dataplane)
 
@@ -613,9 +697,14 @@ hash lookups whatever the number of Services, and the socket keeps its reverse t
 its own storage (no table to fill or evict); the packets then go straight to the pod with no
 per-packet NAT. The pod-side TC program reads one array slot per packet (`tg_ctmark_v1`) and
 skips the conntrack lookup, since the sources of these packets never had a per-packet flow.
-What remains per connection, measured with `kernel.bpf_stats_enabled` on this machine: connect
-≈ 0.7 µs, accept's getpeername ≈ 0.1 µs, ≈ 0.08 µs per packet on the pod side (each including
-the ≈ 0.05 µs the statistics themselves add). Raw data: `tests/benchmarks/dataplane.json`."#,
+
+Kernel program time per request, from one more Tollgate run per row with the kernel's BPF
+run-time statistics on (`BPF_ENABLE_STATS`, held only for that run). Each program run then costs
+≈ 40–65 ns more (as measured on programs that return at once), included below. Every request is
+one connection: connect, nginx's accept (which runs the getpeername hook), ≈ 10 pod packets.
+
+{programs}
+Raw data: `tests/benchmarks/dataplane.json`."#,
         machine = r.machine,
         wrk_version = if r.wrk.is_empty() { "wrk" } else { &r.wrk },
         conns = opts.connections,

@@ -91,20 +91,6 @@ pub fn rss_of(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmHWM:")?, field("VmRSS:")?))
 }
 
-/// CPU time (user + system) a process has used so far, from /proc/PID/stat.
-pub fn cpu_of(pid: u32) -> Option<std::time::Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')';
-    // utime and stime are fields 14 and 15 (1-based), so 11 and 12 after the name.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .ok()?
-        .max(1);
-    Some(std::time::Duration::from_millis(ticks * 1000 / hz))
-}
-
 /// Replaces the text between `<!-- bench:NAME:begin -->` and `<!-- bench:NAME:end -->` in
 /// `file` (appending the section if it is not there yet).
 pub fn update_section(file: &Path, name: &str, body: &str) -> std::io::Result<()> {

@@ -71,7 +71,16 @@ pub async fn run(
 
 /// CPU time (user + system) and resident set size of this process, from /proc/self.
 pub fn process_usage() -> Option<(Duration, u64)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    usage_from("/proc/self/stat")
+}
+
+/// The same for another process (benchmarks watch the agent with it).
+pub fn process_usage_of(pid: u32) -> Option<(Duration, u64)> {
+    usage_from(&format!("/proc/{pid}/stat"))
+}
+
+fn usage_from(path: &str) -> Option<(Duration, u64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // utime and stime are fields 14 and 15 (1-based) → 11 and 12 after the name.
