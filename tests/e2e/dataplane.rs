@@ -738,3 +738,27 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
         }
     }
 }
+
+/// `--socket-lb-peer=false` (Cilium's socket-LB peer option off): TCP connections are still
+/// balanced, but keep no reverse record, so getpeername() shows the backend; UDP replies still
+/// come from the service address. (The default is covered above: the service address.)
+#[test]
+fn socket_lb_peer_off_shows_the_backend_to_getpeername() {
+    let s = Scenario::with(Default::default(), &["--socket-lb-peer=false"]);
+    let web = format!("{}:80", scenario::WEB);
+    let t = s.client(s.pod("n1p2").placement(), &web, 20, Mode::Tcp, T);
+    assert_eq!(t.ok, 20, "{t:?}");
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
+    let backends = [
+        scenario::pod_addr(s.pod("n1p1"), 8080).to_string(),
+        scenario::pod_addr(s.pod("n2p1"), 8080).to_string(),
+    ];
+    assert!(
+        !t.peers.is_empty() && t.peers.iter().all(|p| backends.contains(p)),
+        "getpeername shows a backend, not {web}: {t:?}"
+    );
+    let dns = format!("{}:53", scenario::DNS);
+    let t = s.client(s.pod("n2p1").placement(), &dns, 10, Mode::Udp, T);
+    assert_eq!(t.ok, 10, "{t:?}");
+    assert_eq!(t.peers, std::slice::from_ref(&dns), "{t:?}");
+}

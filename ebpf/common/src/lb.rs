@@ -491,7 +491,10 @@ pub mod config {
         /// host: 1 once the metadata proxy listens and knows this node's pods. Until then pod
         /// connections to the metadata server are refused (fail closed).
         pub md_ready: u8,
-        pub pad: u8,
+        /// host: 1 = TCP connect() keeps no reverse translation, so getpeername() on a socket
+        /// balanced to a backend shows the backend (`--socket-lb-peer=false`; 0, the default
+        /// and what an older agent wrote here, shows the service address as with kube-proxy).
+        pub tcp_peer_off: u8,
         /// be: the metadata server's address (IPv4-mapped), e.g. 169.254.169.254.
         pub md_addr: [u32; 4],
         /// be: where pod connections to it go: the node-local proxy (IPv4-mapped or IPv6).

@@ -222,7 +222,9 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
         return ALLOW;
     }
     if proto == PROTO_TCP {
-        remember_tcp(ctx, backend.addr, backend.port, addr, port);
+        if CONFIG.get(0).is_none_or(|c| c.tcp_peer_off == 0) {
+            remember_tcp(ctx, backend.addr, backend.port, addr, port);
+        }
     } else {
         let rev = SockRevKey {
             cookie,

@@ -110,8 +110,12 @@ pub struct CountResult {
     pub services: usize,
     pub limit: Vec<Wrk>,
     pub tollgate: Vec<Wrk>,
+    /// The same through an agent with `--socket-lb-peer=false` (no TCP reverse record).
+    pub tollgate_no_peer: Vec<Wrk>,
     /// Median over rounds of tollgate rate / limit rate of the same round.
     pub ratio: f64,
+    /// The same for `tollgate_no_peer`.
+    pub ratio_no_peer: f64,
     pub tollgate_p99_ms: f64,
     pub limit_p99_ms: f64,
     /// Agent: start → "tollgate ready" (state built and every Service programmed).
@@ -364,7 +368,9 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             services: count,
             limit: Vec::new(),
             tollgate: Vec::new(),
+            tollgate_no_peer: Vec::new(),
             ratio: 0.0,
+            ratio_no_peer: 0.0,
             tollgate_p99_ms: 0.0,
             limit_p99_ms: 0.0,
             agent_ready_ms: 0.0,
@@ -373,22 +379,33 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             programs: Vec::new(),
         };
         let mut ratios = Vec::new();
+        let mut ratios_no_peer = Vec::new();
         let mut ready = Vec::new();
         let mut agent_cpu = Vec::new();
         for round in 0..opts.rounds {
             // Every run leaves tens of thousands of TIME_WAIT entries for the same server
             // address behind (Tollgate's socket LB connects to the pod IP, like the limit), so
-            // the second run of a pair starts with a fuller port space: the order alternates
-            // so that neither side always pays for it.
+            // a later run starts with a fuller port space: the order alternates (limit,
+            // Tollgate, Tollgate without the peer record; then the reverse) so that no side
+            // always pays for it.
             let limit_run = || -> anyhow::Result<Wrk> {
                 cleanup(node)?;
                 wrk(client, &direct, opts)
             };
-            let limit_first = if round % 2 == 0 {
-                Some(limit_run()?)
-            } else {
+            let no_peer_run = || -> anyhow::Result<Wrk> {
                 cleanup(node)?;
-                None
+                let mut args = extra_args.clone();
+                args.push("--socket-lb-peer=false");
+                let mut agent = crate::agent::start_agent(node, &source, &args);
+                let w = wrk(client, &via, opts);
+                agent.terminate();
+                cleanup(node)?;
+                w
+            };
+            let (limit_first, no_peer_first) = if round % 2 == 0 {
+                (Some(limit_run()?), None)
+            } else {
+                (None, Some(no_peer_run()?))
             };
             let start = Instant::now();
             let mut agent = crate::agent::start_agent(node, &source, &extra_args);
@@ -405,13 +422,16 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
                     .unwrap_or(0.0);
             }
             agent.terminate();
-            let limit = match limit_first {
-                Some(l) => l,
-                None => limit_run()?,
+            let (limit, no_peer) = match (limit_first, no_peer_first) {
+                (Some(l), _) => (l, no_peer_run()?),
+                (None, Some(n)) => (limit_run()?, n),
+                (None, None) => unreachable!("one of the two ran first"),
             };
             ratios.push(t.requests_per_s / limit.requests_per_s.max(1.0));
+            ratios_no_peer.push(no_peer.requests_per_s / limit.requests_per_s.max(1.0));
             r.limit.push(limit);
             r.tollgate.push(t);
+            r.tollgate_no_peer.push(no_peer);
         }
         cleanup(node)?;
         let mut agent = crate::agent::start_agent(node, &source, &extra_args);
@@ -419,6 +439,7 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
         agent.terminate();
         cleanup(node)?;
         r.ratio = median(&mut ratios);
+        r.ratio_no_peer = median(&mut ratios_no_peer);
         r.agent_ready_ms = median(&mut ready);
         r.agent_cpu_during_run_ms = median(&mut agent_cpu);
         r.tollgate_p99_ms = median(&mut r.tollgate.iter().map(|w| w.p99_ms).collect::<Vec<_>>());
@@ -587,6 +608,7 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
             "fraction of the limit",
             &[
                 series("Tollgate", &|c| c.ratio),
+                series("Tollgate, --socket-lb-peer=false", &|c| c.ratio_no_peer),
                 series("goal 0.97", &|_| 0.97),
                 series("limit", &|_| 1.0),
             ],
@@ -630,13 +652,20 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
             let mut x: Vec<f64> = v.iter().map(|w| w.requests_per_s).collect();
             median(&mut x)
         };
-        let errors: u64 = c.tollgate.iter().chain(&c.limit).map(|w| w.errors).sum();
+        let errors: u64 = c
+            .tollgate
+            .iter()
+            .chain(&c.limit)
+            .chain(&c.tollgate_no_peer)
+            .map(|w| w.errors)
+            .sum();
         rows.push_str(&format!(
-            "| {} | {:.0} | {:.0} | **{:.3}** | {:.2} ms | {:.2} ms | {} | {:.0} ms | {:.1} MiB | {:.0} ms |\n",
+            "| {} | {:.0} | {:.0} | **{:.3}** | {:.3} | {:.2} ms | {:.2} ms | {} | {:.0} ms | {:.1} MiB | {:.0} ms |\n",
             c.services,
             rate(&c.limit),
             rate(&c.tollgate),
             c.ratio,
+            c.ratio_no_peer,
             c.limit_p99_ms,
             c.tollgate_p99_ms,
             errors,
@@ -669,13 +698,17 @@ Measured by `cargo xtask bench dataplane` on {machine} (release build). A client
 connection) against nginx (1 worker, `return 200`) in a second pod on the same node. Each of
 {rounds} rounds per row measures the **limit** — the same traffic to the pod IP with
 nothing installed (`tollgate cleanup`) — and, with the agent started with that many Services (the
-target plus fillers with {eps} endpoints each), the traffic to the target's **ClusterIP**; the
-order of the two alternates from round to round (each run leaves its TIME_WAIT entries to the
-next). Ratio: median over rounds of Tollgate's rate over the same round's limit.
-wrk and nginx share the 2 cores, so the absolute rates are this machine's, not a NIC's.
+target plus fillers with {eps} endpoints each), the traffic to the target's **ClusterIP**, once
+with the defaults and once with `--socket-lb-peer=false`; the order alternates from round to
+round (each run leaves its TIME_WAIT entries to the next). Ratio: median over rounds of
+Tollgate's rate over the same round's limit. wrk and nginx share the 2 cores, so the absolute
+rates are this machine's, not a NIC's. wrk is the bottleneck: it keeps one core ≈ 97 % busy
+(half of it softirq: the kernel delivering its packets to nginx), while nginx uses ≈ 45 % of
+the other (sampled from /proc during a run), so what limits the rate is per-connection work
+on the client's side — connect() and the client's packets.
 
-| services | limit req/s | Tollgate req/s | ratio (goal ≥ 0.97) | limit p99 | Tollgate p99 | errors | agent start → ready | agent peak RSS | agent CPU during the run |
-|---|---|---|---|---|---|---|---|---|---|
+| services | limit req/s | Tollgate req/s | ratio (goal ≥ 0.97) | ratio, `--socket-lb-peer=false` | limit p99 | Tollgate p99 | errors | agent start → ready | agent peak RSS | agent CPU during the run |
+|---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 ![rate](tests/benchmarks/dataplane-rate.svg)
 ![p99](tests/benchmarks/dataplane-p99.svg)
@@ -697,6 +730,15 @@ hash lookups whatever the number of Services, and the socket keeps its reverse t
 its own storage (no table to fill or evict); the packets then go straight to the pod with no
 per-packet NAT. The pod-side TC program reads one array slot per packet (`tg_ctmark_v1`) and
 skips the conntrack lookup, since the sources of these packets never had a per-packet flow.
+
+Where the rest goes: the reverse record that lets getpeername() show the service address (as
+kube-proxy's DNAT does, and Cilium's socket LB with its peer option) is most of connect4's
+time — socket storage is allocated at connect and freed at close — and the gap between the two
+ratio columns is its full price. Operators who do not need that can turn it off with
+`--socket-lb-peer=false`. Keyed tables instead of socket storage were measured and were no
+cheaper: an LRU map by socket cookie with a sock_release hook deleting the entry, and a
+preallocated hash the same way, both cost more in connect4 and getpeername (see the closing
+notes of the dataplane issue).
 
 Kernel program time per request, from one more Tollgate run per row with the kernel's BPF
 run-time statistics on (`BPF_ENABLE_STATS`, held only for that run). Each program run then costs

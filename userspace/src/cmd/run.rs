@@ -62,6 +62,12 @@ pub struct Args {
     /// How XDP is attached to uplinks.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
+    /// getpeername() on a TCP socket the socket hooks balanced to a backend shows the service
+    /// address, as with kube-proxy's DNAT (Cilium's socket-LB peer option). `false` skips the
+    /// per-connection record this needs (≈ 2–3 % of short-connection throughput in
+    /// BENCHMARKS.md); such sockets then see the backend's address. UDP is always reversed.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub socket_lb_peer: bool,
     /// Source ports for SNAT of translated traffic (outside the kernel's ephemeral range).
     #[arg(long, default_value = "61000-65535", value_parser = parse_range)]
     pub snat_port_range: (u16, u16),
@@ -244,6 +250,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .flat_map(|u| crate::netif::addresses(u))
             .collect(),
         metadata: embedded.as_ref().map(|e| e.redirect.clone()),
+        tcp_peer: args.socket_lb_peer,
     };
     // Until the first complete state, pod metadata traffic is refused (fail closed).
     writer

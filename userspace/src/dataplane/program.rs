@@ -122,6 +122,8 @@ pub struct NodeSettings {
     pub uplink_addresses: Vec<IpAddr>,
     /// Where pod connections to the metadata server go (`None`: left alone).
     pub metadata: Option<MetadataRedirect>,
+    /// getpeername() of a balanced TCP socket shows the service address (`--socket-lb-peer`).
+    pub tcp_peer: bool,
 }
 
 /// The kernel half of metadata concealment: pod TCP connections to `server` on `ports` are
@@ -162,7 +164,7 @@ fn config(settings: &NodeSettings, node: Option<&NodeInfo>, ready: bool) -> Conf
             md_mode::OFF
         },
         md_ready: u8::from(ready && settings.metadata.is_some()),
-        pad: 0,
+        tcp_peer_off: u8::from(!settings.tcp_peer),
         md_addr: settings
             .metadata
             .as_ref()
