@@ -95,6 +95,19 @@ fn manifest_objects(count: usize, endpoints: usize, nginx: &str) -> Vec<Value> {
     v
 }
 
+/// The runs of one round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Run {
+    /// To the pod IP, nothing installed.
+    Limit,
+    /// To the ClusterIP, agent with its defaults.
+    Tollgate,
+    /// To the ClusterIP, agent with `--socket-lb-peer=false`.
+    NoPeer,
+    /// To the pod IP, agent with its defaults.
+    PodIp,
+}
+
 /// One wrk run.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Wrk {
@@ -112,10 +125,15 @@ pub struct CountResult {
     pub tollgate: Vec<Wrk>,
     /// The same through an agent with `--socket-lb-peer=false` (no TCP reverse record).
     pub tollgate_no_peer: Vec<Wrk>,
+    /// The limit's traffic (to the pod IP, no Service) with the agent installed: what
+    /// Tollgate costs traffic that it does not translate.
+    pub pod_ip_installed: Vec<Wrk>,
     /// Median over rounds of tollgate rate / limit rate of the same round.
     pub ratio: f64,
     /// The same for `tollgate_no_peer`.
     pub ratio_no_peer: f64,
+    /// The same for `pod_ip_installed`.
+    pub ratio_pod_ip: f64,
     pub tollgate_p99_ms: f64,
     pub limit_p99_ms: f64,
     /// Agent: start → "tollgate ready" (state built and every Service programmed).
@@ -369,8 +387,10 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             limit: Vec::new(),
             tollgate: Vec::new(),
             tollgate_no_peer: Vec::new(),
+            pod_ip_installed: Vec::new(),
             ratio: 0.0,
             ratio_no_peer: 0.0,
+            ratio_pod_ip: 0.0,
             tollgate_p99_ms: 0.0,
             limit_p99_ms: 0.0,
             agent_ready_ms: 0.0,
@@ -380,58 +400,72 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
         };
         let mut ratios = Vec::new();
         let mut ratios_no_peer = Vec::new();
+        let mut ratios_pod_ip = Vec::new();
         let mut ready = Vec::new();
         let mut agent_cpu = Vec::new();
+        let no_peer_args: Vec<&str> = extra_args
+            .iter()
+            .copied()
+            .chain(["--socket-lb-peer=false"])
+            .collect();
         for round in 0..opts.rounds {
             // Every run leaves tens of thousands of TIME_WAIT entries for the same server
             // address behind (Tollgate's socket LB connects to the pod IP, like the limit), so
-            // a later run starts with a fuller port space: the order alternates (limit,
-            // Tollgate, Tollgate without the peer record; then the reverse) so that no side
-            // always pays for it.
-            let limit_run = || -> anyhow::Result<Wrk> {
-                cleanup(node)?;
-                wrk(client, &direct, opts)
-            };
-            let no_peer_run = || -> anyhow::Result<Wrk> {
-                cleanup(node)?;
-                let mut args = extra_args.clone();
-                args.push("--socket-lb-peer=false");
-                let mut agent = crate::agent::start_agent(node, &source, &args);
-                let w = wrk(client, &via, opts);
-                agent.terminate();
-                cleanup(node)?;
-                w
-            };
-            let (limit_first, no_peer_first) = if round % 2 == 0 {
-                (Some(limit_run()?), None)
-            } else {
-                (None, Some(no_peer_run()?))
-            };
-            let start = Instant::now();
-            let mut agent = crate::agent::start_agent(node, &source, &extra_args);
-            ready.push(start.elapsed().as_secs_f64() * 1e3);
-            let cpu = || process_usage_of(agent.pid()).map(|(cpu, _)| cpu);
-            let cpu_before = cpu();
-            let t = wrk(client, &via, opts)?;
-            if let (Some(a), Some(b)) = (cpu_before, cpu()) {
-                agent_cpu.push(b.saturating_sub(a).as_secs_f64() * 1e3);
+            // a later run starts with a fuller port space: the order reverses every other
+            // round so that no run always pays for it.
+            let mut order = [Run::Limit, Run::Tollgate, Run::NoPeer, Run::PodIp];
+            if round % 2 == 1 {
+                order.reverse();
             }
-            if round == 0 {
-                r.agent_peak_rss_mib = rss_of(agent.pid())
-                    .map(|(peak, _)| peak as f64 / 1048576.0)
-                    .unwrap_or(0.0);
+            let mut results = BTreeMap::new();
+            for run in order {
+                cleanup(node)?;
+                let w = match run {
+                    Run::Limit => wrk(client, &direct, opts)?,
+                    Run::Tollgate => {
+                        let start = Instant::now();
+                        let mut agent = crate::agent::start_agent(node, &source, &extra_args);
+                        ready.push(start.elapsed().as_secs_f64() * 1e3);
+                        let cpu = || process_usage_of(agent.pid()).map(|(cpu, _)| cpu);
+                        let cpu_before = cpu();
+                        let t = wrk(client, &via, opts)?;
+                        if let (Some(a), Some(b)) = (cpu_before, cpu()) {
+                            agent_cpu.push(b.saturating_sub(a).as_secs_f64() * 1e3);
+                        }
+                        if round == 0 {
+                            r.agent_peak_rss_mib = rss_of(agent.pid())
+                                .map(|(peak, _)| peak as f64 / 1048576.0)
+                                .unwrap_or(0.0);
+                        }
+                        agent.terminate();
+                        t
+                    }
+                    Run::NoPeer | Run::PodIp => {
+                        let (args, url) = if run == Run::NoPeer {
+                            (&no_peer_args, &via)
+                        } else {
+                            (&extra_args, &direct)
+                        };
+                        let mut agent = crate::agent::start_agent(node, &source, args);
+                        let w = wrk(client, url, opts);
+                        agent.terminate();
+                        w?
+                    }
+                };
+                results.insert(run, w);
             }
-            agent.terminate();
-            let (limit, no_peer) = match (limit_first, no_peer_first) {
-                (Some(l), _) => (l, no_peer_run()?),
-                (None, Some(n)) => (limit_run()?, n),
-                (None, None) => unreachable!("one of the two ran first"),
-            };
-            ratios.push(t.requests_per_s / limit.requests_per_s.max(1.0));
-            ratios_no_peer.push(no_peer.requests_per_s / limit.requests_per_s.max(1.0));
+            let take = |run| results.get(&run).copied().context("every run ran");
+            let limit = take(Run::Limit)?;
+            let ratio = |w: &Wrk| w.requests_per_s / limit.requests_per_s.max(1.0);
+            let (t, no_peer, pod_ip) =
+                (take(Run::Tollgate)?, take(Run::NoPeer)?, take(Run::PodIp)?);
+            ratios.push(ratio(&t));
+            ratios_no_peer.push(ratio(&no_peer));
+            ratios_pod_ip.push(ratio(&pod_ip));
             r.limit.push(limit);
             r.tollgate.push(t);
             r.tollgate_no_peer.push(no_peer);
+            r.pod_ip_installed.push(pod_ip);
         }
         cleanup(node)?;
         let mut agent = crate::agent::start_agent(node, &source, &extra_args);
@@ -440,6 +474,7 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
         cleanup(node)?;
         r.ratio = median(&mut ratios);
         r.ratio_no_peer = median(&mut ratios_no_peer);
+        r.ratio_pod_ip = median(&mut ratios_pod_ip);
         r.agent_ready_ms = median(&mut ready);
         r.agent_cpu_during_run_ms = median(&mut agent_cpu);
         r.tollgate_p99_ms = median(&mut r.tollgate.iter().map(|w| w.p99_ms).collect::<Vec<_>>());
@@ -609,6 +644,7 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
             &[
                 series("Tollgate", &|c| c.ratio),
                 series("Tollgate, --socket-lb-peer=false", &|c| c.ratio_no_peer),
+                series("pod IP, Tollgate installed", &|c| c.ratio_pod_ip),
                 series("goal 0.97", &|_| 0.97),
                 series("limit", &|_| 1.0),
             ],
@@ -657,15 +693,17 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
             .iter()
             .chain(&c.limit)
             .chain(&c.tollgate_no_peer)
+            .chain(&c.pod_ip_installed)
             .map(|w| w.errors)
             .sum();
         rows.push_str(&format!(
-            "| {} | {:.0} | {:.0} | **{:.3}** | {:.3} | {:.2} ms | {:.2} ms | {} | {:.0} ms | {:.1} MiB | {:.0} ms |\n",
+            "| {} | {:.0} | {:.0} | **{:.3}** | {:.3} | {:.3} | {:.2} ms | {:.2} ms | {} | {:.0} ms | {:.1} MiB | {:.0} ms |\n",
             c.services,
             rate(&c.limit),
             rate(&c.tollgate),
             c.ratio,
             c.ratio_no_peer,
+            c.ratio_pod_ip,
             c.limit_p99_ms,
             c.tollgate_p99_ms,
             errors,
@@ -699,16 +737,17 @@ connection) against nginx (1 worker, `return 200`) in a second pod on the same n
 {rounds} rounds per row measures the **limit** — the same traffic to the pod IP with
 nothing installed (`tollgate cleanup`) — and, with the agent started with that many Services (the
 target plus fillers with {eps} endpoints each), the traffic to the target's **ClusterIP**, once
-with the defaults and once with `--socket-lb-peer=false`; the order alternates from round to
-round (each run leaves its TIME_WAIT entries to the next). Ratio: median over rounds of
-Tollgate's rate over the same round's limit. wrk and nginx share the 2 cores, so the absolute
+with the defaults and once with `--socket-lb-peer=false`, and the limit's own traffic (pod IP,
+no Service) with the agent installed — what Tollgate costs traffic it does not translate. The
+order reverses from round to round (each run leaves its TIME_WAIT entries to the next). Ratio:
+median over rounds of the run's rate over the same round's limit. wrk and nginx share the 2 cores, so the absolute
 rates are this machine's, not a NIC's. wrk is the bottleneck: it keeps one core ≈ 97 % busy
 (half of it softirq: the kernel delivering its packets to nginx), while nginx uses ≈ 45 % of
 the other (sampled from /proc during a run), so what limits the rate is per-connection work
 on the client's side — connect() and the client's packets.
 
-| services | limit req/s | Tollgate req/s | ratio (goal ≥ 0.97) | ratio, `--socket-lb-peer=false` | limit p99 | Tollgate p99 | errors | agent start → ready | agent peak RSS | agent CPU during the run |
-|---|---|---|---|---|---|---|---|---|---|---|
+| services | limit req/s | Tollgate req/s | ratio (goal ≥ 0.97) | ratio, `--socket-lb-peer=false` | pod IP, Tollgate installed | limit p99 | Tollgate p99 | errors | agent start → ready | agent peak RSS | agent CPU during the run |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 ![rate](tests/benchmarks/dataplane-rate.svg)
 ![p99](tests/benchmarks/dataplane-p99.svg)
@@ -735,7 +774,9 @@ Where the rest goes: the reverse record that lets getpeername() show the service
 kube-proxy's DNAT does, and Cilium's socket LB with its peer option) is most of connect4's
 time — socket storage is allocated at connect and freed at close — and the gap between the two
 ratio columns is its full price. Operators who do not need that can turn it off with
-`--socket-lb-peer=false`. Keyed tables instead of socket storage were measured and were no
+`--socket-lb-peer=false`. The rest is the column "pod IP, Tollgate installed": traffic that is
+not translated still passes the connect hook and, on every packet from a pod, the pod-side TC
+program. Keyed tables instead of socket storage were measured and were no
 cheaper: an LRU map by socket cookie with a sock_release hook deleting the entry, and a
 preallocated hash the same way, both cost more in connect4 and getpeername (see the closing
 notes of the dataplane issue).
