@@ -116,6 +116,10 @@ pub struct Wrk {
     pub p99_ms: f64,
     pub errors: u64,
     pub requests: u64,
+    /// CPU wrk used, in % of one core over the run.
+    pub client_cpu_pct: f64,
+    /// CPU the nginx worker used, in % of one core over the run (0 when not measured).
+    pub server_cpu_pct: f64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -181,7 +185,7 @@ fn program_times(client: &Pod, url: &str, opts: &Options) -> anyhow::Result<Vec<
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling the kernel's BPF run-time statistics")?;
     let before = program_totals();
-    let w = wrk(client, url, opts)?;
+    let w = wrk(client, url, opts, None)?;
     let after = program_totals();
     drop(stats);
     let requests = w.requests.max(1) as f64;
@@ -273,10 +277,37 @@ fn parse_wrk(text: &str) -> anyhow::Result<Wrk> {
         p99_ms,
         errors,
         requests,
+        client_cpu_pct: 0.0,
+        server_cpu_pct: 0.0,
     })
 }
 
-fn wrk(client: &Pod, url: &str, opts: &Options) -> anyhow::Result<Wrk> {
+/// CPU time of this process's waited-for children (wrk is one, run to completion).
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is a valid `who`.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The nginx worker of `master` (nginx runs one).
+fn nginx_worker(master: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// One wrk run from `client`; `server` is the nginx worker whose CPU is measured alongside.
+fn wrk(client: &Pod, url: &str, opts: &Options, server: Option<u32>) -> anyhow::Result<Wrk> {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t1", "--latency", "-H", "Connection: close"])
         .arg(format!("-c{}", opts.connections))
@@ -284,7 +315,14 @@ fn wrk(client: &Pod, url: &str, opts: &Options) -> anyhow::Result<Wrk> {
         .arg("--timeout")
         .arg("2s")
         .arg(url);
+    let server_cpu = || server.and_then(|pid| process_usage_of(pid).map(|(cpu, _)| cpu));
+    let (client_before, server_before, start) = (children_cpu(), server_cpu(), Instant::now());
     let out = client.placement().output(cmd);
+    let (client_cpu, server_after, wall) = (
+        children_cpu().saturating_sub(client_before),
+        server_cpu(),
+        start.elapsed().as_secs_f64().max(1e-3),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
@@ -292,7 +330,11 @@ fn wrk(client: &Pod, url: &str, opts: &Options) -> anyhow::Result<Wrk> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let w = parse_wrk(&text)?;
+    let mut w = parse_wrk(&text)?;
+    w.client_cpu_pct = client_cpu.as_secs_f64() * 100.0 / wall;
+    if let (Some(a), Some(b)) = (server_before, server_after) {
+        w.server_cpu_pct = b.saturating_sub(a).as_secs_f64() * 100.0 / wall;
+    }
     eprintln!(
         "dataplane:   {url}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
         w.requests_per_s, w.p50_ms, w.p99_ms, w.errors
@@ -368,7 +410,8 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
         .sysctl("net.ipv4.ip_local_port_range", "1024 60999");
     server.ns.sysctl("net.core.somaxconn", "4096");
     server.ns.sysctl("net.ipv4.tcp_max_syn_backlog", "4096");
-    let _nginx = nginx(server, workdir)?;
+    let nginx = nginx(server, workdir)?;
+    let worker = nginx_worker(nginx.pid());
     let direct = format!("http://{}:8080/", server.ip);
     let via = format!("http://{TARGET_IP}/");
     // Extra agent arguments for experiments (`TOLLGATE_BENCH_AGENT_ARGS="--xdp-mode off"`).
@@ -421,14 +464,14 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             for run in order {
                 cleanup(node)?;
                 let w = match run {
-                    Run::Limit => wrk(client, &direct, opts)?,
+                    Run::Limit => wrk(client, &direct, opts, worker)?,
                     Run::Tollgate => {
                         let start = Instant::now();
                         let mut agent = crate::agent::start_agent(node, &source, &extra_args);
                         ready.push(start.elapsed().as_secs_f64() * 1e3);
                         let cpu = || process_usage_of(agent.pid()).map(|(cpu, _)| cpu);
                         let cpu_before = cpu();
-                        let t = wrk(client, &via, opts)?;
+                        let t = wrk(client, &via, opts, worker)?;
                         if let (Some(a), Some(b)) = (cpu_before, cpu()) {
                             agent_cpu.push(b.saturating_sub(a).as_secs_f64() * 1e3);
                         }
@@ -447,7 +490,7 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
                             (&extra_args, &direct)
                         };
                         let mut agent = crate::agent::start_agent(node, &source, args);
-                        let w = wrk(client, url, opts);
+                        let w = wrk(client, url, opts, worker);
                         agent.terminate();
                         w?
                     }
@@ -728,6 +771,14 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
             c.services
         ));
     }
+    let cpu = |runs: &dyn Fn(&CountResult) -> &Vec<Wrk>, f: &dyn Fn(&Wrk) -> f64| {
+        let mut v: Vec<f64> = r
+            .counts
+            .iter()
+            .flat_map(|c| runs(c).iter().map(f))
+            .collect();
+        median(&mut v)
+    };
     let body = format!(
         r#"## Service dataplane (issue: eBPF service dataplane)
 
@@ -741,10 +792,11 @@ with the defaults and once with `--socket-lb-peer=false`, and the limit's own tr
 no Service) with the agent installed — what Tollgate costs traffic it does not translate. The
 order reverses from round to round (each run leaves its TIME_WAIT entries to the next). Ratio:
 median over rounds of the run's rate over the same round's limit. wrk and nginx share the 2 cores, so the absolute
-rates are this machine's, not a NIC's. wrk is the bottleneck: it keeps one core ≈ 97 % busy
-(half of it softirq: the kernel delivering its packets to nginx), while nginx uses ≈ 45 % of
-the other (sampled from /proc during a run), so what limits the rate is per-connection work
-on the client's side — connect() and the client's packets.
+rates are this machine's, not a NIC's. CPU per run (medians over every row, in % of one core):
+wrk {lc:.0} % and nginx {ls:.0} % in the limit runs, {tc:.0} % and {ts:.0} % through Tollgate.
+wrk's share includes the kernel work of its system calls, such as delivering its packets to
+nginx; whichever of the two is near 100 % sets the rate, so on this machine per-connection
+work on that side — connect() and its packets — is what the ratios measure.
 
 | services | limit req/s | Tollgate req/s | ratio (goal ≥ 0.97) | ratio, `--socket-lb-peer=false` | pod IP, Tollgate installed | limit p99 | Tollgate p99 | errors | agent start → ready | agent peak RSS | agent CPU during the run |
 |---|---|---|---|---|---|---|---|---|---|---|---|
@@ -789,6 +841,10 @@ one connection: connect, nginx's accept (which runs the getpeername hook), ≈ 1
 {programs}
 Raw data: `tests/benchmarks/dataplane.json`."#,
         machine = r.machine,
+        lc = cpu(&|c| &c.limit, &|w| w.client_cpu_pct),
+        ls = cpu(&|c| &c.limit, &|w| w.server_cpu_pct),
+        tc = cpu(&|c| &c.tollgate, &|w| w.client_cpu_pct),
+        ts = cpu(&|c| &c.tollgate, &|w| w.server_cpu_pct),
         wrk_version = if r.wrk.is_empty() { "wrk" } else { &r.wrk },
         conns = opts.connections,
         dur = opts.duration_s,
