@@ -460,7 +460,7 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             if round % 2 == 1 {
                 order.reverse();
             }
-            let mut results = BTreeMap::new();
+            let mut runs = BTreeMap::new();
             for run in order {
                 cleanup(node)?;
                 let w = match run {
@@ -495,9 +495,9 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
                         w?
                     }
                 };
-                results.insert(run, w);
+                runs.insert(run, w);
             }
-            let take = |run| results.get(&run).copied().context("every run ran");
+            let take = |run| runs.get(&run).copied().context("every run ran");
             let limit = take(Run::Limit)?;
             let ratio = |w: &Wrk| w.requests_per_s / limit.requests_per_s.max(1.0);
             let (t, no_peer, pod_ip) =
