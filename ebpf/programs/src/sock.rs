@@ -10,7 +10,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use tollgate_common::lb::{
-    PROTO_TCP, PROTO_UDP, affinity_kind, is_v4_mapped, md_mode,
+    PROTO_TCP, PROTO_UDP, affinity_kind,
+    config::Config,
+    is_v4_mapped, md_mode,
     sockct::{SockCtKey, SockCtValue},
     sockrev::{SockRevKey, SockRevTcp, SockRevValue},
     svc_flags, v4_mapped,
@@ -91,8 +93,13 @@ fn choose(
 /// Host-network sockets (the proxy's own upstream connections included) are left alone.
 /// `None`: not metadata traffic.
 #[inline(always)]
-fn metadata(ctx: &SockAddrContext, v6: bool, addr: [u32; 4], port: u16) -> Option<i32> {
-    let cfg = CONFIG.get(0)?;
+fn metadata(
+    ctx: &SockAddrContext,
+    cfg: &Config,
+    v6: bool,
+    addr: [u32; 4],
+    port: u16,
+) -> Option<i32> {
     if cfg.md_mode != md_mode::REDIRECT
         || addr != cfg.md_addr
         || port == 0
@@ -152,9 +159,11 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
         return ALLOW;
     }
     let (addr, port) = dest(ctx, v6);
+    // Node settings, read once (the metadata redirect and the TCP reverse record use them).
+    let cfg = CONFIG.get(0);
     if proto == PROTO_TCP
         && hook == Hook::Connect
-        && let Some(verdict) = metadata(ctx, v6, addr, port)
+        && let Some(verdict) = cfg.and_then(|c| metadata(ctx, c, v6, addr, port))
     {
         return verdict;
     }
@@ -222,7 +231,7 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
         return ALLOW;
     }
     if proto == PROTO_TCP {
-        if CONFIG.get(0).is_none_or(|c| c.tcp_peer_off == 0) {
+        if cfg.is_none_or(|c| c.tcp_peer_off == 0) {
             remember_tcp(ctx, backend.addr, backend.port, addr, port);
         }
     } else {

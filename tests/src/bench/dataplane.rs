@@ -441,9 +441,6 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             agent_cpu_during_run_ms: 0.0,
             programs: Vec::new(),
         };
-        let mut ratios = Vec::new();
-        let mut ratios_no_peer = Vec::new();
-        let mut ratios_pod_ip = Vec::new();
         let mut ready = Vec::new();
         let mut agent_cpu = Vec::new();
         let no_peer_args: Vec<&str> = extra_args
@@ -497,27 +494,29 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
                 };
                 runs.insert(run, w);
             }
-            let take = |run| runs.get(&run).copied().context("every run ran");
-            let limit = take(Run::Limit)?;
-            let ratio = |w: &Wrk| w.requests_per_s / limit.requests_per_s.max(1.0);
-            let (t, no_peer, pod_ip) =
-                (take(Run::Tollgate)?, take(Run::NoPeer)?, take(Run::PodIp)?);
-            ratios.push(ratio(&t));
-            ratios_no_peer.push(ratio(&no_peer));
-            ratios_pod_ip.push(ratio(&pod_ip));
-            r.limit.push(limit);
-            r.tollgate.push(t);
-            r.tollgate_no_peer.push(no_peer);
-            r.pod_ip_installed.push(pod_ip);
+            let mut take = |run| runs.remove(&run).context("every run ran");
+            r.limit.push(take(Run::Limit)?);
+            r.tollgate.push(take(Run::Tollgate)?);
+            r.tollgate_no_peer.push(take(Run::NoPeer)?);
+            r.pod_ip_installed.push(take(Run::PodIp)?);
         }
         cleanup(node)?;
         let mut agent = crate::agent::start_agent(node, &source, &extra_args);
         r.programs = program_times(client, &via, opts)?;
         agent.terminate();
         cleanup(node)?;
-        r.ratio = median(&mut ratios);
-        r.ratio_no_peer = median(&mut ratios_no_peer);
-        r.ratio_pod_ip = median(&mut ratios_pod_ip);
+        // Each run over the same round's limit, median over rounds.
+        let ratio = |runs: &[Wrk]| {
+            let mut v: Vec<f64> = runs
+                .iter()
+                .zip(&r.limit)
+                .map(|(w, l)| w.requests_per_s / l.requests_per_s.max(1.0))
+                .collect();
+            median(&mut v)
+        };
+        r.ratio = ratio(&r.tollgate);
+        r.ratio_no_peer = ratio(&r.tollgate_no_peer);
+        r.ratio_pod_ip = ratio(&r.pod_ip_installed);
         r.agent_ready_ms = median(&mut ready);
         r.agent_cpu_during_run_ms = median(&mut agent_cpu);
         r.tollgate_p99_ms = median(&mut r.tollgate.iter().map(|w| w.p99_ms).collect::<Vec<_>>());
@@ -828,14 +827,15 @@ time — socket storage is allocated at connect and freed at close — and the g
 ratio columns is its full price. Operators who do not need that can turn it off with
 `--socket-lb-peer=false`. The rest is the column "pod IP, Tollgate installed": traffic that is
 not translated still passes the connect hook and, on every packet from a pod, the pod-side TC
-program. Keyed tables instead of socket storage were measured and were no
-cheaper: an LRU map by socket cookie with a sock_release hook deleting the entry, and a
+program. Keyed tables instead of socket storage were measured once by hand (2026-11-30, not by
+this bench) and were no cheaper: an LRU map by socket cookie with a sock_release hook deleting the entry, and a
 preallocated hash the same way, both cost more in connect4 and getpeername (see the closing
 notes of the dataplane issue).
 
 Kernel program time per request, from one more Tollgate run per row with the kernel's BPF
 run-time statistics on (`BPF_ENABLE_STATS`, held only for that run). Each program run then costs
-≈ 40–65 ns more (as measured on programs that return at once), included below. Every request is
+≈ 40–65 ns more (measured by hand, not by this bench, on programs that return at once),
+included below. Every request is
 one connection: connect, nginx's accept (which runs the getpeername hook), ≈ 10 pod packets.
 
 {programs}

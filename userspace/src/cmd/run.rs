@@ -64,7 +64,7 @@ pub struct Args {
     pub xdp_mode: XdpModeArg,
     /// getpeername() on a TCP socket the socket hooks balanced to a backend shows the service
     /// address, as with kube-proxy's DNAT (Cilium's socket-LB peer option). `false` skips the
-    /// per-connection record this needs (≈ 3.5 % of the short-connection rate on average in
+    /// per-connection record this needs (its cost: the `--socket-lb-peer=false` column of
     /// BENCHMARKS.md); such sockets then see the backend's address. UDP is always reversed.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub socket_lb_peer: bool,

@@ -49,7 +49,7 @@ pub fn seed(pins: &PinLayout) -> Result<usize, DataplaneError> {
     Ok(set)
 }
 
-/// Is the address's slot set? (For tests and `tollgate maps`.)
+/// Is the address's slot set? (What the pod-side program checks; used by the packet tests.)
 pub fn is_marked(pins: &PinLayout, addr: &[u32; 4]) -> Result<bool, DataplaneError> {
     let name = ctmark::NAME;
     let m = open_marks(pins)?
