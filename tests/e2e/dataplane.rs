@@ -7,8 +7,13 @@
     reason = "end-to-end tests panic with clear messages"
 )]
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
+use aya::maps::{Array, Map, MapData};
+use tollgate_common::lb::{
+    sockrev::{self, TcpRevSlot},
+    v4_mapped,
+};
 use tollgate_tests::{
     scenario::{self, Scenario},
     traffic::Mode,
@@ -449,8 +454,8 @@ fn agent_restart_keeps_established_flows_and_serves_at_once() {
     let links = std::fs::read_dir(node.bpffs.join("links")).unwrap().count();
     assert_eq!(
         links,
-        2 + 8 + 2,
-        "uplink TC ingress+egress (auto mode skips XDP on veth) + socket hooks 8 + TC ingress of two pod interfaces"
+        2 + 9 + 2,
+        "uplink TC ingress+egress (auto mode skips XDP on veth) + socket hooks 8 and sock_release + TC ingress of two pod interfaces"
     );
 }
 
@@ -681,6 +686,8 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
         ("tg_sockct_v1", &["cookie", "backend_id", "service_id"]),
         ("tg_sockrev_v1", &["cookie", "addr", "port"]),
         ("tg_tcprev_v1", &[]),
+        ("tg_tcpslot_v1", &["cookie", "rev", "backend_addr", "port"]),
+        ("tg_peerport_v1", &["value"]),
         ("tg_srcrange_v1", &["rev_nat_id", "addr"]),
         (
             "tg_svcstat_v1",
@@ -761,4 +768,75 @@ fn socket_lb_peer_off_shows_the_backend_to_getpeername() {
     let t = s.client(s.pod("n2p1").placement(), &dns, 10, Mode::Udp, T);
     assert_eq!(t.ok, 10, "{t:?}");
     assert_eq!(t.peers, std::slice::from_ref(&dns), "{t:?}");
+}
+
+/// The TCP reverse records of a node (`tg_tcpslot_v1`): (slot, slot content) of every held slot.
+fn held_slots(node: &tollgate_tests::cluster::Node) -> Vec<(u32, TcpRevSlot)> {
+    let slots = reverse_slots(node);
+    (0..sockrev::SLOTS)
+        .map(|i| (i, slots.get(&i, 0).unwrap()))
+        .filter(|(_, v)| v.cookie != 0)
+        .collect()
+}
+
+fn reverse_slots(node: &tollgate_tests::cluster::Node) -> Array<MapData, TcpRevSlot> {
+    let data = MapData::from_pin(node.bpffs.join(sockrev::SLOT_NAME)).unwrap();
+    Array::try_from(Map::Array(data)).unwrap()
+}
+
+/// A connected TCP socket's getpeername() record takes the slot of its socket cookie (no
+/// allocation), gives it back when the socket closes (the sock_release hook), and falls back
+/// to the socket's own storage when its slot is held by another socket: getpeername() shows
+/// the service address on both paths.
+#[test]
+fn tcp_reverse_records_use_cookie_slots_given_back_at_close_with_storage_fallback() {
+    let s = Scenario::new();
+    let node1 = s.node("node1");
+    let web = format!("{}:80", scenario::WEB);
+    let web_addr = v4_mapped(u32::from(scenario::WEB.parse::<Ipv4Addr>().unwrap()).to_be());
+    let of_web = |v: &TcpRevSlot| v.rev.addr == web_addr && v.rev.port == 80u16.to_be();
+
+    let mut session = s.spawn_session(
+        s.pod("n1p2").placement(),
+        &web,
+        10,
+        Duration::from_millis(100),
+    );
+    let held = held_slots(node1);
+    let open: Vec<_> = held.iter().filter(|(_, v)| of_web(v)).collect();
+    assert_eq!(open.len(), 1, "one open connection, one slot: {held:?}");
+    let (slot, record) = open[0];
+    assert_eq!(*slot, sockrev::slot(record.cookie), "{held:?}");
+    let t = Scenario::finish(&mut session, Duration::from_secs(10));
+    assert_eq!(t.ok, 10, "{t:?}");
+    assert_eq!(t.peers, std::slice::from_ref(&web), "{t:?}");
+    let held = held_slots(node1);
+    assert!(
+        !held.iter().any(|(_, v)| of_web(v)),
+        "the closed socket gave its slot back: {held:?}"
+    );
+
+    // Every slot held (by a cookie no socket has): the records go to socket storage.
+    let mut slots = reverse_slots(node1);
+    let taken = TcpRevSlot {
+        cookie: u64::MAX,
+        ..Default::default()
+    };
+    for i in 0..sockrev::SLOTS {
+        slots.set(i, taken, 0).unwrap();
+    }
+    let t = s.client(s.pod("n1p2").placement(), &web, 10, Mode::Tcp, T);
+    assert_eq!(t.ok, 10, "{t:?}");
+    assert_eq!(
+        t.peers,
+        std::slice::from_ref(&web),
+        "getpeername through socket storage: {t:?}"
+    );
+    let changed = (0..sockrev::SLOTS)
+        .filter(|i| slots.get(i, 0).unwrap() != taken)
+        .count();
+    assert_eq!(changed, 0, "no held slot was overwritten or released");
+    for i in 0..sockrev::SLOTS {
+        slots.set(i, TcpRevSlot::default(), 0).unwrap();
+    }
 }

@@ -149,6 +149,20 @@ fn pods_get_filtered_answers_per_identity_and_hosts_reach_the_server() {
         &[],
     );
     assert_eq!(code, 403, "{body}");
+    // The redirected socket still reports the metadata server as its peer (getpeername).
+    let out = web.output({
+        let mut cmd = Command::new(testbed_bin());
+        cmd.args(["connect", "--to", &format!("{METADATA_V4}:80")])
+            .args(["--count", "2", "--mode", "tcp", "--timeout-ms", "3000"]);
+        cmd
+    });
+    let tally: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tally["ok"], 2, "{tally}");
+    assert_eq!(
+        tally["peers"],
+        serde_json::json!([format!("{METADATA_V4}:80")]),
+        "{tally}"
+    );
     // Host processes are not redirected: the node itself reads kube-env.
     let (_, code, body) = curl(
         node.host(),

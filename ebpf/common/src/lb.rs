@@ -321,15 +321,37 @@ pub mod sockct {
 pub mod sockrev {
     //! For recvmsg/getpeername: what a socket talking to a backend believes it talks to.
     //! UDP sockets (which may talk to several frontends) use the LRU map `tg_sockrev_v1`,
-    //! keyed by socket cookie and backend. A connected TCP socket has one peer: its
-    //! translation lives in the socket's own storage (`tg_tcprev_v1`, `BPF_MAP_TYPE_SK_STORAGE`),
-    //! created at connect and freed with the socket, so no table fills or evicts, and
-    //! getpeername() on a socket that was never translated (every accepted connection) costs
-    //! no hash lookup. The kernel has no key iteration for socket storage, so `bpftool map
-    //! dump` cannot list it (the entries are seen per socket, through getpeername()).
+    //! keyed by socket cookie and backend. A connected TCP socket has one peer; its record
+    //! lives in one of two places, and nothing is ever evicted:
+    //!
+    //! - a slot of the array `tg_tcpslot_v1`, chosen by the socket cookie's low bits
+    //!   (cookies only grow, so live sockets spread over the slots like a ring). connect claims
+    //!   the slot with a compare-and-swap of its cookie into an empty slot; the cgroup
+    //!   sock_release program empties it when the socket is closed. No allocation, no hash:
+    //!   the cheap path nearly every connection takes;
+    //! - when that slot is held by another live socket, the socket's own storage
+    //!   (`tg_tcprev_v1`, `BPF_MAP_TYPE_SK_STORAGE`), allocated at connect and freed with the
+    //!   socket (it costs about 0.5 µs more per connection, measured).
+    //!
+    //! Both programs that look at the slots for a socket that may never have been translated
+    //! (getpeername, sock_release) first check the peer port against `tg_peerport_v1`.
+    //!
+    //! A slot whose owner closed while no release program was attached stays held (a cookie
+    //! is never reused, so it can never answer for another socket); connections that land on
+    //! it take the socket-storage path. The kernel has no key iteration for socket storage, so
+    //! `bpftool map dump` cannot list it; the slot array dumps like any array.
     pub const NAME: &str = "tg_sockrev_v1";
     pub const CAPACITY: u32 = 131_072;
     pub const TCP_NAME: &str = "tg_tcprev_v1";
+    pub const SLOT_NAME: &str = "tg_tcpslot_v1";
+    /// Slots in `tg_tcpslot_v1` (a power of two: the slot is `cookie & (SLOTS - 1)`).
+    pub const SLOTS: u32 = 65_536;
+
+    /// The slot of a socket cookie.
+    #[inline(always)]
+    pub const fn slot(cookie: u64) -> u32 {
+        (cookie & (SLOTS as u64 - 1)) as u32
+    }
 
     /// Socket storage of a translated TCP socket.
     #[repr(C)]
@@ -346,6 +368,32 @@ pub mod sockrev {
         pub pad: [u8; 4],
     }
     const _: () = assert!(core::mem::size_of::<SockRevTcp>() == 40);
+
+    /// Ports a translated TCP socket's peer can have (every TCP backend's port and the
+    /// metadata proxy's), a bitmap of `PORT_WORDS` u64 words in `tg_peerport_v1`, indexed by
+    /// the port in network order as the kernel hands it over. getpeername and sock_release look
+    /// at the slots only for a peer port in it, so accepted connections (whose peer port is a
+    /// client's ephemeral port) skip them. The agent sets bits and never clears them (a bit
+    /// cleared under an open socket would hide its record), so the filter only grows.
+    pub const PORT_NAME: &str = "tg_peerport_v1";
+    pub const PORT_WORDS: u32 = 1024;
+
+    /// The bitmap word and bit of a port (network order).
+    #[inline(always)]
+    pub const fn port_bit(port_be: u16) -> (u32, u64) {
+        ((port_be >> 6) as u32, 1 << (port_be & 63))
+    }
+
+    /// A slot of `tg_tcpslot_v1`: a connected TCP socket's record, owned by its cookie.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct TcpRevSlot {
+        /// host: cookie of the socket holding the slot; 0 = empty.
+        pub cookie: u64,
+        /// The record, valid while `cookie` holds the slot.
+        pub rev: SockRevTcp,
+    }
+    const _: () = assert!(core::mem::size_of::<TcpRevSlot>() == 48);
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -371,7 +419,7 @@ pub mod sockrev {
     }
     const _: () = assert!(core::mem::size_of::<SockRevValue>() == 20);
 
-    crate::impl_pod!(SockRevKey, SockRevValue);
+    crate::impl_pod!(SockRevKey, SockRevValue, SockRevTcp, TcpRevSlot);
 }
 
 pub mod srcrange {

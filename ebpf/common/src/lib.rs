@@ -46,6 +46,8 @@ pub const MAP_NAMES: &[&str] = &[
     lb::sockct::NAME,
     lb::sockrev::NAME,
     lb::sockrev::TCP_NAME,
+    lb::sockrev::SLOT_NAME,
+    lb::sockrev::PORT_NAME,
     lb::srcrange::NAME,
     lb::stats::SVC_NAME,
     lb::stats::BACKEND_NAME,

@@ -2,6 +2,9 @@
 //! turns every error into a deliberate verdict.
 #![no_std]
 #![no_main]
+// BPF_CMPXCHG for the reverse-record slots (see sock::cas).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod lb;
 mod maps;
@@ -12,8 +15,8 @@ mod xdp;
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    macros::{cgroup_sock_addr, classifier, xdp},
-    programs::{SockAddrContext, TcContext, XdpContext},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, SockContext, TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use tollgate_common::iface_stats::hook;
@@ -113,6 +116,13 @@ sock_program!(tg_recvmsg4, recvmsg4, |c| sock::reverse(c, false));
 sock_program!(tg_recvmsg6, recvmsg6, |c| sock::reverse(c, true));
 sock_program!(tg_getpeername4, getpeername4, |c| sock::reverse(c, false));
 sock_program!(tg_getpeername6, getpeername6, |c| sock::reverse(c, true));
+
+/// Socket close: a translated TCP socket gives back its reverse-record slot (see `sock.rs`).
+#[cgroup_sock(sock_release)]
+pub fn tg_sock_release(ctx: SockContext) -> i32 {
+    sock::release(&ctx);
+    1
+}
 
 #[cfg(not(test))]
 #[panic_handler]

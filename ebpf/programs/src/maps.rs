@@ -16,7 +16,7 @@ use tollgate_common::{
         ctmark::{self, Mark},
         revnat::{self, RevNat},
         sockct::{self, SockCtKey, SockCtValue},
-        sockrev::{self, SockRevKey, SockRevTcp, SockRevValue},
+        sockrev::{self, SockRevKey, SockRevTcp, SockRevValue, TcpRevSlot},
         srcrange::{self, SrcRangeKey},
         stats::{self, Counters},
         svc::{self, SvcKey, SvcValue},
@@ -58,9 +58,18 @@ pub static SOCK_CT: LruHashMap<SockCtKey, SockCtValue, { sockct::CAPACITY as usi
 pub static SOCK_REV: LruHashMap<SockRevKey, SockRevValue, { sockrev::CAPACITY as usize }> =
     LruHashMap::new();
 
-/// Connected TCP sockets' translation, in the socket's own storage (see `sockrev`).
+/// Connected TCP sockets' translation whose cookie slot was taken, in the socket's own storage
+/// (see `sockrev`).
 #[btf_map(name = "tg_tcprev_v1")]
 pub static TCP_REV: SkStorage<SockRevTcp> = SkStorage::new();
+
+/// Connected TCP sockets' translation, one slot per live socket by cookie (see `sockrev`).
+#[btf_map(name = "tg_tcpslot_v1")]
+pub static TCP_REV_SLOTS: Array<TcpRevSlot, { sockrev::SLOTS as usize }> = Array::new();
+
+/// Bitmap of the ports a translated TCP socket's peer can have (see `sockrev`).
+#[btf_map(name = "tg_peerport_v1")]
+pub static PEER_PORTS: Array<u64, { sockrev::PORT_WORDS as usize }> = Array::new();
 
 #[btf_map(name = "tg_srcrange_v1")]
 pub static SOURCE_RANGES: LpmTrie<

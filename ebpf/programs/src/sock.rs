@@ -7,20 +7,20 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
 };
 use tollgate_common::lb::{
     PROTO_TCP, PROTO_UDP, affinity_kind,
     config::Config,
     is_v4_mapped, md_mode,
     sockct::{SockCtKey, SockCtValue},
-    sockrev::{SockRevKey, SockRevTcp, SockRevValue},
+    sockrev::{self, SockRevKey, SockRevTcp, SockRevValue},
     svc_flags, v4_mapped,
 };
 
 use crate::{
     lb::{self, Frontend},
-    maps::{CONFIG, SOCK_CT, SOCK_REV, TCP_REV},
+    maps::{CONFIG, PEER_PORTS, SOCK_CT, SOCK_REV, TCP_REV, TCP_REV_SLOTS},
 };
 
 /// Verdicts of sock_addr programs.
@@ -34,35 +34,49 @@ pub enum Hook {
     Sendmsg,
 }
 
+// Context fields are read and written one 4-byte word at a time with volatile accesses: the
+// verifier allows only 4-byte accesses at a constant offset from the context pointer, and LLVM
+// may otherwise copy the address as a byte-wise memcpy or through a derived pointer.
+
 #[inline(always)]
 fn dest(ctx: &SockAddrContext, v6: bool) -> ([u32; 4], u16) {
+    use core::ptr::read_volatile as rd;
     let sa = ctx.sock_addr;
     // SAFETY: the kernel's bpf_sock_addr for this call; 4-byte loads as the verifier requires.
     unsafe {
         let addr = if v6 {
-            (*sa).user_ip6
+            [
+                rd(&raw const (*sa).user_ip6[0]),
+                rd(&raw const (*sa).user_ip6[1]),
+                rd(&raw const (*sa).user_ip6[2]),
+                rd(&raw const (*sa).user_ip6[3]),
+            ]
         } else {
-            v4_mapped((*sa).user_ip4)
+            v4_mapped(rd(&raw const (*sa).user_ip4))
         };
-        (addr, (*sa).user_port as u16)
+        (addr, rd(&raw const (*sa).user_port) as u16)
     }
 }
 
 #[inline(always)]
 fn set_dest(ctx: &SockAddrContext, v6: bool, addr: [u32; 4], port: u16) -> bool {
+    use core::ptr::write_volatile as wr;
     let sa = ctx.sock_addr;
     // SAFETY: as above; 4-byte stores.
     unsafe {
         if v6 {
-            (*sa).user_ip6 = addr;
+            wr(&raw mut (*sa).user_ip6[0], addr[0]);
+            wr(&raw mut (*sa).user_ip6[1], addr[1]);
+            wr(&raw mut (*sa).user_ip6[2], addr[2]);
+            wr(&raw mut (*sa).user_ip6[3], addr[3]);
         } else {
             if !is_v4_mapped(&addr) {
                 // An IPv4 socket cannot reach an IPv6 backend.
                 return false;
             }
-            (*sa).user_ip4 = addr[3];
+            wr(&raw mut (*sa).user_ip4, addr[3]);
         }
-        (*sa).user_port = u32::from(port);
+        wr(&raw mut (*sa).user_port, u32::from(port));
     }
     true
 }
@@ -124,7 +138,8 @@ fn metadata(
     Some(ALLOW)
 }
 
-/// Records in a connecting TCP socket's own storage which frontend its backend stands for.
+/// Records which frontend a connecting TCP socket's backend stands for: in the slot of its
+/// cookie when that slot is free (or already its own), else in the socket's own storage.
 #[inline(always)]
 fn remember_tcp(
     ctx: &SockAddrContext,
@@ -133,19 +148,98 @@ fn remember_tcp(
     addr: [u32; 4],
     port: u16,
 ) {
+    let rev = SockRevTcp {
+        backend_addr: backend,
+        addr,
+        backend_port,
+        port,
+        pad: [0; 4],
+    };
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(slot) = TCP_REV_SLOTS.get_ptr_mut(sockrev::slot(cookie)) {
+        // SAFETY: an element of the array map. The cookie word is claimed atomically, so two
+        // CPUs never share a slot; only the owner writes the record behind it.
+        let current = unsafe { cas(&raw mut (*slot).cookie, 0, cookie) };
+        if current == 0 || current == cookie {
+            // SAFETY: this socket owns the slot (a reconnect overwrites its earlier record).
+            unsafe { (*slot).rev = rev };
+            return;
+        }
+    }
     // SAFETY: the storage of the socket this call is for (created zeroed if absent).
     let p = unsafe { TCP_REV.get_or_insert_ptr_mut(ctx, None) };
     if !p.is_null() {
         // SAFETY: valid storage of this socket; a reconnect overwrites an earlier translation.
+        unsafe { *p = rev };
+    }
+}
+
+/// Atomic compare-and-swap (BPF_CMPXCHG): `*p = new` if `*p == old`; returns the old `*p`.
+/// (The BPF target has no `AtomicU64::compare_exchange`; the intrinsic lowers to the
+/// instruction, which the verifier accepts on map values.)
+///
+/// # Safety
+/// `p` points at a valid, 8-byte-aligned u64 (a map value field).
+#[inline(always)]
+unsafe fn cas(p: *mut u64, old: u64, new: u64) -> u64 {
+    use core::intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg};
+    // SAFETY: as the caller promises.
+    unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(p, old, new).0 }
+}
+
+/// Can a TCP socket whose peer has this port (network order; 0 = none) hold a slot? False
+/// means it certainly does not; a peer port of 0 (a socket whose connect failed) says nothing.
+#[inline(always)]
+fn may_hold_slot(peer_port: u16) -> bool {
+    let (word, bit) = sockrev::port_bit(peer_port);
+    peer_port == 0 || PEER_PORTS.get(word).is_some_and(|w| w & bit != 0)
+}
+
+/// The record of a TCP socket whose peer has `peer_port`, if connect translated it.
+#[inline(always)]
+fn recall_tcp(ctx: &SockAddrContext, peer_port: u16) -> Option<SockRevTcp> {
+    if !may_hold_slot(peer_port) {
+        // SAFETY: the storage of this call's socket, if it has one (no lookup otherwise).
+        let p = unsafe { TCP_REV.get_ptr_mut(ctx) };
+        // SAFETY: valid storage of this socket, copied out.
+        return (!p.is_null()).then(|| unsafe { *p });
+    }
+    // SAFETY: helper valid for sock_addr programs (the cookie exists if connect recorded).
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(slot) = TCP_REV_SLOTS.get_ptr(sockrev::slot(cookie)) {
+        // SAFETY: an element of the array map; a slot holding this cookie is this socket's.
         unsafe {
-            *p = SockRevTcp {
-                backend_addr: backend,
-                addr,
-                backend_port,
-                port,
-                pad: [0; 4],
+            if (*slot).cookie == cookie {
+                return Some((*slot).rev);
             }
-        };
+        }
+    }
+    // SAFETY: the storage of this call's socket, if it has one (no lookup otherwise).
+    let p = unsafe { TCP_REV.get_ptr_mut(ctx) };
+    // SAFETY: valid storage of this socket, copied out.
+    (!p.is_null()).then(|| unsafe { *p })
+}
+
+/// sock_release: a closed TCP socket gives its cookie slot back.
+#[inline(always)]
+pub fn release(ctx: &SockContext) {
+    // SAFETY: the kernel's bpf_sock for this call (dst_port: network order in the low 16 bits).
+    let (proto, peer_port) = unsafe { ((*ctx.sock).protocol, (*ctx.sock).dst_port) };
+    if proto != u32::from(PROTO_TCP) || !may_hold_slot(peer_port) {
+        return;
+    }
+    // SAFETY: helper valid for cgroup sock programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(slot) = TCP_REV_SLOTS.get_ptr_mut(sockrev::slot(cookie)) {
+        // SAFETY: an element of the array map; emptied only if this socket holds it (read
+        // first: a locked operation on a slot held by another socket would take its cache
+        // line away from the CPU using it).
+        unsafe {
+            if (*slot).cookie == cookie {
+                cas(&raw mut (*slot).cookie, cookie, 0);
+            }
+        }
     }
 }
 
@@ -260,14 +354,11 @@ pub fn reverse(ctx: &SockAddrContext, v6: bool) -> i32 {
     let (addr, port) = dest(ctx, v6);
     // SAFETY: reading the kernel's context.
     if unsafe { (*ctx.sock_addr).protocol } as u8 == PROTO_TCP {
-        // SAFETY: the storage of this call's socket, if it has one (no lookup otherwise).
-        let p = unsafe { TCP_REV.get_ptr_mut(ctx) };
-        if !p.is_null() {
-            // SAFETY: valid storage of this socket, copied out.
-            let rev = unsafe { *p };
-            if rev.backend_addr == addr && rev.backend_port == port {
-                set_dest(ctx, v6, rev.addr, rev.port);
-            }
+        if let Some(rev) = recall_tcp(ctx, port)
+            && rev.backend_addr == addr
+            && rev.backend_port == port
+        {
+            set_dest(ctx, v6, rev.addr, rev.port);
         }
         return ALLOW;
     }

@@ -252,6 +252,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metadata: embedded.as_ref().map(|e| e.redirect.clone()),
         tcp_peer: args.socket_lb_peer,
     };
+    if let Some(m) = &settings.metadata {
+        // Redirected metadata connections keep a reverse record too (getpeername shows the
+        // metadata server).
+        writer
+            .maps()
+            .peer_ports
+            .allow(m.proxy.port().to_be())
+            .context("writing tg_peerport_v1")?;
+    }
     // Until the first complete state, pod metadata traffic is refused (fail closed).
     writer
         .maps()

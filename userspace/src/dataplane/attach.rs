@@ -13,7 +13,8 @@ use std::{
 use aya::{
     Ebpf,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, Program, SchedClassifier,
+        TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
         tc::TcAttachOptions,
     },
@@ -126,6 +127,7 @@ pub(super) fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), Da
         aya::programs::Program::Xdp(p) => p.load(),
         aya::programs::Program::SchedClassifier(p) => p.load(),
         aya::programs::Program::CgroupSockAddr(p) => p.load(),
+        aya::programs::Program::CgroupSock(p) => p.load(),
         _ => {
             return Err(DataplaneError::Program {
                 name,
@@ -262,9 +264,9 @@ pub(super) fn tc(
     Ok(())
 }
 
-/// Attaches a cgroup sock_addr program to the cgroup at `cgroup` as a bpf_link (links always
-/// coexist with other programs, and the kernel wants flags 0 for them), pinned; an existing
-/// pinned link is updated in place.
+/// Attaches a cgroup program (sock_addr or sock) to the cgroup at `cgroup` as a bpf_link (links
+/// always coexist with other programs, and the kernel wants flags 0 for them), pinned; an
+/// existing pinned link is updated in place.
 pub(super) fn cgroup(
     ebpf: &mut Ebpf,
     pins: &PinLayout,
@@ -279,10 +281,11 @@ pub(super) fn cgroup(
     };
     let dir = std::fs::File::open(cgroup).map_err(|e| io("opening cgroup", e))?;
     let ino = dir.metadata().map_err(|e| io("reading cgroup", e))?.ino();
-    let prog: &mut CgroupSockAddr = ebpf
-        .program_mut(program)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(AttachError::NotLoaded { program })?;
+    let prog = match ebpf.program_mut(program) {
+        Some(Program::CgroupSockAddr(p)) => CgroupProgram::SockAddr(p),
+        Some(Program::CgroupSock(p)) => CgroupProgram::Sock(p),
+        _ => return Err(AttachError::NotLoaded { program }),
+    };
     let path = pins.link(program, &format!("cgroup-{ino}"));
     let err = |source| AttachError::Program {
         program,
@@ -295,16 +298,28 @@ pub(super) fn cgroup(
             path: path.clone(),
             source,
         })?;
-        let fd = prog.fd().map_err(err)?;
+        let fd = match &prog {
+            CgroupProgram::SockAddr(p) => p.fd(),
+            CgroupProgram::Sock(p) => p.fd(),
+        }
+        .map_err(err)?;
         super::sys::link_update(link.as_fd(), fd.as_fd()).map_err(|source| AttachError::Io {
             what: "updating pinned link",
             path: path.clone(),
             source,
         })?;
     } else {
-        let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(err)?;
-        let link = prog.take_link(id).map_err(err)?;
-        let link: FdLink = link.try_into().map_err(|source| AttachError::Link {
+        let link: FdLink = match prog {
+            CgroupProgram::SockAddr(p) => {
+                let id = p.attach(&dir, CgroupAttachMode::Single).map_err(err)?;
+                p.take_link(id).map_err(err)?.try_into()
+            }
+            CgroupProgram::Sock(p) => {
+                let id = p.attach(&dir, CgroupAttachMode::Single).map_err(err)?;
+                p.take_link(id).map_err(err)?.try_into()
+            }
+        }
+        .map_err(|source| AttachError::Link {
             path: path.clone(),
             source,
         })?;
@@ -312,4 +327,10 @@ pub(super) fn cgroup(
     }
     tracing::info!(program, cgroup = %cgroup.display(), "cgroup hook attached");
     Ok(())
+}
+
+/// The two kinds of cgroup program Tollgate attaches.
+enum CgroupProgram<'a> {
+    SockAddr(&'a mut CgroupSockAddr),
+    Sock(&'a mut CgroupSock),
 }

@@ -9,7 +9,7 @@ use tollgate_common::lb::{
     ct::{self, CtEntry, CtKey},
     revnat::{self, RevNat},
     sockct::{self, SockCtKey, SockCtValue},
-    sockrev::{self, SockRevKey, SockRevValue},
+    sockrev::{self, SockRevKey, SockRevValue, port_bit},
     srcrange::{self, SrcRangeKey},
     stats::{self, Counters},
     svc::{self, SvcKey, SvcValue},
@@ -31,6 +31,7 @@ pub struct LbMaps {
     pub bestat: PerCpuArray<MapData, Counters>,
     pub config: Array<MapData, Config>,
     pub svcinfo: HashMap<MapData, u32, SvcInfo>,
+    pub peer_ports: PeerPorts,
     /// The kernel's `max_entries` of the maps that grow with the cluster.
     pub capacity: Capacity,
 }
@@ -75,12 +76,43 @@ impl LbMaps {
             bestat: open!(pins, stats::BACKEND_NAME, PerCpuArray),
             config: open!(pins, config::NAME, Array),
             svcinfo: open!(pins, svcinfo::NAME, HashMap),
+            peer_ports: PeerPorts {
+                map: open!(pins, sockrev::PORT_NAME, Array),
+                known: vec![0; sockrev::PORT_WORDS as usize],
+            },
             capacity: Capacity {
                 svc: max_entries(pins, svc::NAME)?,
                 backend: max_entries(pins, backend::NAME)?,
                 srcrange: max_entries(pins, srcrange::NAME)?,
             },
         })
+    }
+}
+
+/// `tg_peerport_v1`: the ports a translated TCP socket's peer can have. Bits are only ever set
+/// (see `sockrev::PORT_NAME`); `known` caches the words this process has seen, so a port costs
+/// map calls once.
+pub struct PeerPorts {
+    map: Array<MapData, u64>,
+    known: Vec<u64>,
+}
+
+impl PeerPorts {
+    /// Adds a port (network order) to the filter.
+    pub fn allow(&mut self, port_be: u16) -> Result<(), aya::maps::MapError> {
+        let (word, bit) = port_bit(port_be);
+        let Some(known) = self.known.get_mut(word as usize) else {
+            return Ok(());
+        };
+        if *known & bit != 0 {
+            return Ok(());
+        }
+        let current = self.map.get(&word, 0)?;
+        if current & bit == 0 {
+            self.map.set(word, current | bit, 0)?;
+        }
+        *known = current | bit;
+        Ok(())
     }
 }
 

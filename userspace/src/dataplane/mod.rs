@@ -130,6 +130,8 @@ pub mod programs {
         "tg_getpeername4",
         "tg_getpeername6",
     ];
+    /// cgroup sock program: a closed TCP socket gives back its reverse-record slot.
+    pub const SOCK_RELEASE: &str = "tg_sock_release";
     pub const POD_TC: [&str; 1] = [TC_FROM_POD];
 }
 
@@ -168,7 +170,8 @@ impl Dataplane {
             programs::TC_FROM_POD,
         ]
         .into_iter()
-        .chain(programs::SOCK);
+        .chain(programs::SOCK)
+        .chain([programs::SOCK_RELEASE]);
         for name in names {
             attach::load_program(&mut ebpf, name)?;
         }
@@ -257,7 +260,9 @@ impl Dataplane {
 
     /// The socket hooks, on the cgroup v2 directory holding the pods and host processes.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), AttachError> {
-        for program in programs::SOCK {
+        // The release hook first: a slot connect claims is then always given back.
+        let release = [programs::SOCK_RELEASE];
+        for program in release.into_iter().chain(programs::SOCK) {
             attach::cgroup(&mut self.ebpf, &self.pins, program, cgroup)?;
         }
         Ok(())

@@ -14,9 +14,10 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use tollgate_common::lb::{
+    PROTO_TCP,
     backend::{self, Backend},
     revnat::RevNat,
-    scope,
+    scope, sockrev,
     srcrange::{self, SrcRangeKey},
     stats::{self, Counters},
     svc::{self, SvcKey, SvcValue},
@@ -361,6 +362,16 @@ impl Writer {
                 needed: 1,
                 free: 0,
             });
+        }
+        if addr.proto == PROTO_TCP {
+            // Before any socket can be translated to it: getpeername must find its record.
+            self.maps
+                .peer_ports
+                .allow(addr.port)
+                .map_err(|source| WriteError::Map {
+                    map: sockrev::PORT_NAME,
+                    source,
+                })?;
         }
         let id = self.backend_ids.take()?;
         let value = Backend {
