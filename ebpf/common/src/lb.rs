@@ -334,7 +334,9 @@ pub mod sockrev {
     //!   socket (it costs about 0.5 µs more per connection, measured).
     //!
     //! Both programs that look at the slots for a socket that may never have been translated
-    //! (getpeername, sock_release) first check the peer port against `tg_peerport_v1`.
+    //! (getpeername, sock_release) first check the peer port against `tg_peerport_v1`; connect
+    //! claims a slot only for a backend port in it (else the record goes to socket storage),
+    //! so a held slot is always found again and given back.
     //!
     //! A slot whose owner closed while no release program was attached stays held (a cookie
     //! is never reused, so it can never answer for another socket); connections that land on

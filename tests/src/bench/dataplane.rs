@@ -816,27 +816,30 @@ endpoints):
 ![programming](tests/benchmarks/dataplane-programming.svg)
 
 Why flat: a pod's connect() to a ClusterIP is translated once, in the cgroup hook, by a few
-hash lookups whatever the number of Services, and the socket keeps its reverse translation in
-its own storage (no table to fill or evict); the packets then go straight to the pod with no
-per-packet NAT. The pod-side TC program reads one array slot per packet (`tg_ctmark_v1`) and
-skips the conntrack lookup, since the sources of these packets never had a per-packet flow.
+hash lookups whatever the number of Services; the socket's reverse translation goes into the
+array slot of its socket cookie (claimed with one compare-and-swap, given back by a
+sock_release hook when the socket closes; the socket's own storage only when another open
+socket holds that slot), so there is no table to fill or evict. The packets then go straight
+to the pod with no per-packet NAT. The pod-side TC program reads one array slot per packet
+(`tg_ctmark_v1`) and skips the conntrack lookup, since the sources of these packets never had
+a per-packet flow.
 
-Where the rest goes: the reverse record that lets getpeername() show the service address (as
-kube-proxy's DNAT does, and Cilium's socket LB with its peer option) is most of connect4's
-time — socket storage is allocated at connect and freed at close — and the gap between the two
-ratio columns is its full price. Operators who do not need that can turn it off with
-`--socket-lb-peer=false`. The rest is the column "pod IP, Tollgate installed": traffic that is
-not translated still passes the connect hook and, on every packet from a pod, the pod-side TC
-program. Keyed tables instead of socket storage were measured once by hand (2026-11-30, not by
-this bench) and were no cheaper: an LRU map by socket cookie with a sock_release hook deleting the entry, and a
-preallocated hash the same way, both cost more in connect4 and getpeername (see the closing
-notes of the dataplane issue).
+Where the rest goes: the gap between the two Tollgate ratio columns is the price of the
+reverse record that lets getpeername() show the service address (as kube-proxy's DNAT does,
+and Cilium's socket LB with its peer option); operators who do not need that can turn it off
+with `--socket-lb-peer=false`. The rest is the column "pod IP, Tollgate installed": traffic
+that is not translated still passes the connect and release hooks and, on every packet from a
+pod, the pod-side TC program. Before the cookie slots (until commit 814967b) the record lived
+in socket storage, allocated at connect and freed at close, and cost connect4 ≈ 0.45 µs more;
+an LRU map by socket cookie and a preallocated hash were measured by hand then and were no
+cheaper (see the closing notes of the dataplane issue).
 
 Kernel program time per request, from one more Tollgate run per row with the kernel's BPF
 run-time statistics on (`BPF_ENABLE_STATS`, held only for that run). Each program run then costs
 ≈ 40–65 ns more (measured by hand, not by this bench, on programs that return at once),
 included below. Every request is
-one connection: connect, nginx's accept (which runs the getpeername hook), ≈ 10 pod packets.
+one connection: connect, nginx's accept (which runs the getpeername hook), ≈ 10 pod packets,
+and two socket closes (the sock_release hook).
 
 {programs}
 Raw data: `tests/benchmarks/dataplane.json`."#,
