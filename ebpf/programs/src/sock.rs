@@ -201,22 +201,19 @@ fn may_hold_slot(peer_port: u16) -> bool {
     peer_port == 0 || PEER_PORTS.get(word).is_some_and(|w| w & bit != 0)
 }
 
-/// The record of a TCP socket whose peer has `peer_port`, if connect translated it.
+/// The record of a TCP socket whose peer has `peer_port`, if connect translated it: its slot,
+/// else its own storage.
 #[inline(always)]
 fn recall_tcp(ctx: &SockAddrContext, peer_port: u16) -> Option<SockRevTcp> {
-    if !may_hold_slot(peer_port) {
-        // SAFETY: the storage of this call's socket, if it has one (no lookup otherwise).
-        let p = unsafe { TCP_REV.get_ptr_mut(ctx) };
-        // SAFETY: valid storage of this socket, copied out.
-        return (!p.is_null()).then(|| unsafe { *p });
-    }
-    // SAFETY: helper valid for sock_addr programs (the cookie exists if connect recorded).
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(slot) = TCP_REV_SLOTS.get_ptr(sockrev::slot(cookie)) {
-        // SAFETY: an element of the array map; a slot holding this cookie is this socket's.
-        unsafe {
-            if (*slot).cookie == cookie {
-                return Some((*slot).rev);
+    if may_hold_slot(peer_port) {
+        // SAFETY: helper valid for sock_addr programs (the cookie exists if connect recorded).
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        if let Some(slot) = TCP_REV_SLOTS.get_ptr(sockrev::slot(cookie)) {
+            // SAFETY: an element of the array map; a slot holding this cookie is this socket's.
+            unsafe {
+                if (*slot).cookie == cookie {
+                    return Some((*slot).rev);
+                }
             }
         }
     }

@@ -829,8 +829,8 @@ reverse record that lets getpeername() show the service address (as kube-proxy's
 and Cilium's socket LB with its peer option); operators who do not need that can turn it off
 with `--socket-lb-peer=false`. The rest is the column "pod IP, Tollgate installed": traffic
 that is not translated still passes the connect and release hooks and, on every packet from a
-pod, the pod-side TC program. Before the cookie slots (until commit 814967b) the record lived
-in socket storage, allocated at connect and freed at close, and cost connect4 ≈ 0.45 µs more;
+pod, the pod-side TC program. Before the cookie slots (commit 814967b) the record lived in
+socket storage, allocated at connect and freed at close, and cost connect4 ≈ 0.45 µs more;
 an LRU map by socket cookie and a preallocated hash were measured by hand then and were no
 cheaper (see the closing notes of the dataplane issue).
 
