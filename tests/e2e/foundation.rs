@@ -314,8 +314,8 @@ fn cleanup_removes_pins_and_detaches_programs() {
     }
     assert_eq!(
         links.iter().filter(|l| l.contains("@cgroup-")).count(),
-        8,
-        "8 socket hooks: {links:?}"
+        9,
+        "8 sock_addr hooks and sock_release: {links:?}"
     );
     let xdp_attached = |node: &Node| node.ns.ip(&["link", "show", "eth0"]).contains("xdp");
     assert!(
@@ -332,7 +332,7 @@ fn cleanup_removes_pins_and_detaches_programs() {
     };
     assert_eq!(
         cgroup_hooks(),
-        8,
+        9,
         "socket hooks stay attached while the agent is stopped"
     );
 
