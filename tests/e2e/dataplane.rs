@@ -815,6 +815,17 @@ fn tcp_reverse_records_use_cookie_slots_given_back_at_close_with_storage_fallbac
         !held.iter().any(|(_, v)| of_web(v)),
         "the closed socket gave its slot back: {held:?}"
     );
+    // MPTCP: the connect hook sees the kernel's subflow, which the kernel closes without the
+    // release hook, so it must take no slot (getpeername asks the MPTCP socket, which has no
+    // record: it shows the backend). The connections are balanced all the same.
+    let t = s.client(s.pod("n1p2").placement(), &web, 20, Mode::Mptcp, T);
+    assert_eq!(t.ok, 20, "{t:?}");
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
+    let held = held_slots(node1);
+    assert!(
+        !held.iter().any(|(_, v)| of_web(v)),
+        "MPTCP subflows hold no slot: {held:?}"
+    );
 
     // Every slot held (by a cookie no socket has): the records go to socket storage.
     let mut slots = reverse_slots(node1);

@@ -245,11 +245,7 @@ impl Scenario {
         timeout: Duration,
     ) -> Tally {
         let mut cmd = Command::new(testbed_bin());
-        let mode = match mode {
-            Mode::Tcp => "tcp",
-            Mode::Udp => "udp",
-            Mode::UdpUnconnected => "udp-unconnected",
-        };
+        let mode = mode.arg();
         cmd.args([
             "connect",
             "--to",
@@ -257,7 +253,7 @@ impl Scenario {
             "--count",
             &count.to_string(),
             "--mode",
-            mode,
+            &mode,
         ])
         .args(["--timeout-ms", &timeout.as_millis().to_string()]);
         let out = at.output(cmd);
@@ -285,11 +281,7 @@ impl Scenario {
         interval: Duration,
     ) -> BgProcess {
         let mut cmd = Command::new(testbed_bin());
-        let mode = match mode {
-            Mode::Tcp => "tcp",
-            Mode::Udp => "udp",
-            Mode::UdpUnconnected => "udp-unconnected",
-        };
+        let mode = mode.arg();
         cmd.args([
             "connect",
             "--to",
@@ -297,7 +289,7 @@ impl Scenario {
             "--count",
             &count.to_string(),
             "--mode",
-            mode,
+            &mode,
         ])
         .args([
             "--interval-ms",

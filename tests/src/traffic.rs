@@ -135,14 +135,90 @@ impl Tally {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     Tcp,
+    /// TCP on an MPTCP socket (`IPPROTO_MPTCP`).
+    Mptcp,
     /// UDP on a connected socket.
     Udp,
     /// UDP with sendto/recvfrom on one socket (kept across all datagrams).
     UdpUnconnected,
 }
 
-fn tcp_once(to: SocketAddr, timeout: Duration, tally: &mut Tally) -> std::io::Result<()> {
-    let mut s = TcpStream::connect_timeout(&to, timeout)?;
+impl Mode {
+    /// The command-line value of the mode (`--mode`).
+    pub fn arg(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// A blocking MPTCP connection (the std library only opens plain TCP sockets).
+fn mptcp_connect(to: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    const IPPROTO_MPTCP: libc::c_int = 262;
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            IPPROTO_MPTCP,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh socket owned by nothing else; the stream closes it.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match to {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+            let sin = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above.
+            let sin6 = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
+    let rc = unsafe {
+        libc::connect(
+            stream.as_raw_fd(),
+            (&raw const storage).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+fn tcp_once(
+    to: SocketAddr,
+    timeout: Duration,
+    mptcp: bool,
+    tally: &mut Tally,
+) -> std::io::Result<()> {
+    let mut s = if mptcp {
+        mptcp_connect(to)?
+    } else {
+        TcpStream::connect_timeout(&to, timeout)?
+    };
     s.set_read_timeout(Some(timeout))?;
     let peer = s.peer_addr().ok();
     s.write_all(b"hello\n")?;
@@ -185,7 +261,8 @@ pub fn connect(
     let mut buf = [0u8; 2048];
     for _ in 0..count {
         let r = match mode {
-            Mode::Tcp => tcp_once(to, timeout, &mut tally),
+            Mode::Tcp => tcp_once(to, timeout, false, &mut tally),
+            Mode::Mptcp => tcp_once(to, timeout, true, &mut tally),
             Mode::Udp => udp_socket(to, timeout).and_then(|s| {
                 s.connect(to)?;
                 s.send(b"hello\n")?;

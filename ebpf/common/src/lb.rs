@@ -336,7 +336,9 @@ pub mod sockrev {
     //! Both programs that look at the slots for a socket that may never have been translated
     //! (getpeername, sock_release) first check the peer port against `tg_peerport_v1`; connect
     //! claims a slot only for a backend port in it (else the record goes to socket storage),
-    //! so a held slot is always found again and given back.
+    //! so a held slot is always found again and given back. MPTCP subflows (connected by the
+    //! kernel for the application's MPTCP socket, and closed without the release hook) get no
+    //! record: getpeername() on an MPTCP socket shows the backend.
     //!
     //! A slot whose owner closed while no release program was attached stays held (a cookie
     //! is never reused, so it can never answer for another socket); connections that land on

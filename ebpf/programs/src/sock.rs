@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval, bpf_skc_to_mptcp_sock},
     programs::{SockAddrContext, SockContext},
 };
 use tollgate_common::lb::{
@@ -148,6 +148,14 @@ fn remember_tcp(
     addr: [u32; 4],
     port: u16,
 ) {
+    // An MPTCP subflow: the kernel connects it on behalf of the MPTCP socket the application
+    // holds, which is what getpeername() asks, and closes it without the release hook. A
+    // record here would never be read and its slot never given back: keep none.
+    // SAFETY: the context's socket; the helper accepts any socket and returns NULL for
+    // everything but a subflow.
+    if !unsafe { bpf_skc_to_mptcp_sock((*ctx.sock_addr).__bindgen_anon_1.sk.cast()) }.is_null() {
+        return;
+    }
     let rev = SockRevTcp {
         backend_addr: backend,
         addr,
@@ -228,7 +236,8 @@ fn recall_tcp(ctx: &SockAddrContext, peer_port: u16) -> Option<SockRevTcp> {
 pub fn release(ctx: &SockContext) {
     // SAFETY: the kernel's bpf_sock for this call (dst_port: network order in the low 16 bits).
     let (proto, peer_port) = unsafe { ((*ctx.sock).protocol, (*ctx.sock).dst_port) };
-    if proto != u32::from(PROTO_TCP) || !may_hold_slot(peer_port) {
+    // The low byte, as connect reads it (MPTCP's 262 counts as TCP there too).
+    if proto as u8 != PROTO_TCP || !may_hold_slot(peer_port) {
         return;
     }
     // SAFETY: helper valid for cgroup sock programs.
