@@ -18,7 +18,9 @@ use tollgate_tests::{
     cluster::METADATA_V4,
     metadata_double::{self, AWS_SECRET, IDENTITY, KUBE_ENV, NODE_TOKEN, PROJECT_ID, USER_DATA},
     process::Placement,
+    scenario::run_client,
     tools::testbed_bin,
+    traffic::Mode,
 };
 
 fn cluster() -> Cluster {
@@ -150,19 +152,10 @@ fn pods_get_filtered_answers_per_identity_and_hosts_reach_the_server() {
     );
     assert_eq!(code, 403, "{body}");
     // The redirected socket still reports the metadata server as its peer (getpeername).
-    let out = web.output({
-        let mut cmd = Command::new(testbed_bin());
-        cmd.args(["connect", "--to", &format!("{METADATA_V4}:80")])
-            .args(["--count", "2", "--mode", "tcp", "--timeout-ms", "3000"]);
-        cmd
-    });
-    let tally: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(tally["ok"], 2, "{tally}");
-    assert_eq!(
-        tally["peers"],
-        serde_json::json!([format!("{METADATA_V4}:80")]),
-        "{tally}"
-    );
+    let server = format!("{METADATA_V4}:80");
+    let t = run_client(web, &server, 2, Mode::Tcp, Duration::from_secs(3));
+    assert_eq!(t.ok, 2, "{t:?}");
+    assert_eq!(t.peers, std::slice::from_ref(&server), "{t:?}");
     // Host processes are not redirected: the node itself reads kube-env.
     let (_, code, body) = curl(
         node.host(),

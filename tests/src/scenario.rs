@@ -235,7 +235,7 @@ impl Scenario {
             .unwrap_or_else(|| panic!("no {kind} {name} in the scenario"))
     }
 
-    /// Runs a client process in `at` and returns its tally.
+    /// Runs a client process in `at` and returns its tally (see [`run_client`]).
     pub fn client(
         &self,
         at: Placement<'_>,
@@ -244,30 +244,7 @@ impl Scenario {
         mode: Mode,
         timeout: Duration,
     ) -> Tally {
-        let mut cmd = Command::new(testbed_bin());
-        let mode = mode.arg();
-        cmd.args([
-            "connect",
-            "--to",
-            to,
-            "--count",
-            &count.to_string(),
-            "--mode",
-            &mode,
-        ])
-        .args(["--timeout-ms", &timeout.as_millis().to_string()]);
-        let out = at.output(cmd);
-        assert!(
-            out.status.success(),
-            "client to {to}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "client output {:?}: {e}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        run_client(at, to, count, mode, timeout)
     }
 
     /// Starts a paced client in the background (`interval` between exchanges); read its tally
@@ -280,18 +257,8 @@ impl Scenario {
         mode: Mode,
         interval: Duration,
     ) -> BgProcess {
-        let mut cmd = Command::new(testbed_bin());
-        let mode = mode.arg();
+        let mut cmd = connect_cmd(to, count, mode);
         cmd.args([
-            "connect",
-            "--to",
-            to,
-            "--count",
-            &count.to_string(),
-            "--mode",
-            &mode,
-        ])
-        .args([
             "--interval-ms",
             &interval.as_millis().to_string(),
             "--timeout-ms",
@@ -410,4 +377,31 @@ impl Default for Scenario {
 /// `ip:port` of a pod's TCP server (8080).
 pub fn pod_addr(pod: &Pod, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(pod.ip), port)
+}
+
+/// The test bed's `connect` client: `count` exchanges with `to` in `mode`.
+fn connect_cmd(to: &str, count: u64, mode: Mode) -> Command {
+    let mut cmd = Command::new(testbed_bin());
+    cmd.args(["connect", "--to", to, "--count", &count.to_string()])
+        .args(["--mode", &mode.arg()]);
+    cmd
+}
+
+/// Runs the test bed's `connect` client in `at` (any cluster, with or without a scenario) and
+/// returns its tally.
+pub fn run_client(at: Placement<'_>, to: &str, count: u64, mode: Mode, timeout: Duration) -> Tally {
+    let mut cmd = connect_cmd(to, count, mode);
+    cmd.args(["--timeout-ms", &timeout.as_millis().to_string()]);
+    let out = at.output(cmd);
+    assert!(
+        out.status.success(),
+        "client to {to}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "client output {:?}: {e}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }

@@ -163,21 +163,21 @@ fn remember_tcp(
         port,
         pad: [0; 4],
     };
-    // SAFETY: helper valid for sock_addr programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // Only for a peer port in the filter (always, once the agent wrote the backend): a slot
     // must be found again by getpeername and given back by sock_release, which both look at
     // the slots only for such ports.
-    if may_hold_slot(backend_port)
-        && let Some(slot) = TCP_REV_SLOTS.get_ptr_mut(sockrev::slot(cookie))
-    {
-        // SAFETY: an element of the array map. The cookie word is claimed atomically, so two
-        // CPUs never share a slot; only the owner writes the record behind it.
-        let current = unsafe { cas(&raw mut (*slot).cookie, 0, cookie) };
-        if current == 0 || current == cookie {
-            // SAFETY: this socket owns the slot (a reconnect overwrites its earlier record).
-            unsafe { (*slot).rev = rev };
-            return;
+    if may_hold_slot(backend_port) {
+        // SAFETY: helper valid for sock_addr programs.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        if let Some(slot) = TCP_REV_SLOTS.get_ptr_mut(sockrev::slot(cookie)) {
+            // SAFETY: an element of the array map. The cookie word is claimed atomically, so
+            // two CPUs never share a slot; only the owner writes the record behind it.
+            let current = unsafe { cas(&raw mut (*slot).cookie, 0, cookie) };
+            if current == 0 || current == cookie {
+                // SAFETY: this socket owns the slot (a reconnect overwrites its earlier record).
+                unsafe { (*slot).rev = rev };
+                return;
+            }
         }
     }
     // SAFETY: the storage of the socket this call is for (created zeroed if absent).

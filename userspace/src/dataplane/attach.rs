@@ -13,8 +13,7 @@ use std::{
 use aya::{
     Ebpf,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, Program, SchedClassifier,
-        TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, LinkOrder, Program, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
         tc::TcAttachOptions,
     },
@@ -281,11 +280,6 @@ pub(super) fn cgroup(
     };
     let dir = std::fs::File::open(cgroup).map_err(|e| io("opening cgroup", e))?;
     let ino = dir.metadata().map_err(|e| io("reading cgroup", e))?.ino();
-    let prog = match ebpf.program_mut(program) {
-        Some(Program::CgroupSockAddr(p)) => CgroupProgram::SockAddr(p),
-        Some(Program::CgroupSock(p)) => CgroupProgram::Sock(p),
-        _ => return Err(AttachError::NotLoaded { program }),
-    };
     let path = pins.link(program, &format!("cgroup-{ino}"));
     let err = |source| AttachError::Program {
         program,
@@ -298,26 +292,28 @@ pub(super) fn cgroup(
             path: path.clone(),
             source,
         })?;
-        let fd = match &prog {
-            CgroupProgram::SockAddr(p) => p.fd(),
-            CgroupProgram::Sock(p) => p.fd(),
-        }
-        .map_err(err)?;
+        let fd = ebpf
+            .program(program)
+            .ok_or(AttachError::NotLoaded { program })?
+            .fd()
+            .map_err(err)?;
         super::sys::link_update(link.as_fd(), fd.as_fd()).map_err(|source| AttachError::Io {
             what: "updating pinned link",
             path: path.clone(),
             source,
         })?;
     } else {
-        let link: FdLink = match prog {
-            CgroupProgram::SockAddr(p) => {
+        // The two program types attach alike but have their own link types.
+        let link: FdLink = match ebpf.program_mut(program) {
+            Some(Program::CgroupSockAddr(p)) => {
                 let id = p.attach(&dir, CgroupAttachMode::Single).map_err(err)?;
                 p.take_link(id).map_err(err)?.try_into()
             }
-            CgroupProgram::Sock(p) => {
+            Some(Program::CgroupSock(p)) => {
                 let id = p.attach(&dir, CgroupAttachMode::Single).map_err(err)?;
                 p.take_link(id).map_err(err)?.try_into()
             }
+            _ => return Err(AttachError::NotLoaded { program }),
         }
         .map_err(|source| AttachError::Link {
             path: path.clone(),
@@ -327,10 +323,4 @@ pub(super) fn cgroup(
     }
     tracing::info!(program, cgroup = %cgroup.display(), "cgroup hook attached");
     Ok(())
-}
-
-/// The two kinds of cgroup program Tollgate attaches.
-enum CgroupProgram<'a> {
-    SockAddr(&'a mut CgroupSockAddr),
-    Sock(&'a mut CgroupSock),
 }
