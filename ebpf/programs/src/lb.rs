@@ -97,7 +97,7 @@ pub struct Chosen {
 /// [`select`] in its own stack frame; returns 1 with `out` filled, or 0.
 #[inline(never)]
 pub fn choose(fe: &Frontend, client: &[u32; 4], client_kind: u8, out: &mut Chosen) -> u32 {
-    match select(fe, *client, client_kind) {
+    match select(fe, || *client, client_kind) {
         Some((id, backend)) => {
             *out = Chosen { id, backend };
             1
@@ -107,22 +107,30 @@ pub fn choose(fe: &Frontend, client: &[u32; 4], client_kind: u8, out: &mut Chose
 }
 
 /// Picks a backend: the affine one while its affinity is fresh, else a random slot (no shared
-/// cursor is written per connection). `client` identifies the client for affinity.
+/// cursor is written per connection). `client` identifies the client for affinity; it and the
+/// clock are read only for a service with ClientIP affinity (both are helper calls, and this
+/// runs on every connection).
 #[inline(always)]
-pub fn select(fe: &Frontend, client: [u32; 4], client_kind: u8) -> Option<(u32, Backend)> {
+pub fn select(
+    fe: &Frontend,
+    client: impl FnOnce() -> [u32; 4],
+    client_kind: u8,
+) -> Option<(u32, Backend)> {
     let count = fe.value.count;
     if count == 0 {
         return None;
     }
     let timeout = fe.value.affinity_timeout;
-    let akey = AffinityKey {
-        client,
-        service_id: fe.value.service_id,
-        kind: client_kind,
-        pad: [0; 3],
-    };
-    let now = now_secs();
-    if timeout != 0
+    let affinity = (timeout != 0).then(|| {
+        let key = AffinityKey {
+            client: client(),
+            service_id: fe.value.service_id,
+            kind: client_kind,
+            pad: [0; 3],
+        };
+        (key, now_secs())
+    });
+    if let Some((akey, now)) = affinity
         // SAFETY: copied out immediately.
         && let Some(a) = unsafe { AFFINITY.get(akey) }.copied()
         && now.wrapping_sub(a.last_used) <= timeout
@@ -147,7 +155,7 @@ pub fn select(fe: &Frontend, client: [u32; 4], client_kind: u8) -> Option<(u32, 
         None => slot(fe, 1)?,
     };
     let b = backend(id)?;
-    if timeout != 0 {
+    if let Some((akey, now)) = affinity {
         let _ = AFFINITY.insert(
             akey,
             AffinityValue {

@@ -4,11 +4,14 @@
 #![no_main]
 // BPF_CMPXCHG for the reverse-record slots (see sock::cas).
 #![feature(core_intrinsics)]
+// Single-instruction unaligned packet loads (see pkt.rs).
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod lb;
 mod maps;
 mod nat;
+mod pkt;
 mod sock;
 mod stats;
 mod xdp;

@@ -36,6 +36,7 @@ use tollgate_common::lb::{
 use crate::{
     lb::{self, Frontend},
     maps::{CONFIG, CONNTRACK, CT_MARKS, SOURCE_RANGES},
+    pkt::Header,
 };
 
 const ETH_HLEN: usize = 14;
@@ -120,31 +121,35 @@ pub fn parse(ctx: &TcContext) -> R<Option<Pkt>> {
     let l3 = ETH_HLEN;
     let (v6, l4, proto, saddr, daddr) = match eth_proto {
         ETH_P_IP => {
-            let vihl: u8 = load(ctx, l3)?;
+            let h = Header::<20>::at(ctx, l3).ok_or(())?;
+            let vihl = h.u8::<0>();
             let ihl = usize::from(vihl & 0x0f) * 4;
             if vihl >> 4 != 4 || ihl < 20 {
                 return Ok(None);
             }
-            let frag: u16 = load(ctx, l3 + 6)?;
-            if u16::from_be(frag) & 0x1fff != 0 {
+            if u16::from_be(h.u16::<6>()) & 0x1fff != 0 {
                 return Ok(None);
             }
-            let proto: u8 = load(ctx, l3 + 9)?;
-            let s: u32 = load(ctx, l3 + 12)?;
-            let d: u32 = load(ctx, l3 + 16)?;
-            (false, l3 + ihl, proto, v4_mapped(s), v4_mapped(d))
+            let (s, d) = (h.u32::<12>(), h.u32::<16>());
+            (false, l3 + ihl, h.u8::<9>(), v4_mapped(s), v4_mapped(d))
         }
         ETH_P_IPV6 => {
-            let proto: u8 = load(ctx, l3 + 6)?;
-            let s: [u32; 4] = load(ctx, l3 + 8)?;
-            let d: [u32; 4] = load(ctx, l3 + 24)?;
-            (true, l3 + 40, proto, s, d)
+            let h = Header::<40>::at(ctx, l3).ok_or(())?;
+            let s = [h.u32::<8>(), h.u32::<12>(), h.u32::<16>(), h.u32::<20>()];
+            let d = [h.u32::<24>(), h.u32::<28>(), h.u32::<32>(), h.u32::<36>()];
+            (true, l3 + 40, h.u8::<6>(), s, d)
         }
         _ => return Ok(None),
     };
-    let (csum_off, tcp_flags) = match proto {
-        PROTO_TCP => (l4 + 16, load::<u8>(ctx, l4 + 13)?),
-        PROTO_UDP => (l4 + 6, 0),
+    let (csum_off, tcp_flags, sport, dport) = match proto {
+        PROTO_TCP => {
+            let h = Header::<14>::at(ctx, l4).ok_or(())?;
+            (l4 + 16, h.u8::<13>(), h.u16::<0>(), h.u16::<2>())
+        }
+        PROTO_UDP => {
+            let h = Header::<4>::at(ctx, l4).ok_or(())?;
+            (l4 + 6, 0, h.u16::<0>(), h.u16::<2>())
+        }
         _ => return Ok(None),
     };
     Ok(Some(Pkt {
@@ -154,8 +159,8 @@ pub fn parse(ctx: &TcContext) -> R<Option<Pkt>> {
         proto,
         saddr,
         daddr,
-        sport: load(ctx, l4)?,
-        dport: load(ctx, l4 + 2)?,
+        sport,
+        dport,
         csum_off,
         tcp_flags,
         len,
@@ -433,17 +438,17 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
     if side == Side::Pod && s.pkt.proto == PROTO_TCP && metadata_bypass(&s.pkt) {
         return TC_ACT_SHOT;
     }
-    s.key = key(&s.pkt);
     // From a pod, only a marked source can have an entry: the pod packets of socket-balanced
-    // connections (nearly all of them) skip the lookup.
-    if (side == Side::Outside || marked(&s.pkt.saddr))
-        && let Some(e) = ct_get(&s.key)
-    {
-        return if e.dir == ct_dir::REPLY {
-            apply_reply(ctx, &mut s.pkt, e)
-        } else {
-            apply_forward(ctx, &mut s.pkt, e)
-        };
+    // connections (nearly all of them) skip the lookup (and building its key).
+    if side == Side::Outside || marked(&s.pkt.saddr) {
+        s.key = key(&s.pkt);
+        if let Some(e) = ct_get(&s.key) {
+            return if e.dir == ct_dir::REPLY {
+                apply_reply(ctx, &mut s.pkt, e)
+            } else {
+                apply_forward(ctx, &mut s.pkt, e)
+            };
+        }
     }
     let p = &s.pkt;
     // Only a SYN can start a TCP flow: the rest of a flow we never saw (or evicted) is left to

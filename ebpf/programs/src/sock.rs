@@ -96,9 +96,12 @@ fn choose(
     ctx: &SockAddrContext,
     fe: &Frontend,
 ) -> Option<(u32, tollgate_common::lb::backend::Backend)> {
-    // SAFETY: helper valid for sock_addr programs.
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let client = [netns as u32, (netns >> 32) as u32, 0, 0];
+    // The client of a socket is its network namespace (asked only for affinity).
+    let client = || {
+        // SAFETY: helper valid for sock_addr programs.
+        let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        [netns as u32, (netns >> 32) as u32, 0, 0]
+    };
     lb::select(fe, client, affinity_kind::NETNS)
 }
 
