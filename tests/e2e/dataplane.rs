@@ -691,6 +691,7 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
         ("tg_sockrev_v1", &["cookie", "addr", "port"]),
         ("tg_tcprev_v1", &[]),
         ("tg_tcpslot_v1", &["cookie", "rev", "backend_addr", "port"]),
+        ("tg_tcpheld_v1", &["value"]),
         ("tg_peerport_v1", &["value"]),
         ("tg_srcrange_v1", &["rev_nat_id", "addr"]),
         (
@@ -774,17 +775,29 @@ fn socket_lb_peer_off_shows_the_backend_to_getpeername() {
     assert_eq!(t.peers, std::slice::from_ref(&dns), "{t:?}");
 }
 
-/// The TCP reverse records of a node (`tg_tcpslot_v1`): (slot, slot content) of every held slot.
+/// The TCP reverse records of a node: (slot, slot content) of every slot whose bit in
+/// `tg_tcpheld_v1` is set.
 fn held_slots(node: &tollgate_tests::cluster::Node) -> Vec<(u32, TcpRevSlot)> {
-    let slots = reverse_slots(node);
+    let (slots, bits) = (reverse_slots(node), held_bits(node));
+    let words: Vec<u64> = (0..sockrev::HELD_WORDS)
+        .map(|w| bits.get(&w, 0).unwrap())
+        .collect();
     (0..sockrev::SLOTS)
+        .filter(|&i| {
+            let (word, bit) = sockrev::held_bit(i);
+            words[word as usize] & bit != 0
+        })
         .map(|i| (i, slots.get(&i, 0).unwrap()))
-        .filter(|(_, v)| v.cookie != 0)
         .collect()
 }
 
 fn reverse_slots(node: &tollgate_tests::cluster::Node) -> Array<MapData, TcpRevSlot> {
     let data = MapData::from_pin(node.bpffs.join(sockrev::SLOT_NAME)).unwrap();
+    Array::try_from(Map::Array(data)).unwrap()
+}
+
+fn held_bits(node: &tollgate_tests::cluster::Node) -> Array<MapData, u64> {
+    let data = MapData::from_pin(node.bpffs.join(sockrev::HELD_NAME)).unwrap();
     Array::try_from(Map::Array(data)).unwrap()
 }
 
@@ -831,14 +844,26 @@ fn tcp_reverse_records_use_cookie_slots_given_back_at_close_with_storage_fallbac
         "MPTCP subflows hold no slot: {held:?}"
     );
 
+    // A connection straight to a backend's pod IP (not translated, though its peer port is a
+    // backend port, so the release hook looks at the held bits) holds no slot.
+    let direct = format!("{}:8080", s.pod("n1p1").ip);
+    let t = s.client(s.pod("n1p2").placement(), &direct, 10, Mode::Tcp, T);
+    assert_eq!(t.ok, 10, "{t:?}");
+    assert_eq!(t.peers, [direct], "{t:?}");
+    let held = held_slots(node1);
+    assert!(held.is_empty(), "no slot held once all closed: {held:?}");
+
     // Every slot held (by a cookie no socket has): the records go to socket storage.
-    let mut slots = reverse_slots(node1);
+    let (mut slots, mut bits) = (reverse_slots(node1), held_bits(node1));
     let taken = TcpRevSlot {
         cookie: u64::MAX,
         ..Default::default()
     };
     for i in 0..sockrev::SLOTS {
         slots.set(i, taken, 0).unwrap();
+    }
+    for w in 0..sockrev::HELD_WORDS {
+        bits.set(w, u64::MAX, 0).unwrap();
     }
     let t = s.client(s.pod("n1p2").placement(), &web, 10, Mode::Tcp, T);
     assert_eq!(t.ok, 10, "{t:?}");
@@ -850,8 +875,50 @@ fn tcp_reverse_records_use_cookie_slots_given_back_at_close_with_storage_fallbac
     let changed = (0..sockrev::SLOTS)
         .filter(|i| slots.get(i, 0).unwrap() != taken)
         .count();
-    assert_eq!(changed, 0, "no held slot was overwritten or released");
+    assert_eq!(changed, 0, "no held slot was overwritten");
+    let released = (0..sockrev::HELD_WORDS)
+        .filter(|w| bits.get(w, 0).unwrap() != u64::MAX)
+        .count();
+    assert_eq!(released, 0, "no held slot was given back by another socket");
+    for w in 0..sockrev::HELD_WORDS {
+        bits.set(w, 0, 0).unwrap();
+    }
     for i in 0..sockrev::SLOTS {
         slots.set(i, TcpRevSlot::default(), 0).unwrap();
     }
+}
+
+/// An upgrade from an agent before the held bits (which marked a held slot by its cookie
+/// alone): the new agent marks every slot with a cookie held before its programs run, so open
+/// sockets keep their records; once the bits exist, only the programs write them.
+#[test]
+fn held_bits_are_seeded_from_the_slots_an_older_agent_left() {
+    use tollgate::dataplane::{Dataplane, held};
+    let cluster = tollgate_tests::Cluster::new(&tollgate_tests::ClusterSpec {
+        pods_per_node: vec![0],
+        cloud: false,
+        ..Default::default()
+    });
+    let node = cluster.node("node1");
+    let load = || Dataplane::load(&node.bpffs, &Default::default()).unwrap();
+    let record = |cookie: u64| TcpRevSlot {
+        cookie,
+        ..Default::default()
+    };
+    drop(load());
+    let mut slots = reverse_slots(node);
+    slots.set(5, record(0x1_0005), 0).unwrap();
+    slots.set(9, record(0), 0).unwrap();
+    std::fs::remove_file(node.bpffs.join(sockrev::HELD_NAME)).unwrap();
+    let dp = load();
+    assert!(held::is_held(dp.pins(), 5).unwrap(), "a slot with a cookie");
+    assert!(!held::is_held(dp.pins(), 9).unwrap(), "an empty slot");
+    assert_eq!(held_slots(node).len(), 1);
+    drop(dp);
+    slots.set(7, record(0x1_0007), 0).unwrap();
+    let dp = load();
+    assert!(
+        !held::is_held(dp.pins(), 7).unwrap(),
+        "kept bits are not seeded again"
+    );
 }

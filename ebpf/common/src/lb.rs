@@ -325,25 +325,34 @@ pub mod sockrev {
     //! lives in one of two places, and nothing is ever evicted:
     //!
     //! - a slot of the array `tg_tcpslot_v1`, chosen by the socket cookie's low bits
-    //!   (cookies only grow, so live sockets spread over the slots like a ring). connect claims
-    //!   the slot with a compare-and-swap of its cookie into an empty slot; the cgroup
-    //!   sock_release program empties it when the socket is closed. No allocation, no hash:
-    //!   the cheap path nearly every connection takes;
+    //!   (cookies only grow, so live sockets spread over the slots like a ring). Who holds a
+    //!   slot is one bit in `tg_tcpheld_v1` (8 KiB, so it stays in the CPU cache while the
+    //!   3 MiB of slots do not): connect claims the slot by setting its bit with an atomic
+    //!   fetch-or and then writes its cookie and record there; the cgroup sock_release program
+    //!   clears the bit when the slot's cookie is the closing socket's. A socket that never held
+    //!   a slot (an untranslated connection to a backend port) is told so by the bit alone,
+    //!   without reading the slot. No allocation, no hash: the cheap path nearly every
+    //!   connection takes;
     //! - when that slot is held by another live socket, the socket's own storage
     //!   (`tg_tcprev_v1`, `BPF_MAP_TYPE_SK_STORAGE`), allocated at connect and freed with the
     //!   socket (it costs about 0.5 µs more per connection, measured).
     //!
-    //! Both programs that look at the slots for a socket that may never have been translated
-    //! (getpeername, sock_release) first check the peer port against `tg_peerport_v1`; connect
-    //! claims a slot only for a backend port in it (else the record goes to socket storage),
-    //! so a held slot is always found again and given back. MPTCP subflows (connected by the
-    //! kernel for the application's MPTCP socket, and closed without the release hook) get no
-    //! record: getpeername() on an MPTCP socket shows the backend.
+    //! A slot's record is the socket's while its bit is set and its cookie is the socket's
+    //! (cookies are never reused, so a slot whose bit is clear may keep the cookie of a closed
+    //! socket: it can never answer for another socket). Both programs that look at the slots
+    //! for a socket that may never have been translated (getpeername, sock_release) first
+    //! check the peer port against `tg_peerport_v1`; connect claims a slot only for a backend
+    //! port in it (else the record goes to socket storage), so a held slot is always found
+    //! again and given back. MPTCP subflows (connected by the kernel for the application's
+    //! MPTCP socket, and closed without the release hook) get no record: getpeername() on an
+    //! MPTCP socket shows the backend.
     //!
-    //! A slot whose owner closed while no release program was attached stays held (a cookie
-    //! is never reused, so it can never answer for another socket); connections that land on
-    //! it take the socket-storage path. The kernel has no key iteration for socket storage, so
-    //! `bpftool map dump` cannot list it; the slot array dumps like any array.
+    //! A slot whose owner closed while no release program was attached stays held; connections
+    //! that land on it take the socket-storage path. When the held bits are new but the slots
+    //! were kept (an upgrade from an agent before them, which marked a held slot by a non-zero
+    //! cookie and emptied it at close), the agent sets the bit of every slot with a cookie
+    //! before the new programs run. The kernel has no key iteration for socket storage, so
+    //! `bpftool map dump` cannot list it; the slot array and the bits dump like any array.
     pub const NAME: &str = "tg_sockrev_v1";
     pub const CAPACITY: u32 = 131_072;
     pub const TCP_NAME: &str = "tg_tcprev_v1";
@@ -355,6 +364,16 @@ pub mod sockrev {
     #[inline(always)]
     pub const fn slot(cookie: u64) -> u32 {
         (cookie & (SLOTS as u64 - 1)) as u32
+    }
+
+    /// Which slots are held: one bit per slot, `SLOTS / 64` u64 words.
+    pub const HELD_NAME: &str = "tg_tcpheld_v1";
+    pub const HELD_WORDS: u32 = SLOTS / 64;
+
+    /// The word of `tg_tcpheld_v1` and the bit in it of a slot.
+    #[inline(always)]
+    pub const fn held_bit(slot: u32) -> (u32, u64) {
+        (slot / 64, 1 << (slot % 64))
     }
 
     /// Socket storage of a translated TCP socket.
@@ -388,11 +407,12 @@ pub mod sockrev {
         ((port_be >> 6) as u32, 1 << (port_be & 63))
     }
 
-    /// A slot of `tg_tcpslot_v1`: a connected TCP socket's record, owned by its cookie.
+    /// A slot of `tg_tcpslot_v1`: a connected TCP socket's record.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct TcpRevSlot {
-        /// host: cookie of the socket holding the slot; 0 = empty.
+        /// host: cookie of the socket that last held the slot (0 = never held); it holds the
+        /// slot while the slot's bit in `tg_tcpheld_v1` is set.
         pub cookie: u64,
         /// The record, valid while `cookie` holds the slot.
         pub rev: SockRevTcp,

@@ -47,6 +47,7 @@ pub const MAP_NAMES: &[&str] = &[
     lb::sockrev::NAME,
     lb::sockrev::TCP_NAME,
     lb::sockrev::SLOT_NAME,
+    lb::sockrev::HELD_NAME,
     lb::sockrev::PORT_NAME,
     lb::srcrange::NAME,
     lb::stats::SVC_NAME,

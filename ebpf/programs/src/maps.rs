@@ -66,6 +66,9 @@ pub static TCP_REV: SkStorage<SockRevTcp> = SkStorage::new();
 /// Connected TCP sockets' translation, one slot per live socket by cookie (see `sockrev`).
 #[btf_map(name = "tg_tcpslot_v1")]
 pub static TCP_REV_SLOTS: Array<TcpRevSlot, { sockrev::SLOTS as usize }> = Array::new();
+/// Which of those slots are held, one bit each (see `sockrev`).
+#[btf_map(name = "tg_tcpheld_v1")]
+pub static TCP_REV_HELD: Array<u64, { sockrev::HELD_WORDS as usize }> = Array::new();
 
 /// Bitmap of the ports a translated TCP socket's peer can have (see `sockrev`).
 #[btf_map(name = "tg_peerport_v1")]

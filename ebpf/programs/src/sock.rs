@@ -20,7 +20,7 @@ use tollgate_common::lb::{
 
 use crate::{
     lb::{self, Frontend},
-    maps::{CONFIG, PEER_PORTS, SOCK_CT, SOCK_REV, TCP_REV, TCP_REV_SLOTS},
+    maps::{CONFIG, PEER_PORTS, SOCK_CT, SOCK_REV, TCP_REV, TCP_REV_HELD, TCP_REV_SLOTS},
 };
 
 /// Verdicts of sock_addr programs.
@@ -172,14 +172,23 @@ fn remember_tcp(
     if may_hold_slot(backend_port) {
         // SAFETY: helper valid for sock_addr programs.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        if let Some(slot) = TCP_REV_SLOTS.get_ptr_mut(sockrev::slot(cookie)) {
-            // SAFETY: an element of the array map. The cookie word is claimed atomically, so
-            // two CPUs never share a slot; only the owner writes the record behind it.
-            let current = unsafe { cas(&raw mut (*slot).cookie, 0, cookie) };
-            if current == 0 || current == cookie {
-                // SAFETY: this socket owns the slot (a reconnect overwrites its earlier record).
-                unsafe { (*slot).rev = rev };
-                return;
+        let index = sockrev::slot(cookie);
+        let (word, bit) = sockrev::held_bit(index);
+        if let (Some(held), Some(slot)) = (
+            TCP_REV_HELD.get_ptr_mut(word),
+            TCP_REV_SLOTS.get_ptr_mut(index),
+        ) {
+            // SAFETY: elements of array maps. Setting the bit claims the slot atomically, so
+            // two CPUs never share one; only the owner writes the slot behind it, with plain
+            // stores (its cache line is rarely in the cache, and a store does not wait for it).
+            unsafe {
+                let before = fetch_or(held, bit);
+                // Claimed now, or already this socket's (a reconnect overwrites its record).
+                if before & bit == 0 || (*slot).cookie == cookie {
+                    (*slot).cookie = cookie;
+                    (*slot).rev = rev;
+                    return;
+                }
             }
         }
     }
@@ -191,17 +200,28 @@ fn remember_tcp(
     }
 }
 
-/// Atomic compare-and-swap (BPF_CMPXCHG): `*p = new` if `*p == old`; returns the old `*p`.
-/// (The BPF target has no `AtomicU64::compare_exchange`; the intrinsic lowers to the
-/// instruction, which the verifier accepts on map values.)
+/// Atomic fetch-or (BPF_ATOMIC | BPF_OR | BPF_FETCH): `*p |= bits`; returns the old `*p`.
+/// (The BPF target has no `AtomicU64`; the intrinsic lowers to the instruction, which the
+/// verifier accepts on map values.)
 ///
 /// # Safety
-/// `p` points at a valid, 8-byte-aligned u64 (a map value field).
+/// `p` points at a valid, 8-byte-aligned u64 (a map value).
 #[inline(always)]
-unsafe fn cas(p: *mut u64, old: u64, new: u64) -> u64 {
-    use core::intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg};
+unsafe fn fetch_or(p: *mut u64, bits: u64) -> u64 {
+    use core::intrinsics::{AtomicOrdering::SeqCst, atomic_or};
     // SAFETY: as the caller promises.
-    unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(p, old, new).0 }
+    unsafe { atomic_or::<u64, u64, { SeqCst }>(p, bits) }
+}
+
+/// Atomic `*p &= bits` (BPF_ATOMIC | BPF_AND).
+///
+/// # Safety
+/// As [`fetch_or`].
+#[inline(always)]
+unsafe fn and(p: *mut u64, bits: u64) {
+    use core::intrinsics::{AtomicOrdering::SeqCst, atomic_and};
+    // SAFETY: as the caller promises.
+    unsafe { atomic_and::<u64, u64, { SeqCst }>(p, bits) };
 }
 
 /// Can a TCP socket whose peer has this port (network order; 0 = none) hold a slot? False
@@ -245,14 +265,22 @@ pub fn release(ctx: &SockContext) {
     }
     // SAFETY: helper valid for cgroup sock programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(slot) = TCP_REV_SLOTS.get_ptr_mut(sockrev::slot(cookie)) {
-        // SAFETY: an element of the array map; emptied only if this socket holds it (read
-        // first: a locked operation on a slot held by another socket would take its cache
-        // line away from the CPU using it).
-        unsafe {
-            if (*slot).cookie == cookie {
-                cas(&raw mut (*slot).cookie, cookie, 0);
-            }
+    let index = sockrev::slot(cookie);
+    let (word, bit) = sockrev::held_bit(index);
+    let Some(held) = TCP_REV_HELD.get_ptr_mut(word) else {
+        return;
+    };
+    // SAFETY: elements of array maps. The bit first: a socket that never held a slot (an
+    // untranslated connection to a backend port) stops here, without reading the slot. The bit
+    // is cleared only by the socket whose cookie is in the slot, and nobody else writes a held
+    // slot, so the check cannot go stale before the clear.
+    unsafe {
+        if *held & bit != 0
+            && TCP_REV_SLOTS
+                .get_ptr(index)
+                .is_some_and(|slot| (*slot).cookie == cookie)
+        {
+            and(held, !bit);
         }
     }
 }

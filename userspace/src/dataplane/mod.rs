@@ -5,6 +5,7 @@
 pub mod addr;
 mod attach;
 pub mod gc;
+pub mod held;
 pub mod ifwatch;
 pub mod inspect;
 pub mod lbmaps;
@@ -161,6 +162,10 @@ impl Dataplane {
             loader.map_max_entries(name, size);
         }
         let marks_created = !pins.map(tollgate_common::lb::ctmark::NAME).exists();
+        let held_seed = {
+            use tollgate_common::lb::sockrev;
+            !pins.map(sockrev::HELD_NAME).exists() && pins.map(sockrev::SLOT_NAME).exists()
+        };
         let mut ebpf = loader.load(object::KERNEL_OBJECT)?;
         sizes.warn_on_pinned_mismatch(&ebpf);
         let names = [
@@ -187,6 +192,14 @@ impl Dataplane {
         };
         if marks_created {
             dp.reseed_marks()?;
+        }
+        if held_seed {
+            // Before the new programs are attached: from then on only they write the bits.
+            let held = held::seed(&dp.pins)?;
+            tracing::info!(
+                slots = held,
+                "reverse-record slots of open sockets marked held"
+            );
         }
         Ok(dp)
     }
