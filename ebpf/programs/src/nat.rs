@@ -30,18 +30,16 @@ use tollgate_common::lb::{
     ct_dir, ct_flags, ctmark, is_v4_mapped, md_mode, scope,
     srcrange::SrcRangeKey,
     svc::SvcKey,
-    svc_flags, v4_mapped,
+    svc_flags,
 };
 
 use crate::{
     lb::{self, Frontend},
     maps::{CONFIG, CONNTRACK, CT_MARKS, SOURCE_RANGES},
-    pkt::Header,
+    pkt::{self, Pkt},
 };
 
 const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const TCP_FIN: u8 = 0x01;
@@ -56,23 +54,6 @@ pub enum Side {
     Outside,
     /// A pod-facing interface: a pod.
     Pod,
-}
-
-/// The parts of an IPv4/IPv6 TCP/UDP packet the translation needs.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct Pkt {
-    pub v6: bool,
-    pub l3: usize,
-    pub l4: usize,
-    pub proto: u8,
-    pub saddr: [u32; 4],
-    pub daddr: [u32; 4],
-    pub sport: u16,
-    pub dport: u16,
-    pub csum_off: usize,
-    pub tcp_flags: u8,
-    pub len: u32,
 }
 
 type R<T> = Result<T, ()>;
@@ -100,71 +81,17 @@ fn load<T: Copy>(ctx: &TcContext, off: usize) -> R<T> {
 /// L4 fields we use); it also bounds the offsets for the verifier.
 const MAX_HEADERS: usize = 128;
 
-/// Parses the packet; `None` for anything the translation leaves alone (not IP, not TCP/UDP,
-/// non-first fragments, IPv6 extension headers).
+/// Parses the packet into `out`; false for anything the translation leaves alone (see
+/// [`pkt::parse`]).
 #[inline(always)]
 pub fn parse_into(ctx: &TcContext, out: &mut Pkt) -> bool {
-    match parse(ctx) {
-        Ok(Some(p)) => {
+    match pkt::parse(ctx) {
+        Some(p) => {
             *out = p;
             true
         }
-        _ => false,
+        None => false,
     }
-}
-
-#[inline(always)]
-pub fn parse(ctx: &TcContext) -> R<Option<Pkt>> {
-    // SAFETY: the kernel's __sk_buff for this call.
-    let (eth_proto, len) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).len) };
-    let eth_proto = u16::from_be(eth_proto as u16);
-    let l3 = ETH_HLEN;
-    let (v6, l4, proto, saddr, daddr) = match eth_proto {
-        ETH_P_IP => {
-            let h = Header::<20>::at(ctx, l3).ok_or(())?;
-            let vihl = h.u8::<0>();
-            let ihl = usize::from(vihl & 0x0f) * 4;
-            if vihl >> 4 != 4 || ihl < 20 {
-                return Ok(None);
-            }
-            if u16::from_be(h.u16::<6>()) & 0x1fff != 0 {
-                return Ok(None);
-            }
-            let (s, d) = (h.u32::<12>(), h.u32::<16>());
-            (false, l3 + ihl, h.u8::<9>(), v4_mapped(s), v4_mapped(d))
-        }
-        ETH_P_IPV6 => {
-            let h = Header::<40>::at(ctx, l3).ok_or(())?;
-            let s = [h.u32::<8>(), h.u32::<12>(), h.u32::<16>(), h.u32::<20>()];
-            let d = [h.u32::<24>(), h.u32::<28>(), h.u32::<32>(), h.u32::<36>()];
-            (true, l3 + 40, h.u8::<6>(), s, d)
-        }
-        _ => return Ok(None),
-    };
-    let (csum_off, tcp_flags, sport, dport) = match proto {
-        PROTO_TCP => {
-            let h = Header::<14>::at(ctx, l4).ok_or(())?;
-            (l4 + 16, h.u8::<13>(), h.u16::<0>(), h.u16::<2>())
-        }
-        PROTO_UDP => {
-            let h = Header::<4>::at(ctx, l4).ok_or(())?;
-            (l4 + 6, 0, h.u16::<0>(), h.u16::<2>())
-        }
-        _ => return Ok(None),
-    };
-    Ok(Some(Pkt {
-        v6,
-        l3,
-        l4,
-        proto,
-        saddr,
-        daddr,
-        sport,
-        dport,
-        csum_off,
-        tcp_flags,
-        len,
-    }))
 }
 
 #[inline(always)]

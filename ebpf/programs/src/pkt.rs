@@ -1,20 +1,152 @@
-//! Direct packet loads for the header parser: one bounds check per header, one instruction per
-//! field.
+//! The header parser shared by the TC and XDP programs: one bounds check per header, one
+//! instruction per field.
 //!
 //! Header fields sit at any alignment (an IPv4 address behind a 14-byte Ethernet header is
 //! 2-byte aligned at best). A Rust unaligned read becomes one byte load per byte on the BPF
-//! target, joined with shifts; these loads are a single instruction instead, which the verifier
-//! accepts for packet memory on every kernel with efficient unaligned access (x86-64 and arm64;
-//! elsewhere the program would fail to load, not misbehave). Values are the bytes as they lie
-//! in the packet (network order), as `read_unaligned` returned them.
+//! target, joined with shifts; the loads here are a single instruction instead, which the
+//! verifier accepts for packet memory on every kernel with efficient unaligned access (x86-64,
+//! arm64; elsewhere the programs would fail to load, not misbehave). Values are the bytes as
+//! they lie in the packet (network order).
 
 use core::arch::asm;
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
+use tollgate_common::lb::{PROTO_TCP, PROTO_UDP, v4_mapped};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 
 /// Headers start within this offset (Ethernet + IPv4 with options); it also bounds the offsets
 /// for the verifier.
-pub const MAX_OFFSET: usize = 14 + 60;
+pub const MAX_OFFSET: usize = ETH_HLEN + 60;
+
+/// The parts of an IPv4/IPv6 TCP/UDP packet the translation needs.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Pkt {
+    pub v6: bool,
+    pub l3: usize,
+    pub l4: usize,
+    pub proto: u8,
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub csum_off: usize,
+    pub tcp_flags: u8,
+    pub len: u32,
+}
+
+/// What the parser needs of a program's packet: an skb at TC, a frame at XDP.
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Makes the first `len` bytes linear, if the context can (TC); false if not.
+    fn pull(&self, len: usize) -> bool;
+    /// EtherType, host order.
+    fn eth_proto(&self) -> Option<u16>;
+    /// Length of the whole packet.
+    fn len(&self) -> u32;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn pull(&self, len: usize) -> bool {
+        self.pull_data(len as u32).is_ok()
+    }
+    #[inline(always)]
+    fn eth_proto(&self) -> Option<u16> {
+        // SAFETY: the kernel's __sk_buff for this call.
+        Some(u16::from_be(unsafe { (*self.skb.skb).protocol } as u16))
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        // SAFETY: as above.
+        unsafe { (*self.skb.skb).len }
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn pull(&self, _len: usize) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn eth_proto(&self) -> Option<u16> {
+        Header::<ETH_HLEN>::at(self, 0).map(|h| u16::from_be(h.u16::<12>()))
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+}
+
+/// Parses the packet; `None` for anything the translation leaves alone (not IP, not TCP/UDP,
+/// non-first fragments, IPv6 extension headers, headers cut short).
+#[inline(always)]
+pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
+    let l3 = ETH_HLEN;
+    let (v6, l4, proto, saddr, daddr) = match f.eth_proto()? {
+        ETH_P_IP => {
+            let h = Header::<20>::at(f, l3)?;
+            let vihl = h.u8::<0>();
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            if vihl >> 4 != 4 || ihl < 20 || u16::from_be(h.u16::<6>()) & 0x1fff != 0 {
+                return None;
+            }
+            let (s, d) = (h.u32::<12>(), h.u32::<16>());
+            (false, l3 + ihl, h.u8::<9>(), v4_mapped(s), v4_mapped(d))
+        }
+        ETH_P_IPV6 => {
+            let h = Header::<40>::at(f, l3)?;
+            let s = [h.u32::<8>(), h.u32::<12>(), h.u32::<16>(), h.u32::<20>()];
+            let d = [h.u32::<24>(), h.u32::<28>(), h.u32::<32>(), h.u32::<36>()];
+            (true, l3 + 40, h.u8::<6>(), s, d)
+        }
+        _ => return None,
+    };
+    let (csum_off, tcp_flags, sport, dport) = match proto {
+        PROTO_TCP => {
+            let h = Header::<14>::at(f, l4)?;
+            (l4 + 16, h.u8::<13>(), h.u16::<0>(), h.u16::<2>())
+        }
+        PROTO_UDP => {
+            let h = Header::<4>::at(f, l4)?;
+            (l4 + 6, 0, h.u16::<0>(), h.u16::<2>())
+        }
+        _ => return None,
+    };
+    Some(Pkt {
+        v6,
+        l3,
+        l4,
+        proto,
+        saddr,
+        daddr,
+        sport,
+        dport,
+        csum_off,
+        tcp_flags,
+        len: f.len(),
+    })
+}
 
 /// `N` bytes of the packet from a header's offset, checked to lie in the linear data.
 #[derive(Clone, Copy)]
@@ -23,27 +155,29 @@ pub struct Header<const N: usize> {
 }
 
 impl<const N: usize> Header<N> {
-    /// The `N` bytes at `off`; when they are not in the linear data (rare: locally made and
-    /// forwarded packets keep their headers there) they are pulled in first. `None` for a
-    /// packet shorter than that.
+    /// The `N` bytes at `off`; when they are not in the linear data (rare at TC: locally made
+    /// and forwarded packets keep their headers there) they are pulled in first where the
+    /// context can. `None` for a packet shorter than that.
     #[inline(always)]
-    pub fn at(ctx: &TcContext, off: usize) -> Option<Self> {
+    pub fn at<F: Frame>(f: &F, off: usize) -> Option<Self> {
         if off > MAX_OFFSET {
             return None;
         }
-        if let Some(h) = Self::linear(ctx, off) {
+        if let Some(h) = Self::linear(f, off) {
             return Some(h);
         }
-        ctx.pull_data((off + N) as u32).ok()?;
-        Self::linear(ctx, off)
+        if !f.pull(off + N) {
+            return None;
+        }
+        Self::linear(f, off)
     }
 
     #[inline(always)]
-    fn linear(ctx: &TcContext, off: usize) -> Option<Self> {
+    fn linear<F: Frame>(f: &F, off: usize) -> Option<Self> {
         // The bound is checked on the pointer the loads use (with the field offset inside the
         // load instruction), so the verifier credits every load.
-        let at = ctx.data() + off;
-        (at + N <= ctx.data_end()).then_some(Self { at })
+        let at = f.data() + off;
+        (at + N <= f.data_end()).then_some(Self { at })
     }
 
     #[inline(always)]

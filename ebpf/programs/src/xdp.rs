@@ -15,17 +15,16 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use tollgate_common::lb::{
-    PROTO_TCP, PROTO_UDP, ct::CtEntry, ct_dir, ct_flags, scope, svc::SvcKey, svc_flags, v4_mapped,
+    PROTO_TCP, PROTO_UDP, ct::CtEntry, ct_dir, ct_flags, scope, svc::SvcKey, svc_flags,
 };
 
 use crate::{
     lb,
-    nat::{self, Pkt, Scratch, Side},
+    nat::{self, Scratch, Side},
+    pkt::{self, Pkt},
 };
 
 const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_FIN: u8 = 0x01;
@@ -55,58 +54,6 @@ fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
 fn write<T: Copy>(ctx: &XdpContext, off: usize, v: T) -> Option<()> {
     // SAFETY: bounds-checked against data_end; unaligned write.
     ptr_at::<T>(ctx, off).map(|p| unsafe { p.write_unaligned(v) })
-}
-
-#[inline(always)]
-fn parse(ctx: &XdpContext, out: &mut Pkt) -> Option<()> {
-    let eth_proto = u16::from_be(read::<u16>(ctx, 12)?);
-    let l3 = ETH_HLEN;
-    let (v6, l4, proto, saddr, daddr) = match eth_proto {
-        ETH_P_IP => {
-            let vihl: u8 = read(ctx, l3)?;
-            let ihl = usize::from(vihl & 0x0f) * 4;
-            if vihl >> 4 != 4 || ihl < 20 {
-                return None;
-            }
-            if u16::from_be(read::<u16>(ctx, l3 + 6)?) & 0x1fff != 0 {
-                return None;
-            }
-            let s: u32 = read(ctx, l3 + 12)?;
-            let d: u32 = read(ctx, l3 + 16)?;
-            (
-                false,
-                l3 + ihl,
-                read::<u8>(ctx, l3 + 9)?,
-                v4_mapped(s),
-                v4_mapped(d),
-            )
-        }
-        ETH_P_IPV6 => {
-            let s: [u32; 4] = read(ctx, l3 + 8)?;
-            let d: [u32; 4] = read(ctx, l3 + 24)?;
-            (true, l3 + 40, read::<u8>(ctx, l3 + 6)?, s, d)
-        }
-        _ => return None,
-    };
-    let (csum_off, tcp_flags) = match proto {
-        PROTO_TCP => (l4 + 16, read::<u8>(ctx, l4 + 13)?),
-        PROTO_UDP => (l4 + 6, 0),
-        _ => return None,
-    };
-    *out = Pkt {
-        v6,
-        l3,
-        l4,
-        proto,
-        saddr,
-        daddr,
-        sport: read(ctx, l4)?,
-        dport: read(ctx, l4 + 2)?,
-        csum_off,
-        tcp_flags,
-        len: (ctx.data_end() - ctx.data()) as u32,
-    };
-    Some(())
 }
 
 /// RFC 1624 incremental update of a checksum stored as-is in memory: remove the 16-bit words of
@@ -239,9 +186,10 @@ pub fn uplink(ctx: &XdpContext) -> u32 {
     let Some(s) = XDP_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }) else {
         return xdp_action::XDP_PASS;
     };
-    if parse(ctx, &mut s.pkt).is_none() {
+    let Some(p) = pkt::parse(ctx) else {
         return xdp_action::XDP_PASS;
-    }
+    };
+    s.pkt = p;
     s.key = nat::key(&s.pkt);
     if let Some(e) = nat::ct_get(&s.key) {
         return tx(ctx, &s.pkt, e, u8::from(e.dir == ct_dir::REPLY));
