@@ -148,6 +148,25 @@ pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
     })
 }
 
+/// `Header::$ty::<OFF>()`: the `$ty` at byte `OFF` of the header, one load instruction (the
+/// offset is the instruction's own, so the verifier sees the checked pointer).
+macro_rules! load {
+    ($ty:ident, $width:literal) => {
+        #[inline(always)]
+        pub fn $ty<const OFF: usize>(self) -> $ty {
+            const { assert!(OFF + core::mem::size_of::<$ty>() <= N) };
+            let v: u64;
+            // SAFETY: a load inside the checked bytes.
+            unsafe {
+                asm!(concat!("{v} = *(", $width, " *)({p} + {o})"), p = in(reg) self.at,
+                    o = const OFF, v = lateout(reg) v,
+                    options(pure, readonly, nostack, preserves_flags));
+            }
+            v as $ty
+        }
+    };
+}
+
 /// `N` bytes of the packet from a header's offset, checked to lie in the linear data.
 #[derive(Clone, Copy)]
 pub struct Header<const N: usize> {
@@ -180,39 +199,7 @@ impl<const N: usize> Header<N> {
         (at + N <= f.data_end()).then_some(Self { at })
     }
 
-    #[inline(always)]
-    pub fn u8<const OFF: usize>(self) -> u8 {
-        const { assert!(OFF < N) };
-        let v: u64;
-        // SAFETY: a 1-byte load inside the checked bytes.
-        unsafe {
-            asm!("{v} = *(u8 *)({p} + {o})", p = in(reg) self.at, o = const OFF,
-                v = lateout(reg) v, options(pure, readonly, nostack, preserves_flags));
-        }
-        v as u8
-    }
-
-    #[inline(always)]
-    pub fn u16<const OFF: usize>(self) -> u16 {
-        const { assert!(OFF + 2 <= N) };
-        let v: u64;
-        // SAFETY: a 2-byte load inside the checked bytes.
-        unsafe {
-            asm!("{v} = *(u16 *)({p} + {o})", p = in(reg) self.at, o = const OFF,
-                v = lateout(reg) v, options(pure, readonly, nostack, preserves_flags));
-        }
-        v as u16
-    }
-
-    #[inline(always)]
-    pub fn u32<const OFF: usize>(self) -> u32 {
-        const { assert!(OFF + 4 <= N) };
-        let v: u64;
-        // SAFETY: a 4-byte load inside the checked bytes.
-        unsafe {
-            asm!("{v} = *(u32 *)({p} + {o})", p = in(reg) self.at, o = const OFF,
-                v = lateout(reg) v, options(pure, readonly, nostack, preserves_flags));
-        }
-        v as u32
-    }
+    load!(u8, "u8");
+    load!(u16, "u16");
+    load!(u32, "u32");
 }
