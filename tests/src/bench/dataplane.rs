@@ -831,12 +831,12 @@ socket storage into the cookie slots (commit 814967b; it had cost connect4 ≈ 0
 who do not need it can still turn it off with `--socket-lb-peer=false`. What is left is the
 column "pod IP, Tollgate installed": traffic that is not translated still passes the connect
 and release hooks and, on every packet from a pod, the pod-side TC program. Measured by hand
-(not by this bench) on 2026-11-30 with `perf record -e cpu-clock -a` (a software clock: this
+(not by this bench) on 2026-11-30 at 89d5cf4 with `perf record -e cpu-clock -a` (a software clock: this
 VM has no hardware counters) over 20-second runs of this bench's traffic: wrk's thread is the
 bottleneck (≈ 97 % of a core while the machine is ≈ 25 % idle, from `/proc/stat`), and the hooks
 cost it ≈ 0.62–0.65 µs of its ≈ 33 µs per request, ≈ 2 %, the same with and without
 translation: the pod-side TC program ≈ 0.32 µs (most of the ten pod packets are handled on
-wrk's CPU), the release hook with its cgroup wrapper ≈ 0.12, connect4 with its wrapper
+wrk's CPU), the release hook with its cgroup wrapper ≈ 0.12–0.14, connect4 with its wrapper
 ≈ 0.08–0.12, the TCX hook in the receive path ≈ 0.05–0.08, socket-cookie generation
 ≈ 0.03. None of it depends on the number of Services; single rounds scatter by ±3–5 %, more
 than that.
