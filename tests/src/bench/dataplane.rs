@@ -838,8 +838,11 @@ cost it ≈ 0.62–0.65 µs of its ≈ 33 µs per request, ≈ 2 %, the same wit
 translation: the pod-side TC program ≈ 0.32 µs (most of the ten pod packets are handled on
 wrk's CPU), the release hook with its cgroup wrapper ≈ 0.12–0.14, connect4 with its wrapper
 ≈ 0.08–0.12, the TCX hook in the receive path ≈ 0.05–0.08, socket-cookie generation
-≈ 0.03. None of it depends on the number of Services; single rounds scatter by ±3–5 %, more
-than that.
+≈ 0.03. None of it depends on the number of Services. The ratios measured here sit up to
+≈ 3 % below what that 2 % predicts, and the profile cannot say why: a software clock samples
+nothing while interrupts are off (a quarter of wrk's samples land where they are turned back
+on, mostly around waking the other CPU), so that time is not attributed. Single rounds
+scatter by ±3–5 %, and the limit itself moves by ≈ 10 % between hours of this VM.
 
 Kernel program time per request, from one more Tollgate run per row with the kernel's BPF
 run-time statistics on (`BPF_ENABLE_STATS`, held only for that run). Each program run then costs
