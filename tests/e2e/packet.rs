@@ -182,7 +182,7 @@ fn parse(frame: &[u8]) -> Seen {
         }
         other => panic!("ethertype {other:#x}"),
     };
-    if proto == 6 || proto == 17 {
+    if proto == 6 || proto == 17 || proto == 58 {
         let zero_udp = proto == 17 && l4[6] == 0 && l4[7] == 0 && src.is_ipv4();
         if !zero_udp {
             assert_eq!(
@@ -254,6 +254,12 @@ fn objects() -> Vec<Value> {
             "empty",
             json!({"type": "NodePort", "clusterIP": "10.96.0.3", "ports": [
             {"name": "http", "port": 80, "nodePort": 30099}, {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30098}]}),
+        ),
+        // IPv6, no endpoints: REJECT.
+        svc(
+            "empty6",
+            json!({"type": "NodePort", "clusterIP": "fd00:96::7", "clusterIPs": ["fd00:96::7"], "ipFamilies": ["IPv6"],
+            "ports": [{"name": "http", "port": 80, "nodePort": 30095}, {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30097}]}),
         ),
         // IPv6, Local policy, local backend.
         svc(
@@ -591,6 +597,48 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
         assert_eq!(icmp.l4[0..2], [3, 3], "destination/port unreachable");
         assert_eq!(icmp.l4[8 + 9], 17, "quotes the original UDP datagram");
         assert_eq!(out.len(), 14 + 20 + 8 + 28);
+        // IPv6: a reset for a SYN, an ICMPv6 port unreachable for a datagram.
+        let (s6, d6): (IpAddr, IpAddr) = ("fd00:77::100".parse().unwrap(), NODE6.parse().unwrap());
+        let frame6 = |proto: u8, l4: Vec<u8>| {
+            let mut ip6 = vec![0x60, 0, 0, 0, 0, 0, proto, 64];
+            ip6[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+            if let (IpAddr::V6(s), IpAddr::V6(d)) = (s6, d6) {
+                ip6.extend_from_slice(&s.octets());
+                ip6.extend_from_slice(&d.octets());
+            }
+            ip6.extend_from_slice(&l4);
+            ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ip6)
+        };
+        let syn6 = frame6(6, tcp(&s6, &d6, 40005, 30095, 0x02, &[]));
+        let (verdict, out) =
+            b.dp.test_run("tg_tc_ingress", &syn6, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let r = parse(&out);
+        assert_eq!(
+            (r.src, r.sport, r.dst, r.dport, r.tcp_flags),
+            (d6, 30095, s6, 40005, 0x14),
+            "an IPv6 reset, checksum verified"
+        );
+        let dgram6 = frame6(17, udp(&s6, &d6, 5003, 30097, b"hello", false));
+        let (verdict, out) =
+            b.dp.test_run("tg_tc_ingress", &dgram6, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let icmp = parse(&out);
+        assert_eq!(
+            (icmp.proto, icmp.src, icmp.dst),
+            (58, d6, s6),
+            "ICMPv6, checksum verified"
+        );
+        assert_eq!(icmp.l4[0..2], [1, 4], "destination/port unreachable");
+        assert_eq!(
+            (icmp.l4[8 + 6], &icmp.l4[8 + 40..8 + 44]),
+            (17, &[0x13, 0x8b, 0x75, 0x91][..]),
+            "quotes the original datagram's IPv6 header and its ports (5003 → 30097)"
+        );
+        assert_eq!(out.len(), 14 + 40 + 8 + 48);
+        assert_eq!((icmp.dst_mac, icmp.src_mac), (CLIENT_MAC, b.eth0_mac));
         // A non-SYN TCP segment of a flow never seen is not ours: the stack answers it (a
         // reset, for a node address), without a service lookup.
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));

@@ -599,13 +599,14 @@ fn csum(words: &mut [u32], seed: i64) -> i64 {
     }
 }
 
-/// kube-proxy's REJECT: a TCP SYN gets a reset, a UDP datagram an ICMP port unreachable
-/// (IPv4), sent back out of the interface it came in on. Anything else is dropped.
+/// kube-proxy's REJECT: a TCP SYN gets a reset, a UDP datagram an ICMP (IPv4) or ICMPv6
+/// port unreachable, sent back out of the interface it came in on. Anything else is dropped.
 #[inline(never)]
 fn reject(ctx: &TcContext, p: &Pkt) -> i32 {
     match p.proto {
         PROTO_TCP if p.tcp_flags & TCP_SYN != 0 && p.tcp_flags & TCP_ACK == 0 => tcp_reset(ctx, p),
         PROTO_UDP if !p.v6 => icmp_unreachable(ctx, p),
+        PROTO_UDP => icmp6_unreachable(ctx, p),
         _ => TC_ACT_SHOT,
     }
 }
@@ -727,6 +728,52 @@ fn icmp_unreachable_inner(ctx: &TcContext, p: &Pkt) -> R<i32> {
     let ip = ipv4_header(20 + 36, 1, p.daddr[3], p.saddr[3]);
     ctx.store(ETH_HLEN, &ip, 0).map_err(|_| ())?;
     ctx.store(ETH_HLEN + 20, &head, 0).map_err(|_| ())?;
+    Ok(bounce(ctx))
+}
+
+#[inline(never)]
+fn icmp6_unreachable(ctx: &TcContext, p: &Pkt) -> i32 {
+    icmp6_unreachable_inner(ctx, p).unwrap_or(TC_ACT_SHOT)
+}
+
+/// ICMPv6 type 1 (destination unreachable), code 4 (port unreachable), quoting the original
+/// IPv6 header and the 8-byte UDP header (RFC 4443 asks for as much as fits; this is what
+/// kube-proxy's ip6tables REJECT needs a client to match its socket).
+#[inline(always)]
+fn icmp6_unreachable_inner(ctx: &TcContext, p: &Pkt) -> R<i32> {
+    const PROTO_ICMPV6: u8 = 58;
+    const QUOTED: usize = 40 + 8;
+    const PAYLOAD: usize = 8 + QUOTED;
+    if p.l4 != p.l3 + 40 {
+        return Err(());
+    }
+    // Room for a new IPv6 + ICMPv6 header in front of the original IPv6 header.
+    ctx.adjust_room(40 + 8, BPF_ADJ_ROOM_MAC, 0)
+        .map_err(|_| ())?;
+    // SAFETY: helper on our own skb.
+    if unsafe { bpf_skb_change_tail(ctx.as_ptr().cast(), (ETH_HLEN + 40 + PAYLOAD) as u32, 0) } != 0
+    {
+        return Err(());
+    }
+    swap_macs(ctx)?;
+    let mut icmp = [0u32; PAYLOAD / 4];
+    icmp[0] = w([1, 4, 0, 0]);
+    let quoted: [u32; QUOTED / 4] = load(ctx, ETH_HLEN + 48)?;
+    icmp[2..].copy_from_slice(&quoted);
+    // Checksum over the pseudo header (from the frontend back to the client) and the message.
+    let mut ph = [0u32; 10];
+    ph[..4].copy_from_slice(&p.daddr);
+    ph[4..8].copy_from_slice(&p.saddr);
+    ph[8] = w([0, 0, 0, PAYLOAD as u8]);
+    ph[9] = w([0, 0, 0, PROTO_ICMPV6]);
+    let seed = csum(&mut ph, 0);
+    let c = fold(csum(&mut icmp, seed)).to_ne_bytes();
+    let head = [w([1, 4, c[0], c[1]]), 0];
+    let ip6 = [w([0x60, 0, 0, 0]), w([0, PAYLOAD as u8, PROTO_ICMPV6, 64])];
+    ctx.store(ETH_HLEN, &ip6, 0).map_err(|_| ())?;
+    ctx.store(ETH_HLEN + 8, &p.daddr, 0).map_err(|_| ())?;
+    ctx.store(ETH_HLEN + 24, &p.saddr, 0).map_err(|_| ())?;
+    ctx.store(ETH_HLEN + 40, &head, 0).map_err(|_| ())?;
     Ok(bounce(ctx))
 }
 
