@@ -36,10 +36,9 @@ use tollgate_common::lb::{
 use crate::{
     lb::{self, Frontend},
     maps::{CONFIG, CONNTRACK, CT_MARKS, SOURCE_RANGES},
-    pkt::{self, Pkt},
+    pkt::{self, ETH_HLEN, Pkt},
 };
 
-const ETH_HLEN: usize = 14;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const TCP_FIN: u8 = 0x01;

@@ -13,7 +13,7 @@ use core::arch::asm;
 use aya_ebpf::programs::{TcContext, XdpContext};
 use tollgate_common::lb::{PROTO_TCP, PROTO_UDP, v4_mapped};
 
-const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 

@@ -21,10 +21,9 @@ use tollgate_common::lb::{
 use crate::{
     lb,
     nat::{self, Scratch, Side},
-    pkt::{self, Pkt},
+    pkt::{self, ETH_HLEN, Pkt},
 };
 
-const ETH_HLEN: usize = 14;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_FIN: u8 = 0x01;
