@@ -66,6 +66,18 @@ fn ipv4(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Vec<u8> {
     ip
 }
 
+fn ipv6(proto: u8, src: &IpAddr, dst: &IpAddr, l4: &[u8]) -> Vec<u8> {
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
+        panic!("ipv6() takes IPv6 addresses: {src} → {dst}");
+    };
+    let mut ip = vec![0x60, 0, 0, 0, 0, 0, proto, 64];
+    ip[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&s.octets());
+    ip.extend_from_slice(&d.octets());
+    ip.extend_from_slice(l4);
+    ip
+}
+
 fn pseudo(src: &IpAddr, dst: &IpAddr, proto: u8, len: usize) -> u32 {
     let mut b = Vec::new();
     match (src, dst) {
@@ -511,15 +523,8 @@ fn tc_local_policy_keeps_the_client_address_and_handles_udp_without_checksum_and
         );
         // IPv6 NodePort, Local policy.
         let (s, d): (IpAddr, IpAddr) = ("fd00:77::100".parse().unwrap(), NODE6.parse().unwrap());
-        let mut ip6 = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
         let seg = tcp(&s, &d, 40002, 30086, 0x02, &[]);
-        ip6[4..6].copy_from_slice(&(seg.len() as u16).to_be_bytes());
-        if let (IpAddr::V6(s6), IpAddr::V6(d6)) = (s, d) {
-            ip6.extend_from_slice(&s6.octets());
-            ip6.extend_from_slice(&d6.octets());
-        }
-        ip6.extend_from_slice(&seg);
-        let frame = ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ip6);
+        let frame = ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ipv6(6, &s, &d, &seg));
         let (verdict, out) =
             b.dp.test_run("tg_tc_ingress", &frame, Some(&skb_ctx(b.eth0)))
                 .unwrap();
@@ -600,14 +605,7 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
         // IPv6: a reset for a SYN, an ICMPv6 port unreachable for a datagram.
         let (s6, d6): (IpAddr, IpAddr) = ("fd00:77::100".parse().unwrap(), NODE6.parse().unwrap());
         let frame6 = |proto: u8, l4: Vec<u8>| {
-            let mut ip6 = vec![0x60, 0, 0, 0, 0, 0, proto, 64];
-            ip6[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
-            if let (IpAddr::V6(s), IpAddr::V6(d)) = (s6, d6) {
-                ip6.extend_from_slice(&s.octets());
-                ip6.extend_from_slice(&d.octets());
-            }
-            ip6.extend_from_slice(&l4);
-            ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ip6)
+            ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ipv6(proto, &s6, &d6, &l4))
         };
         let syn6 = frame6(6, tcp(&s6, &d6, 40005, 30095, 0x02, &[]));
         let (verdict, out) =

@@ -2,7 +2,7 @@
 //! turns every error into a deliberate verdict.
 #![no_std]
 #![no_main]
-// BPF_CMPXCHG for the reverse-record slots (see sock::cas).
+// Atomic fetch-or / and on the reverse-record held bits (see sock::fetch_or).
 #![feature(core_intrinsics)]
 // Single-instruction unaligned packet loads (see pkt.rs).
 #![feature(asm_experimental_arch)]

@@ -76,22 +76,10 @@ fn load<T: Copy>(ctx: &TcContext, off: usize) -> R<T> {
     ctx.load::<T>(off).map_err(|_| ())
 }
 
-/// Headers are read directly up to this offset (Ethernet + IPv4 with options or IPv6 + the
-/// L4 fields we use); it also bounds the offsets for the verifier.
+/// [`load`] reads directly up to this offset (the replies REJECT builds read their headers
+/// back through it; the translation's parser is `pkt::parse`); it also bounds the offsets for
+/// the verifier.
 const MAX_HEADERS: usize = 128;
-
-/// Parses the packet into `out`; false for anything the translation leaves alone (see
-/// [`pkt::parse`]).
-#[inline(always)]
-pub fn parse_into(ctx: &TcContext, out: &mut Pkt) -> bool {
-    match pkt::parse(ctx) {
-        Some(p) => {
-            *out = p;
-            true
-        }
-        None => false,
-    }
-}
 
 #[inline(always)]
 fn l4_flags(p: &Pkt) -> u64 {
@@ -358,7 +346,7 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
     let Some(s) = scratch() else {
         return TC_ACT_UNSPEC;
     };
-    if !parse_into(ctx, &mut s.pkt) {
+    if !pkt::parse_into(ctx, &mut s.pkt) {
         return TC_ACT_UNSPEC;
     }
     if side == Side::Pod && s.pkt.proto == PROTO_TCP && metadata_bypass(&s.pkt) {
@@ -741,13 +729,14 @@ fn icmp6_unreachable(ctx: &TcContext, p: &Pkt) -> i32 {
 #[inline(always)]
 fn icmp6_unreachable_inner(ctx: &TcContext, p: &Pkt) -> R<i32> {
     const PROTO_ICMPV6: u8 = 58;
+    // The new IPv6 + ICMPv6 headers go in front of the original IPv6 + UDP headers.
+    const ADDED: usize = 40 + 8;
     const QUOTED: usize = 40 + 8;
     const PAYLOAD: usize = 8 + QUOTED;
     if p.l4 != p.l3 + 40 {
         return Err(());
     }
-    // Room for a new IPv6 + ICMPv6 header in front of the original IPv6 header.
-    ctx.adjust_room(40 + 8, BPF_ADJ_ROOM_MAC, 0)
+    ctx.adjust_room(ADDED as i32, BPF_ADJ_ROOM_MAC, 0)
         .map_err(|_| ())?;
     // SAFETY: helper on our own skb.
     if unsafe { bpf_skb_change_tail(ctx.as_ptr().cast(), (ETH_HLEN + 40 + PAYLOAD) as u32, 0) } != 0
@@ -757,7 +746,7 @@ fn icmp6_unreachable_inner(ctx: &TcContext, p: &Pkt) -> R<i32> {
     swap_macs(ctx)?;
     let mut icmp = [0u32; PAYLOAD / 4];
     icmp[0] = w([1, 4, 0, 0]);
-    let quoted: [u32; QUOTED / 4] = load(ctx, ETH_HLEN + 48)?;
+    let quoted: [u32; QUOTED / 4] = load(ctx, ETH_HLEN + ADDED)?;
     icmp[2..].copy_from_slice(&quoted);
     // Checksum over the pseudo header (from the frontend back to the client) and the message.
     let mut ph = [0u32; 10];
@@ -782,7 +771,7 @@ pub fn drop_if_empty_service(ctx: &TcContext) -> i32 {
     let Some(s) = scratch() else {
         return TC_ACT_UNSPEC;
     };
-    if !parse_into(ctx, &mut s.pkt) {
+    if !pkt::parse_into(ctx, &mut s.pkt) {
         return TC_ACT_UNSPEC;
     }
     let p = &s.pkt;

@@ -148,6 +148,19 @@ pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
     })
 }
 
+/// [`parse`] into `out` (a per-CPU scratch entry: no copy of the packet on the stack); false for
+/// anything the translation leaves alone.
+#[inline(always)]
+pub fn parse_into<F: Frame>(f: &F, out: &mut Pkt) -> bool {
+    match parse(f) {
+        Some(p) => {
+            *out = p;
+            true
+        }
+        None => false,
+    }
+}
+
 /// `Header::$ty::<OFF>()`: the `$ty` at byte `OFF` of the header, one load instruction (the
 /// offset is the instruction's own, so the verifier sees the checked pointer).
 macro_rules! load {

@@ -185,10 +185,9 @@ pub fn uplink(ctx: &XdpContext) -> u32 {
     let Some(s) = XDP_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }) else {
         return xdp_action::XDP_PASS;
     };
-    let Some(p) = pkt::parse(ctx) else {
+    if !pkt::parse_into(ctx, &mut s.pkt) {
         return xdp_action::XDP_PASS;
-    };
-    s.pkt = p;
+    }
     s.key = nat::key(&s.pkt);
     if let Some(e) = nat::ct_get(&s.key) {
         return tx(ctx, &s.pkt, e, u8::from(e.dir == ct_dir::REPLY));

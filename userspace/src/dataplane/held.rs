@@ -9,26 +9,31 @@ use tollgate_common::lb::sockrev::{self, TcpRevSlot};
 
 use super::{DataplaneError, PinLayout, stats::open_pinned};
 
+fn open<V: aya::Pod>(
+    pins: &PinLayout,
+    name: &'static str,
+) -> Result<Array<MapData, V>, DataplaneError> {
+    Array::try_from(open_pinned(pins, name)?).map_err(|source| DataplaneError::Map { name, source })
+}
+
 /// Sets the bit of every slot holding a cookie; returns how many.
 pub fn seed(pins: &PinLayout) -> Result<usize, DataplaneError> {
-    let map = |name: &'static str| move |source| DataplaneError::Map { name, source };
-    let slots: Array<MapData, TcpRevSlot> =
-        Array::try_from(open_pinned(pins, sockrev::SLOT_NAME)?).map_err(map(sockrev::SLOT_NAME))?;
+    let err = |name| move |source| DataplaneError::Map { name, source };
+    let slots: Array<MapData, TcpRevSlot> = open(pins, sockrev::SLOT_NAME)?;
     let mut words = vec![0u64; sockrev::HELD_WORDS as usize];
     let mut held = 0;
     for (index, slot) in slots.iter().enumerate() {
-        if slot.map_err(map(sockrev::SLOT_NAME))?.cookie != 0 {
+        if slot.map_err(err(sockrev::SLOT_NAME))?.cookie != 0 {
             let (word, bit) = sockrev::held_bit(index as u32);
             words[word as usize] |= bit;
             held += 1;
         }
     }
-    let mut bits: Array<MapData, u64> =
-        Array::try_from(open_pinned(pins, sockrev::HELD_NAME)?).map_err(map(sockrev::HELD_NAME))?;
+    let mut bits: Array<MapData, u64> = open(pins, sockrev::HELD_NAME)?;
     for (word, value) in words.into_iter().enumerate() {
         if value != 0 {
             bits.set(word as u32, value, 0)
-                .map_err(map(sockrev::HELD_NAME))?;
+                .map_err(err(sockrev::HELD_NAME))?;
         }
     }
     Ok(held)
@@ -36,12 +41,11 @@ pub fn seed(pins: &PinLayout) -> Result<usize, DataplaneError> {
 
 /// Is a slot held? (For the tests.)
 pub fn is_held(pins: &PinLayout, slot: u32) -> Result<bool, DataplaneError> {
-    let name = sockrev::HELD_NAME;
-    let bits: Array<MapData, u64> = Array::try_from(open_pinned(pins, name)?)
-        .map_err(|source| DataplaneError::Map { name, source })?;
+    let bits: Array<MapData, u64> = open(pins, sockrev::HELD_NAME)?;
     let (word, bit) = sockrev::held_bit(slot);
-    let value = bits
-        .get(&word, 0)
-        .map_err(|source| DataplaneError::Map { name, source })?;
+    let value = bits.get(&word, 0).map_err(|source| DataplaneError::Map {
+        name: sockrev::HELD_NAME,
+        source,
+    })?;
     Ok(value & bit != 0)
 }
