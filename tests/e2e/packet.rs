@@ -20,6 +20,7 @@ use tollgate_tests::{Cluster, ClusterSpec, Node};
 
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1 as the kernel reports it
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -779,5 +780,66 @@ fn pod_packets_take_the_conntrack_lookup_only_from_marked_sources() {
             (IpAddr::V4(NODE), 30081),
             "seeded from the conntrack map, the flow is found again"
         );
+    });
+}
+
+#[test]
+fn pod_packets_to_the_metadata_server_are_dropped_whatever_their_flags() {
+    use tollgate::dataplane::addr::words;
+    use tollgate_common::lb::md_mode;
+    const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        // The redirect is on (a pod's connect() goes to the proxy), as the agent sets it.
+        let mut maps = LbMaps::open(b.dp.pins()).unwrap();
+        let mut cfg = maps.config.get(&0, 0).unwrap();
+        cfg.md_mode = md_mode::REDIRECT;
+        cfg.md_addr = words(IpAddr::V4(METADATA));
+        cfg.md_ports = [80u16.to_be(), 0];
+        maps.config.set(0, cfg, 0).unwrap();
+        // Packets a pod sends without the socket hook (a raw socket, a process outside the
+        // hooks' cgroup): every segment to the redirected port is dropped, not only the SYN.
+        let from_pod = |dst: Ipv4Addr, dport: u16, flags: u8| {
+            let (s, d) = (IpAddr::V4(LOCAL_POD), IpAddr::V4(dst));
+            let frame = ether(
+                [2, 0, 0, 0, 2, 0],
+                [2, 0, 0, 0, 3, 0],
+                0x0800,
+                &ipv4(
+                    6,
+                    LOCAL_POD,
+                    dst,
+                    &tcp(&s, &d, 40000, dport, flags, b"GET /"),
+                ),
+            );
+            b.dp.test_run("tg_tc_from_pod", &frame, Some(&skb_ctx(b.eth0)))
+                .unwrap()
+                .0
+        };
+        for (flags, what) in [
+            (0x02, "SYN"),
+            (0x10, "ACK"),
+            (0x18, "PSH+ACK"),
+            (0x11, "FIN+ACK"),
+            (0x04, "RST"),
+        ] {
+            assert_eq!(
+                from_pod(METADATA, 80, flags),
+                TC_ACT_SHOT,
+                "{what} to the metadata server's redirected port"
+            );
+            assert_eq!(
+                from_pod(METADATA, 8081, flags),
+                TC_ACT_UNSPEC,
+                "{what} to another port of the metadata address passes"
+            );
+            assert_eq!(
+                from_pod(REMOTE_POD, 80, flags),
+                TC_ACT_UNSPEC,
+                "{what} to a pod passes"
+            );
+        }
     });
 }

@@ -16,6 +16,7 @@ pub enum Suite {
     Enls,
     Dataplane,
     Metadata,
+    Programs,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -23,10 +24,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     build::build_packages(&["tollgate", "tollgate-tests"], true)?;
     let bench = build::target_bin("tollgate-bench", true)?;
     let suites: &[&str] = match args.suite {
-        Suite::All => &["enls", "dataplane", "metadata"],
+        Suite::All => &["enls", "programs", "dataplane", "metadata"],
         Suite::Enls => &["enls"],
         Suite::Dataplane => &["dataplane"],
         Suite::Metadata => &["metadata"],
+        Suite::Programs => &["programs"],
     };
     for suite in suites {
         sh::run(sh::cmd(&bench).arg(suite))?;

@@ -148,6 +148,39 @@ pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
     })
 }
 
+/// The fields of an IPv4 TCP segment without IP options (what nearly every pod packet is)
+/// that decide whether it needs the full parse; network order.
+#[derive(Clone, Copy)]
+pub struct Tcp4 {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub tcp_flags: u8,
+}
+
+/// Reads [`Tcp4`] without building a [`Pkt`]; `None` for anything else (IPv6, IP options,
+/// UDP, non-first fragments, headers cut short), which takes [`parse`].
+#[inline(always)]
+pub fn tcp4<F: Frame>(f: &F) -> Option<Tcp4> {
+    if f.eth_proto()? != ETH_P_IP {
+        return None;
+    }
+    let ip = Header::<20>::at(f, ETH_HLEN)?;
+    if ip.u8::<0>() != 0x45
+        || ip.u8::<9>() != PROTO_TCP
+        || u16::from_be(ip.u16::<6>()) & 0x1fff != 0
+    {
+        return None;
+    }
+    // Read before the next header: pulling it would invalidate `ip`.
+    let (saddr, daddr) = (ip.u32::<12>(), ip.u32::<16>());
+    let tcp = Header::<14>::at(f, ETH_HLEN + 20)?;
+    Some(Tcp4 {
+        saddr,
+        daddr,
+        tcp_flags: tcp.u8::<13>(),
+    })
+}
+
 /// [`parse`] into `out` (a per-CPU scratch entry: no copy of the packet on the stack); false for
 /// anything the translation leaves alone.
 #[inline(always)]

@@ -5,6 +5,7 @@ pub mod dataplane;
 pub mod enls;
 pub mod metadata;
 pub mod plot;
+pub mod programs;
 
 use std::{path::Path, time::Duration};
 

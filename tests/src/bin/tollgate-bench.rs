@@ -47,6 +47,16 @@ enum Suite {
         #[arg(long, default_value_t = bench::dataplane::Options::default().rounds)]
         rounds: usize,
     },
+    /// Per-packet cost of the TC and XDP programs (BPF_PROG_TEST_RUN), optionally beside
+    /// other builds' kernel objects.
+    Programs {
+        /// Another build's kernel object to measure alongside (repeatable).
+        #[arg(long)]
+        object: Vec<std::path::PathBuf>,
+        /// Program runs per test-run call.
+        #[arg(long, default_value_t = bench::programs::Options::default().repeat)]
+        repeat: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,6 +100,16 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             let report = bench::dataplane::run(&opts, &cli.out, &cli.markdown)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Suite::Programs { object, repeat } => {
+            tollgate_tests::require_root();
+            let opts = bench::programs::Options {
+                objects: object,
+                repeat,
+                ..Default::default()
+            };
+            let report = bench::programs::run(&opts, &cli.out, &cli.markdown)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
     }

@@ -10,7 +10,8 @@ pub mod ifwatch;
 pub mod inspect;
 pub mod lbmaps;
 pub mod marks;
-mod object;
+/// The kernel object this binary embeds (benchmarks load it without pins).
+pub mod object;
 mod pins;
 pub mod program;
 pub mod stats;
