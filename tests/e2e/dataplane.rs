@@ -686,6 +686,7 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
             &["saddr", "dir", "nat_addr", "nat_port", "last_seen"],
         ),
         ("tg_ctmark_v1", &["flows"]),
+        ("tg_feport_v1", &["value"]),
         ("tg_affinity_v1", &["client", "service_id", "last_used"]),
         ("tg_sockct_v1", &["cookie", "backend_id", "service_id"]),
         ("tg_sockrev_v1", &["cookie", "addr", "port"]),

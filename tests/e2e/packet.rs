@@ -843,3 +843,87 @@ fn pod_packets_to_the_metadata_server_are_dropped_whatever_their_flags() {
         }
     });
 }
+
+#[test]
+fn outside_packets_take_the_conntrack_lookup_only_for_frontend_ports_or_marked_sources() {
+    use tollgate::dataplane::{addr::words, marks};
+    use tollgate_common::lb::{
+        ct::{CtEntry, CtKey},
+        ct_dir, feport,
+    };
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        // The writer set every frontend's port (NodePorts and service ports), nothing else.
+        for port in [30080u16, 30081, 30053, 80, 53] {
+            assert!(
+                marks::is_frontend_port(b.dp.pins(), port.to_be()).unwrap(),
+                "{port} is a frontend's port"
+            );
+        }
+        assert!(!marks::is_frontend_port(b.dp.pins(), 2222u16.to_be()).unwrap());
+
+        // An ACK from outside to node port 2222, through TC and XDP.
+        let ack = || {
+            let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
+            ether(
+                b.eth0_mac,
+                CLIENT_MAC,
+                0x0800,
+                &ipv4(6, CLIENT, NODE, &tcp(&s, &d, 40020, 2222, 0x10, b"x")),
+            )
+        };
+        let run = |dp: &Dataplane| {
+            let frame = ack();
+            let (tc, out) = dp
+                .test_run("tg_tc_ingress", &frame, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+            let (xdp, xdp_out) = dp
+                .test_run("tg_xdp_uplink", &frame, Some(&xdp_ctx(frame.len(), b.eth0)))
+                .unwrap();
+            assert_eq!(xdp, XDP_PASS);
+            assert_eq!(xdp_out, frame, "XDP leaves it to TC");
+            (tc, parse(&out))
+        };
+        // A forward entry for it, without its port in the filter (as a flow of a frontend an
+        // agent from before the filter wrote, then removed): the packet skips the lookup.
+        let mut maps = LbMaps::open(b.dp.pins()).unwrap();
+        let key = CtKey {
+            saddr: words(IpAddr::V4(CLIENT)),
+            daddr: words(IpAddr::V4(NODE)),
+            sport: 40020u16.to_be(),
+            dport: 2222u16.to_be(),
+            proto: 6,
+            pad: [0; 3],
+        };
+        let entry = CtEntry {
+            to_addr: words(IpAddr::V4(LOCAL_POD)),
+            to_port: 8080u16.to_be(),
+            dir: ct_dir::FORWARD,
+            ..CtEntry::default()
+        };
+        maps.ct.insert(key, entry, 0).unwrap();
+        let (verdict, p) = run(&b.dp);
+        assert_eq!(verdict, TC_ACT_UNSPEC, "not a frontend port, not looked up");
+        assert_eq!((p.dst, p.dport), (IpAddr::V4(NODE), 2222));
+
+        // The next agent finds the filter gone but the flows kept: it sets their ports before
+        // its programs run, and the flow is found again.
+        std::fs::remove_file(b.dp.pins().map(feport::NAME)).unwrap();
+        let next = Dataplane::load(&node.bpffs, &Default::default()).unwrap();
+        for port in [2222u16, 30080, 30081, 80] {
+            assert!(
+                marks::is_frontend_port(next.pins(), port.to_be()).unwrap(),
+                "{port} seeded"
+            );
+        }
+        let (verdict, p) = run(&next);
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(
+            (p.dst, p.dport),
+            (IpAddr::V4(LOCAL_POD), 8080),
+            "translated by the kept entry"
+        );
+    });
+}

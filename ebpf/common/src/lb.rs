@@ -163,7 +163,8 @@ pub mod ct_flags {
 }
 
 pub mod ctmark {
-    //! A one-sided filter in front of the conntrack lookup for packets from pods. Every
+    //! A one-sided filter in front of the conntrack lookup for packets from pods (and, with
+    //! `feport`, from outside: every reply's source is a backend, marked here). Every
     //! conntrack tuple whose packets arrive on a pod-facing interface has as its source a
     //! backend (replies) or a pod that reached a frontend itself (forward packets of pod
     //! traffic the socket hooks did not translate). Before a flow's entries are inserted, the
@@ -192,6 +193,21 @@ pub mod ctmark {
     const _: () = assert!(CAPACITY == 1 << 16);
 
     crate::impl_pod!(Mark);
+}
+
+pub mod feport {
+    //! A one-sided filter in front of the conntrack lookup for packets from outside (uplinks),
+    //! the counterpart of `ctmark` for pod packets. A conntrack tuple whose packets arrive on
+    //! an uplink is either a reply (its source is a backend, which `ctmark` marks) or a
+    //! forward packet to a frontend (its destination port is a frontend's port, NodePorts
+    //! included). This bitmap holds every port a frontend has had (the agent sets a port's
+    //! bit before it writes the frontend, and never clears it); an uplink packet whose source is
+    //! unmarked and whose destination port is not in it cannot match any entry and skips the
+    //! lookup. Traffic to the node itself and between pods across nodes mostly does.
+    pub const NAME: &str = "tg_feport_v1";
+    /// u64 words: one bit per port.
+    pub const WORDS: u32 = 1024;
+    pub use super::sockrev::port_bit;
 }
 
 pub mod ct {

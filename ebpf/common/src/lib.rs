@@ -42,6 +42,7 @@ pub const MAP_NAMES: &[&str] = &[
     lb::revnat::NAME,
     lb::ct::NAME,
     lb::ctmark::NAME,
+    lb::feport::NAME,
     lb::affinity::NAME,
     lb::sockct::NAME,
     lb::sockrev::NAME,

@@ -14,6 +14,7 @@ use tollgate_common::{
         config::Config,
         ct::{self, CtEntry, CtKey},
         ctmark::{self, Mark},
+        feport,
         revnat::{self, RevNat},
         sockct::{self, SockCtKey, SockCtValue},
         sockrev::{self, SockRevKey, SockRevTcp, SockRevValue, TcpRevSlot},
@@ -45,6 +46,11 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry, { ct::CAPACITY as usize }> = Lr
 
 #[btf_map(name = "tg_ctmark_v1")]
 pub static CT_MARKS: Array<Mark, { ctmark::CAPACITY as usize }> = Array::new();
+
+/// Bitmap of the ports frontends have had: uplink packets to other ports from unmarked
+/// sources skip the conntrack lookup (see `feport`).
+#[btf_map(name = "tg_feport_v1")]
+pub static FRONTEND_PORTS: Array<u64, { feport::WORDS as usize }> = Array::new();
 
 #[btf_map(name = "tg_affinity_v1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { affinity::CAPACITY as usize }> =

@@ -27,7 +27,7 @@ use aya_ebpf::{
 use tollgate_common::lb::{
     PROTO_TCP, PROTO_UDP, affinity_kind,
     ct::{CtEntry, CtKey},
-    ct_dir, ct_flags, ctmark, is_v4_mapped, md_mode, scope,
+    ct_dir, ct_flags, ctmark, feport, is_v4_mapped, md_mode, scope,
     srcrange::SrcRangeKey,
     svc::SvcKey,
     svc_flags, v4_mapped,
@@ -35,8 +35,8 @@ use tollgate_common::lb::{
 
 use crate::{
     lb::{self, Frontend},
-    maps::{CONFIG, CONNTRACK, CT_MARKS, SOURCE_RANGES},
-    pkt::{self, ETH_HLEN, Pkt},
+    maps::{CONFIG, CONNTRACK, CT_MARKS, FRONTEND_PORTS, SOURCE_RANGES},
+    pkt::{self, ETH_HLEN, Frame, Pkt},
 };
 
 const AF_INET: u8 = 2;
@@ -202,6 +202,28 @@ fn marked(addr: &[u32; 4]) -> bool {
         .is_none_or(|m| m.flows != 0)
 }
 
+/// Is the port (network order) one a frontend has had? (See `feport`: never a false no.)
+#[inline(always)]
+fn frontend_port(port: u16) -> bool {
+    let (word, bit) = feport::port_bit(port);
+    FRONTEND_PORTS.get(word).is_none_or(|w| w & bit != 0)
+}
+
+/// Can the packet belong to a conntrack flow? Never a false no. From a pod only if its source
+/// is marked (`ctmark`): the pod packets of socket-balanced connections are not. From outside
+/// also if its destination port is a frontend's (`feport`): a reply's source is a backend,
+/// which is marked, a forward packet goes to a frontend. Traffic to the node itself and
+/// between pods of different nodes mostly is neither.
+#[inline(always)]
+pub(crate) fn may_have_flow(p: &Pkt, side: Side) -> bool {
+    flow_possible(&p.saddr, p.dport, side)
+}
+
+#[inline(always)]
+fn flow_possible(saddr: &[u32; 4], dport: u16, side: Side) -> bool {
+    (side == Side::Outside && frontend_port(dport)) || marked(saddr)
+}
+
 /// Sends the packet out of the interface the FIB chooses for its (translated) destination.
 #[inline(never)]
 fn fib_redirect(ctx: &TcContext, p: &Pkt) -> i32 {
@@ -339,33 +361,35 @@ fn metadata_bypass(p: &Pkt) -> bool {
         && (p.dport == cfg.md_ports[0] || p.dport == cfg.md_ports[1])
 }
 
-/// The pod packet of a socket-balanced connection, decided from four header fields before
-/// anything is copied to the scratch: an IPv4 TCP segment that cannot start a flow (not a bare
-/// SYN), from a source without conntrack flows (see `ctmark`), not to the metadata server.
-/// [`handle`] would pass it untouched too; this only gets there with a fraction of the work
-/// (it runs on every pod packet, on the CPU of the pod that sends it).
+/// The common packet, decided from five header fields before anything is copied to the
+/// scratch: an IPv4 TCP segment that cannot start a flow (not a bare SYN) and cannot belong to
+/// one (`may_have_flow`), and from a pod not to the metadata server. The full path would pass
+/// it untouched too; this gets there with a fraction of the work. It is nearly every packet
+/// of socket-balanced connections, of traffic to the node itself and between pods of
+/// different nodes, which pay for Tollgate only this.
 #[inline(always)]
-fn pod_passes(ctx: &TcContext) -> bool {
-    let Some(p) = pkt::tcp4(ctx) else {
+pub(crate) fn passes<F: Frame>(f: &F, side: Side) -> bool {
+    let Some(p) = pkt::tcp4(f) else {
         return false;
     };
     if p.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_SYN {
         return false;
     }
-    if CONFIG
-        .get(0)
-        .is_some_and(|c| c.md_mode == md_mode::REDIRECT && c.md_addr == v4_mapped(p.daddr))
+    if side == Side::Pod
+        && CONFIG
+            .get(0)
+            .is_some_and(|c| c.md_mode == md_mode::REDIRECT && c.md_addr == v4_mapped(p.daddr))
     {
         return false;
     }
-    !marked(&v4_mapped(p.saddr))
+    !flow_possible(&v4_mapped(p.saddr), p.dport, side)
 }
 
 /// Translates a packet on a TC hook. Returns the TC verdict; packets that cannot be parsed
 /// pass untouched.
 #[inline(always)]
 pub fn handle(ctx: &TcContext, side: Side) -> i32 {
-    if side == Side::Pod && pod_passes(ctx) {
+    if passes(ctx, side) {
         return TC_ACT_UNSPEC;
     }
     let Some(s) = scratch() else {
@@ -377,9 +401,9 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
     if side == Side::Pod && s.pkt.proto == PROTO_TCP && metadata_bypass(&s.pkt) {
         return TC_ACT_SHOT;
     }
-    // From a pod, only a marked source can have an entry: the pod packets of socket-balanced
-    // connections (nearly all of them) skip the lookup (and building its key).
-    if side == Side::Outside || marked(&s.pkt.saddr) {
+    // Most packets cannot have an entry (see `may_have_flow`): they skip the lookup (and
+    // building its key).
+    if may_have_flow(&s.pkt, side) {
         s.key = key(&s.pkt);
         if let Some(e) = ct_get(&s.key) {
             return if e.dir == ct_dir::REPLY {

@@ -148,12 +148,13 @@ pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
     })
 }
 
-/// The fields of an IPv4 TCP segment without IP options (what nearly every pod packet is)
-/// that decide whether it needs the full parse; network order.
+/// The fields of an IPv4 TCP segment without IP options (what nearly every packet is) that
+/// decide whether it needs the full parse; network order.
 #[derive(Clone, Copy)]
 pub struct Tcp4 {
     pub saddr: u32,
     pub daddr: u32,
+    pub dport: u16,
     pub tcp_flags: u8,
 }
 
@@ -177,6 +178,7 @@ pub fn tcp4<F: Frame>(f: &F) -> Option<Tcp4> {
     Some(Tcp4 {
         saddr,
         daddr,
+        dport: tcp.u16::<2>(),
         tcp_flags: tcp.u8::<13>(),
     })
 }

@@ -181,6 +181,9 @@ fn tx(ctx: &XdpContext, p: &Pkt, e: &CtEntry, reply: u8) -> u32 {
 /// The XDP entry's work: returns the XDP verdict.
 #[inline(always)]
 pub fn uplink(ctx: &XdpContext) -> u32 {
+    if nat::passes(ctx, Side::Outside) {
+        return xdp_action::XDP_PASS;
+    }
     // SAFETY: this CPU's slot; XDP programs do not nest on a CPU.
     let Some(s) = XDP_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }) else {
         return xdp_action::XDP_PASS;
@@ -188,9 +191,11 @@ pub fn uplink(ctx: &XdpContext) -> u32 {
     if !pkt::parse_into(ctx, &mut s.pkt) {
         return xdp_action::XDP_PASS;
     }
-    s.key = nat::key(&s.pkt);
-    if let Some(e) = nat::ct_get(&s.key) {
-        return tx(ctx, &s.pkt, e, u8::from(e.dir == ct_dir::REPLY));
+    if nat::may_have_flow(&s.pkt, Side::Outside) {
+        s.key = nat::key(&s.pkt);
+        if let Some(e) = nat::ct_get(&s.key) {
+            return tx(ctx, &s.pkt, e, u8::from(e.dir == ct_dir::REPLY));
+        }
     }
     // Only a SYN starts a TCP flow (see nat::handle); the rest is not ours.
     let flags = s.pkt.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK);

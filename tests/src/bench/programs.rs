@@ -27,8 +27,9 @@ pub struct Options {
     pub repeat: u32,
     /// Measurements per case and object (the median is reported).
     pub samples: usize,
-    /// Other builds' objects to measure alongside the embedded one.
-    pub objects: Vec<PathBuf>,
+    /// Other builds' objects to measure alongside the embedded one: `PATH` or `LABEL=PATH`
+    /// (the label names the column, e.g. the commit it was built from).
+    pub objects: Vec<String>,
 }
 
 impl Default for Options {
@@ -109,6 +110,11 @@ fn cases() -> Vec<Case> {
             name: "outside → node, TCP segment (ACK), TC",
             program: "tg_tc_ingress",
             frame: frame(client, node, TCP, 22, ACK),
+        },
+        Case {
+            name: "pod on another node → pod, TCP segment (ACK), TC",
+            program: "tg_tc_ingress",
+            frame: frame([10, 244, 2, 11], pod, TCP, 8080, ACK),
         },
         Case {
             name: "outside → node, TCP segment (ACK), XDP",
@@ -196,13 +202,17 @@ pub fn run(opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow::Result<Re
         tollgate::dataplane::object::KERNEL_OBJECT,
         &names,
     )?];
-    for path in &opts.objects {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    for arg in &opts.objects {
+        let (label, path) = match arg.split_once('=') {
+            Some((label, path)) => (label.to_owned(), PathBuf::from(path)),
+            None => (arg.clone(), PathBuf::from(arg)),
+        };
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         // ELF parsing wants the bytes 8-byte aligned.
         let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
         let buf = bytemuck_bytes(&mut aligned, bytes.len());
         buf.copy_from_slice(&bytes);
-        loaded.push(load(path.display().to_string(), buf, &names)?);
+        loaded.push(load(label, buf, &names)?);
     }
     let mut results = Vec::new();
     for case in &cases {
@@ -261,7 +271,7 @@ belong to a Service (pod traffic that the socket hooks already balanced, traffic
 itself), so this is what installing Tollgate costs per packet, without the kernel's hook \
 dispatch around the program (TCX, the XDP driver path), which no program change removes. The \
 maps are fresh and unpinned (no Services, no node settings). The numbers include the test \
-loop's own per-run cost. `tollgate-bench programs --object PATH` adds a column for another \
+loop's own per-run cost. `tollgate-bench programs --object [LABEL=]PATH` adds a column for another \
 build's kernel object (`target/release/build/tollgate-*/out/tollgate-ebpf`) to compare a \
 change.\n\n{table}",
         machine = r.machine,

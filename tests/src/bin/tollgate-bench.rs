@@ -50,9 +50,10 @@ enum Suite {
     /// Per-packet cost of the TC and XDP programs (BPF_PROG_TEST_RUN), optionally beside
     /// other builds' kernel objects.
     Programs {
-        /// Another build's kernel object to measure alongside (repeatable).
+        /// Another build's kernel object to measure alongside, `PATH` or `LABEL=PATH`
+        /// (repeatable).
         #[arg(long)]
-        object: Vec<std::path::PathBuf>,
+        object: Vec<String>,
         /// Program runs per test-run call.
         #[arg(long, default_value_t = bench::programs::Options::default().repeat)]
         repeat: u32,

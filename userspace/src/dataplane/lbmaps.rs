@@ -7,6 +7,7 @@ use tollgate_common::lb::{
     backend::{self, Backend},
     config::{self, Config},
     ct::{self, CtEntry, CtKey},
+    feport,
     revnat::{self, RevNat},
     sockct::{self, SockCtKey, SockCtValue},
     sockrev::{self, SockRevKey, SockRevValue, port_bit},
@@ -31,7 +32,8 @@ pub struct LbMaps {
     pub bestat: PerCpuArray<MapData, Counters>,
     pub config: Array<MapData, Config>,
     pub svcinfo: HashMap<MapData, u32, SvcInfo>,
-    pub peer_ports: PeerPorts,
+    pub peer_ports: PortFilter,
+    pub fe_ports: PortFilter,
     /// The kernel's `max_entries` of the maps that grow with the cluster.
     pub capacity: Capacity,
 }
@@ -76,10 +78,8 @@ impl LbMaps {
             bestat: open!(pins, stats::BACKEND_NAME, PerCpuArray),
             config: open!(pins, config::NAME, Array),
             svcinfo: open!(pins, svcinfo::NAME, HashMap),
-            peer_ports: PeerPorts {
-                map: open!(pins, sockrev::PORT_NAME, Array),
-                known: vec![0; sockrev::PORT_WORDS as usize],
-            },
+            peer_ports: PortFilter::new(open!(pins, sockrev::PORT_NAME, Array)),
+            fe_ports: PortFilter::new(open!(pins, feport::NAME, Array)),
             capacity: Capacity {
                 svc: max_entries(pins, svc::NAME)?,
                 backend: max_entries(pins, backend::NAME)?,
@@ -89,15 +89,24 @@ impl LbMaps {
     }
 }
 
-/// `tg_peerport_v1`: the ports a translated TCP socket's peer can have. Bits are only ever set
-/// (see `sockrev::PORT_NAME`); `known` caches the words this process has seen, so a port costs
-/// map calls once.
-pub struct PeerPorts {
+/// A port bitmap the programs check before a lookup: `tg_peerport_v1` (the ports a translated
+/// TCP socket's peer can have, see `sockrev::PORT_NAME`) and `tg_feport_v1` (the ports
+/// frontends have had, see `feport`). Bits are only ever set; `known` caches the words this
+/// process has seen, so a port costs map calls once.
+pub struct PortFilter {
     map: Array<MapData, u64>,
     known: Vec<u64>,
 }
 
-impl PeerPorts {
+impl PortFilter {
+    fn new(map: Array<MapData, u64>) -> Self {
+        let words = map.len() as usize;
+        Self {
+            map,
+            known: vec![0; words],
+        }
+    }
+
     /// Adds a port (network order) to the filter.
     pub fn allow(&mut self, port_be: u16) -> Result<(), aya::maps::MapError> {
         let (word, bit) = port_bit(port_be);
@@ -113,6 +122,12 @@ impl PeerPorts {
         }
         *known = current | bit;
         Ok(())
+    }
+
+    /// Is the port (network order) in the filter? (Read from the map.)
+    pub fn allows(&self, port_be: u16) -> Result<bool, aya::maps::MapError> {
+        let (word, bit) = port_bit(port_be);
+        Ok(self.map.get(&word, 0)? & bit != 0)
     }
 }
 

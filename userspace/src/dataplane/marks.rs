@@ -1,18 +1,25 @@
-//! Conntrack marks (`tg_ctmark_v1`): the programs set the slot of every address a conntrack
-//! tuple from a pod can start with, before inserting the flow's entries, and skip the
-//! conntrack lookup for pod packets from unmarked addresses. When the marks map is new but the
-//! conntrack map was kept (an agent from before the marks existed, or the marks pin removed by
-//! hand), the flows already there are marked here, so none of them loses its translation.
+//! The filters in front of the conntrack lookup, seeded when their map is new but the maps
+//! they stand for were kept (an agent from before them, or a pin removed by hand), so no flow
+//! loses its translation.
+//!
+//! - Conntrack marks (`tg_ctmark_v1`): the programs set the slot of every address a conntrack
+//!   tuple can start with (backends, and pods that reached a frontend themselves) before
+//!   inserting the flow's entries; the flows already there are marked here.
+//! - The frontend-port filter (`tg_feport_v1`): the writer sets a frontend's port before it
+//!   writes the frontend; the kept frontends' ports and the destination ports of kept forward
+//!   flows (whose frontend may be gone) are set here.
 
 use std::collections::BTreeSet;
 
 use aya::maps::{Array, HashMap, MapData};
 use tollgate_common::lb::{
     ct::{self, CtEntry, CtKey},
+    ct_dir,
     ctmark::{self, Mark},
+    feport,
 };
 
-use super::{DataplaneError, PinLayout, stats::open_pinned};
+use super::{DataplaneError, PinLayout, lbmaps::LbMaps, stats::open_pinned};
 
 fn open_marks(pins: &PinLayout) -> Result<Array<MapData, Mark>, DataplaneError> {
     let name = ctmark::NAME;
@@ -56,4 +63,39 @@ pub fn is_marked(pins: &PinLayout, addr: &[u32; 4]) -> Result<bool, DataplaneErr
         .get(&ctmark::slot(addr), 0)
         .map_err(|source| DataplaneError::Map { name, source })?;
     Ok(m.flows != 0)
+}
+
+/// Sets the frontend-port filter from the frontends in `tg_svc_v1` and the forward entries in
+/// `tg_ct_v2`; returns how many distinct ports it holds for them.
+pub fn seed_frontend_ports(pins: &PinLayout) -> Result<usize, DataplaneError> {
+    let mut maps = LbMaps::open(pins)?;
+    let mut ports: BTreeSet<u16> = maps
+        .svc
+        .keys()
+        .filter_map(Result::ok)
+        .map(|k| k.port)
+        .collect();
+    ports.extend(
+        maps.ct
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, e)| e.dir == ct_dir::FORWARD)
+            .map(|(k, _)| k.dport),
+    );
+    let name = feport::NAME;
+    for &port in &ports {
+        maps.fe_ports
+            .allow(port)
+            .map_err(|source| DataplaneError::Map { name, source })?;
+    }
+    Ok(ports.len())
+}
+
+/// Is the port (network order) in the frontend-port filter? (For the packet tests.)
+pub fn is_frontend_port(pins: &PinLayout, port_be: u16) -> Result<bool, DataplaneError> {
+    let name = feport::NAME;
+    LbMaps::open(pins)?
+        .fe_ports
+        .allows(port_be)
+        .map_err(|source| DataplaneError::Map { name, source })
 }

@@ -163,6 +163,13 @@ impl Dataplane {
             loader.map_max_entries(name, size);
         }
         let marks_created = !pins.map(tollgate_common::lb::ctmark::NAME).exists();
+        // The frontend-port filter is new while frontends were kept (an agent from before
+        // it, or its pin removed by hand): their ports are set before the new programs run.
+        let feports_seed = {
+            use tollgate_common::lb::{ct, feport, svc};
+            !pins.map(feport::NAME).exists()
+                && (pins.map(svc::NAME).exists() || pins.map(ct::NAME).exists())
+        };
         let held_seed = {
             use tollgate_common::lb::sockrev;
             !pins.map(sockrev::HELD_NAME).exists() && pins.map(sockrev::SLOT_NAME).exists()
@@ -193,6 +200,13 @@ impl Dataplane {
         };
         if marks_created {
             dp.reseed_marks()?;
+        }
+        if feports_seed {
+            let ports = marks::seed_frontend_ports(&dp.pins)?;
+            tracing::info!(
+                ports,
+                "frontend-port filter set from the kept frontends and flows"
+            );
         }
         if held_seed {
             // Before the new programs are attached: from then on only they write the bits.

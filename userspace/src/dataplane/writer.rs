@@ -16,6 +16,7 @@ use aya::maps::lpm_trie::Key;
 use tollgate_common::lb::{
     PROTO_TCP,
     backend::{self, Backend},
+    feport,
     revnat::RevNat,
     scope, sockrev,
     srcrange::{self, SrcRangeKey},
@@ -681,6 +682,15 @@ impl Writer {
             slot: 0,
             pad: [0; 2],
         };
+        // Before the frontend exists: packets of its flows from outside must take the
+        // conntrack lookup.
+        self.maps
+            .fe_ports
+            .allow(key.port)
+            .map_err(|source| WriteError::Map {
+                map: feport::NAME,
+                source,
+            })?;
         let before = prev.and_then(|p| p.frontends.iter().find(|f| f.key == key));
         let mut slots = Vec::with_capacity(set.len());
         for e in set.iter() {
