@@ -417,6 +417,39 @@ fn xdp_ctx(len: usize, ifindex: u32) -> Vec<u8> {
     ctx
 }
 
+/// A TCP conntrack entry written by hand (as an agent from before a lookup filter left it):
+/// packets `from` → `to` are rewritten to `rewrite` (the destination for FORWARD, the source for
+/// REPLY).
+fn insert_tcp_flow(
+    dp: &Dataplane,
+    from: (Ipv4Addr, u16),
+    to: (Ipv4Addr, u16),
+    rewrite: (Ipv4Addr, u16),
+    dir: u8,
+) {
+    use tollgate::dataplane::addr::words;
+    use tollgate_common::lb::ct::{CtEntry, CtKey};
+    let key = CtKey {
+        saddr: words(IpAddr::V4(from.0)),
+        daddr: words(IpAddr::V4(to.0)),
+        sport: from.1.to_be(),
+        dport: to.1.to_be(),
+        proto: 6,
+        pad: [0; 3],
+    };
+    let entry = CtEntry {
+        to_addr: words(IpAddr::V4(rewrite.0)),
+        to_port: rewrite.1.to_be(),
+        dir,
+        ..CtEntry::default()
+    };
+    LbMaps::open(dp.pins())
+        .unwrap()
+        .ct
+        .insert(key, entry, 0)
+        .unwrap();
+}
+
 fn cluster() -> Cluster {
     Cluster::new(&ClusterSpec {
         pods_per_node: vec![0],
@@ -710,10 +743,7 @@ fn xdp_translates_in_place_and_transmits_from_the_uplink() {
 #[test]
 fn pod_packets_take_the_conntrack_lookup_only_from_marked_sources() {
     use tollgate::dataplane::{addr::words, marks};
-    use tollgate_common::lb::{
-        ct::{CtEntry, CtKey},
-        ct_dir,
-    };
+    use tollgate_common::lb::ct_dir;
     let c = cluster();
     let node = c.node("node1");
     node.ns.run_in(|| {
@@ -750,22 +780,13 @@ fn pod_packets_take_the_conntrack_lookup_only_from_marked_sources() {
         // packets skip the lookup, until the agent seeds the marks from the conntrack map.
         let unmarked = Ipv4Addr::new(10, 244, 1, 99);
         assert!(!marks::is_marked(b.dp.pins(), &words(IpAddr::V4(unmarked))).unwrap());
-        let mut maps = LbMaps::open(b.dp.pins()).unwrap();
-        let key = CtKey {
-            saddr: words(IpAddr::V4(unmarked)),
-            daddr: words(IpAddr::V4(CLIENT)),
-            sport: 8080u16.to_be(),
-            dport: 40012u16.to_be(),
-            proto: 6,
-            pad: [0; 3],
-        };
-        let entry = CtEntry {
-            to_addr: words(IpAddr::V4(NODE)),
-            to_port: 30081u16.to_be(),
-            dir: ct_dir::REPLY,
-            ..CtEntry::default()
-        };
-        maps.ct.insert(key, entry, 0).unwrap();
+        insert_tcp_flow(
+            &b.dp,
+            (unmarked, 8080),
+            (CLIENT, 40012),
+            (NODE, 30081),
+            ct_dir::REPLY,
+        );
         let (verdict, p) = reply(unmarked, 40012);
         assert_eq!(
             verdict, TC_ACT_UNSPEC,
@@ -846,11 +867,8 @@ fn pod_packets_to_the_metadata_server_are_dropped_whatever_their_flags() {
 
 #[test]
 fn outside_packets_take_the_conntrack_lookup_only_for_frontend_ports_or_marked_sources() {
-    use tollgate::dataplane::{addr::words, marks};
-    use tollgate_common::lb::{
-        ct::{CtEntry, CtKey},
-        ct_dir, feport,
-    };
+    use tollgate::dataplane::marks;
+    use tollgate_common::lb::{ct_dir, feport};
     let c = cluster();
     let node = c.node("node1");
     node.ns.run_in(|| {
@@ -888,22 +906,13 @@ fn outside_packets_take_the_conntrack_lookup_only_for_frontend_ports_or_marked_s
         };
         // A forward entry for it, without its port in the filter (as a flow of a frontend an
         // agent from before the filter wrote, then removed): the packet skips the lookup.
-        let mut maps = LbMaps::open(b.dp.pins()).unwrap();
-        let key = CtKey {
-            saddr: words(IpAddr::V4(CLIENT)),
-            daddr: words(IpAddr::V4(NODE)),
-            sport: 40020u16.to_be(),
-            dport: 2222u16.to_be(),
-            proto: 6,
-            pad: [0; 3],
-        };
-        let entry = CtEntry {
-            to_addr: words(IpAddr::V4(LOCAL_POD)),
-            to_port: 8080u16.to_be(),
-            dir: ct_dir::FORWARD,
-            ..CtEntry::default()
-        };
-        maps.ct.insert(key, entry, 0).unwrap();
+        insert_tcp_flow(
+            &b.dp,
+            (CLIENT, 40020),
+            (NODE, 2222),
+            (LOCAL_POD, 8080),
+            ct_dir::FORWARD,
+        );
         let (verdict, p) = run(&b.dp);
         assert_eq!(verdict, TC_ACT_UNSPEC, "not a frontend port, not looked up");
         assert_eq!((p.dst, p.dport), (IpAddr::V4(NODE), 2222));
