@@ -91,6 +91,17 @@ fn nodeport_external_ip_and_load_balancer_from_outside() {
         T,
     );
     assert_eq!(t.ok, 10, "{t:?}");
+    // Datagrams larger than the MTU: every IPv4 fragment is translated, both ways (kube-proxy's
+    // conntrack reassembles them), to the local and the remote backend.
+    let t = s.client(
+        outside(),
+        &format!("{node1}:{}", scenario::NODEPORT_UDP),
+        20,
+        Mode::UdpLarge,
+        T,
+    );
+    assert_eq!(t.ok, 20, "{t:?}");
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
     // externalIP and LoadBalancer IP (routed to node1 by the network).
     let t = s.client(
         outside(),
@@ -661,8 +672,8 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
     let s = Scenario::new();
     let node1 = s.node("node1");
     // Traffic that leaves an entry in every map: a NodePort flow from outside to a remote
-    // backend (conntrack), a ClusterIP service with affinity (affinity, socket LB) and UDP
-    // from a pod (reverse socket translation).
+    // backend (conntrack), a ClusterIP service with affinity (affinity, socket LB), UDP
+    // from a pod (reverse socket translation) and a fragmented datagram from outside.
     let np = format!("{}:{}", node1.ip, scenario::NODEPORT);
     let t = s.client(s.cluster.outside(), &np, 4, Mode::Tcp, T);
     assert_eq!(t.ok, 4, "{t:?}");
@@ -672,6 +683,10 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
     let dns = format!("{}:53", scenario::DNS);
     let t = s.client(s.pod("n1p2").placement(), &dns, 2, Mode::UdpUnconnected, T);
     assert_eq!(t.ok, 2, "{t:?}");
+    // A datagram in IPv4 fragments from outside (the first fragment's ports).
+    let np_udp = format!("{}:{}", node1.ip, scenario::NODEPORT_UDP);
+    let t = s.client(s.cluster.outside(), &np_udp, 1, Mode::UdpLarge, T);
+    assert_eq!(t.ok, 1, "{t:?}");
 
     let fields: &[(&str, &[&str])] = &[
         ("tg_ifstats_v1", &["ifindex", "hook", "packets"]),
@@ -687,6 +702,7 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
         ),
         ("tg_ctmark_v1", &["flows"]),
         ("tg_feport_v1", &["value"]),
+        ("tg_frag_v1", &["saddr", "id", "proto", "sport", "dport"]),
         ("tg_affinity_v1", &["client", "service_id", "last_used"]),
         ("tg_sockct_v1", &["cookie", "backend_id", "service_id"]),
         ("tg_sockrev_v1", &["cookie", "addr", "port"]),

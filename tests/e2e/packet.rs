@@ -936,3 +936,126 @@ fn outside_packets_take_the_conntrack_lookup_only_for_frontend_ports_or_marked_s
         );
     });
 }
+
+/// An IPv4 fragment: `payload` is its part of the datagram's IP payload, `offset` in bytes
+/// (a multiple of 8), `more` = more fragments follow.
+fn ipv4_fragment(
+    proto: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    id: u16,
+    offset: usize,
+    more: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    assert_eq!(offset % 8, 0);
+    let mut ip = ipv4(proto, src, dst, payload);
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    let field = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+    ip[6..8].copy_from_slice(&field.to_be_bytes());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = fold(sum16(&ip[..20], 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip
+}
+
+/// Addresses, id, fragment field and IP payload of an IPv4 fragment frame (header checksum
+/// verified; the L4 checksum covers the whole datagram, so it is checked after reassembly).
+fn fragment_parts(frame: &[u8]) -> (Ipv4Addr, Ipv4Addr, u16, u16, Vec<u8>) {
+    let ip = &frame[14..];
+    assert_eq!(fold(sum16(&ip[..20], 0)), 0, "IPv4 header checksum wrong");
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    (
+        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        u16::from_be_bytes([ip[4], ip[5]]),
+        u16::from_be_bytes([ip[6], ip[7]]),
+        ip[20..total].to_vec(),
+    )
+}
+
+#[test]
+fn every_fragment_of_a_udp_datagram_is_translated_both_ways() {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        let payload: Vec<u8> = (0..120u8).collect();
+        // A datagram to the UDP NodePort (remote backend: DNAT + SNAT), in two fragments: the
+        // UDP header and 24 bytes, then the rest.
+        let fragments = |from: (Ipv4Addr, u16), to: (Ipv4Addr, u16), id: u16, data: &[u8]| {
+            let (s, d) = (IpAddr::V4(from.0), IpAddr::V4(to.0));
+            let dgram = udp(&s, &d, from.1, to.1, data, false);
+            let frame = |off: usize, end: usize, more| {
+                ether(
+                    b.eth0_mac,
+                    PEER_MAC,
+                    0x0800,
+                    &ipv4_fragment(17, from.0, to.0, id, off, more, &dgram[off..end]),
+                )
+            };
+            (frame(0, 32, true), frame(32, dgram.len(), false))
+        };
+        let tc = |frame: &[u8]| {
+            let (verdict, out) =
+                b.dp.test_run("tg_tc_ingress", frame, Some(&skb_ctx(b.eth0)))
+                    .unwrap();
+            (verdict, fragment_parts(&out))
+        };
+        // The whole datagram's UDP checksum, over both fragments' parts as translated.
+        let reassembled_ok = |src: Ipv4Addr, dst: Ipv4Addr, a: &[u8], b: &[u8]| {
+            let whole = [a, b].concat();
+            let (s, d) = (IpAddr::V4(src), IpAddr::V4(dst));
+            fold(sum16(&whole, pseudo(&s, &d, 17, whole.len()))) == 0
+        };
+
+        let (first, later) = fragments((CLIENT, 5010), (NODE, 30053), 0x4242, &payload);
+        // A later fragment before its first: nothing to go by, it passes untouched.
+        let (verdict, (_, dst, ..)) = tc(&later);
+        assert_eq!((verdict, dst), (TC_ACT_UNSPEC, NODE));
+        let (v1, (s1, d1, id1, field1, l4a)) = tc(&first);
+        assert_eq!(v1, TC_ACT_REDIRECT);
+        assert_eq!((s1, d1, id1, field1), (NODE, REMOTE_POD, 0x4242, 0x2000));
+        assert_eq!(u16::from_be_bytes([l4a[2], l4a[3]]), 5353);
+        let nat_port = u16::from_be_bytes([l4a[0], l4a[1]]);
+        let (v2, (s2, d2, id2, field2, l4b)) = tc(&later);
+        assert_eq!(
+            (v2, s2, d2, id2, field2),
+            (TC_ACT_REDIRECT, NODE, REMOTE_POD, 0x4242, 4),
+            "the later fragment follows the first"
+        );
+        assert!(reassembled_ok(NODE, REMOTE_POD, &l4a, &l4b));
+        assert_eq!(&[l4a[8..].to_vec(), l4b].concat(), &payload);
+
+        // The backend's answer comes back in fragments too: translated to the NodePort.
+        let answer: Vec<u8> = (0..100u8).rev().collect();
+        let (first, later) = fragments((REMOTE_POD, 5353), (NODE, nat_port), 0x0707, &answer);
+        let (v1, (s1, d1, _, _, l4a)) = tc(&first);
+        let (v2, (s2, d2, _, _, l4b)) = tc(&later);
+        assert_eq!((v1, s1, d1), (TC_ACT_REDIRECT, NODE, CLIENT));
+        assert_eq!((v2, s2, d2), (TC_ACT_REDIRECT, NODE, CLIENT));
+        assert_eq!(
+            (
+                u16::from_be_bytes([l4a[0], l4a[1]]),
+                u16::from_be_bytes([l4a[2], l4a[3]])
+            ),
+            (30053, 5010)
+        );
+        assert!(reassembled_ok(NODE, CLIENT, &l4a, &l4b));
+
+        // XDP: the same in place, sent back out of the uplink.
+        let (first, later) = fragments((CLIENT, 5011), (NODE, 30053), 0x4343, &payload);
+        let mut outs = Vec::new();
+        for frame in [&first, &later] {
+            let (verdict, out) =
+                b.dp.test_run("tg_xdp_uplink", frame, Some(&xdp_ctx(frame.len(), b.eth0)))
+                    .unwrap();
+            assert_eq!(verdict, XDP_TX);
+            let (s, d, ..) = fragment_parts(&out);
+            assert_eq!((s, d), (NODE, REMOTE_POD));
+            assert_eq!(&out[0..6], &PEER_MAC, "to the peer node");
+            outs.push(fragment_parts(&out).4);
+        }
+        assert!(reassembled_ok(NODE, REMOTE_POD, &outs[0], &outs[1]));
+    });
+}

@@ -32,9 +32,15 @@ pub fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> std::io::Res
         let sock = UdpSocket::bind(addr)?;
         let name = name.to_owned();
         handles.push(std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while let Ok((_, from)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(format!("{name} {}\n", canonical(from)).as_bytes(), from);
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let mut answer = format!("{name} {}\n", canonical(from)).into_bytes();
+                // A large datagram gets an answer as large (padded with spaces): both
+                // directions then travel in IPv4 fragments.
+                if n > answer.len() {
+                    answer.resize(n, b' ');
+                }
+                let _ = sock.send_to(&answer, from);
             }
         }));
     }
@@ -141,7 +147,13 @@ pub enum Mode {
     Udp,
     /// UDP with sendto/recvfrom on one socket (kept across all datagrams).
     UdpUnconnected,
+    /// UDP on a connected socket, [`LARGE_DATAGRAM`] bytes each way: IPv4 fragments at the
+    /// test bed's 1500-byte MTU. Only an answer of full length counts.
+    UdpLarge,
 }
+
+/// Datagram size of [`Mode::UdpLarge`].
+pub const LARGE_DATAGRAM: usize = 4000;
 
 impl Mode {
     /// The command-line value of the mode (`--mode`).
@@ -258,7 +270,7 @@ pub fn connect(
         Mode::UdpUnconnected => udp_socket(to, timeout).ok(),
         _ => None,
     };
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65536];
     for _ in 0..count {
         let r = match mode {
             Mode::Tcp => tcp_once(to, timeout, false, &mut tally),
@@ -267,6 +279,20 @@ pub fn connect(
                 s.connect(to)?;
                 s.send(b"hello\n")?;
                 let n = s.recv(&mut buf)?;
+                tally.answer(&String::from_utf8_lossy(&buf[..n]), s.peer_addr().ok());
+                Ok(())
+            }),
+            Mode::UdpLarge => udp_socket(to, timeout).and_then(|s| {
+                s.connect(to)?;
+                let mut request = b"hello\n".to_vec();
+                request.resize(LARGE_DATAGRAM, b' ');
+                s.send(&request)?;
+                let n = s.recv(&mut buf)?;
+                if n != LARGE_DATAGRAM {
+                    return Err(std::io::Error::other(format!(
+                        "answer of {n} bytes, not {LARGE_DATAGRAM}"
+                    )));
+                }
                 tally.answer(&String::from_utf8_lossy(&buf[..n]), s.peer_addr().ok());
                 Ok(())
             }),

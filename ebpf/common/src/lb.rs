@@ -300,6 +300,46 @@ pub mod affinity {
     crate::impl_pod!(AffinityKey, AffinityValue);
 }
 
+pub mod frag {
+    //! IPv4 fragments. Only a datagram's first fragment carries the TCP/UDP header whose ports
+    //! select the conntrack entry; kube-proxy's conntrack reassembles, the per-packet path here
+    //! remembers instead (as Cilium does): the first fragment's ports are kept by (source,
+    //! destination, IP id, protocol), and the later fragments of the datagram are translated
+    //! with them — their addresses only: they carry no L4 header, and the L4 checksum, which
+    //! covers the whole datagram, is fixed in the first fragment. A later fragment that comes
+    //! before its first, or whose entry was evicted, passes untranslated. Later fragments never
+    //! start a flow or get a REJECT reply. LRU: entries are not removed otherwise.
+    pub const NAME: &str = "tg_frag_v1";
+    pub const CAPACITY: u32 = 8_192;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FragKey {
+        /// be: source address.
+        pub saddr: u32,
+        /// be: destination address.
+        pub daddr: u32,
+        /// be: the IPv4 identification shared by the datagram's fragments.
+        pub id: u16,
+        /// IP protocol number.
+        pub proto: u8,
+        pub pad: u8,
+    }
+    const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FragPorts {
+        /// be: the first fragment's source port.
+        pub sport: u16,
+        /// be: the first fragment's destination port.
+        pub dport: u16,
+    }
+    const _: () = assert!(core::mem::size_of::<FragPorts>() == 4);
+
+    crate::impl_pod!(FragKey, FragPorts);
+}
+
 pub mod sockct {
     //! Unconnected-UDP sockets keep their backend per frontend (kube-proxy's conntrack gives a
     //! UDP "flow" one backend); purged when the backend goes away.

@@ -43,6 +43,7 @@ pub const MAP_NAMES: &[&str] = &[
     lb::ct::NAME,
     lb::ctmark::NAME,
     lb::feport::NAME,
+    lb::frag::NAME,
     lb::affinity::NAME,
     lb::sockct::NAME,
     lb::sockrev::NAME,

@@ -8,6 +8,7 @@
 #![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
+mod frag;
 mod lb;
 mod maps;
 mod nat;

@@ -15,6 +15,7 @@ use tollgate_common::{
         ct::{self, CtEntry, CtKey},
         ctmark::{self, Mark},
         feport,
+        frag::{self, FragKey, FragPorts},
         revnat::{self, RevNat},
         sockct::{self, SockCtKey, SockCtValue},
         sockrev::{self, SockRevKey, SockRevTcp, SockRevValue, TcpRevSlot},
@@ -51,6 +52,12 @@ pub static CT_MARKS: Array<Mark, { ctmark::CAPACITY as usize }> = Array::new();
 /// sources skip the conntrack lookup (see `feport`).
 #[btf_map(name = "tg_feport_v1")]
 pub static FRONTEND_PORTS: Array<u64, { feport::WORDS as usize }> = Array::new();
+
+/// The ports of IPv4 datagrams whose first fragment was seen, for their later fragments (see
+/// `frag`).
+#[btf_map(name = "tg_frag_v1")]
+pub static FRAGMENTS: LruHashMap<FragKey, FragPorts, { frag::CAPACITY as usize }> =
+    LruHashMap::new();
 
 #[btf_map(name = "tg_affinity_v1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue, { affinity::CAPACITY as usize }> =

@@ -36,7 +36,7 @@ use tollgate_common::lb::{
 use crate::{
     lb::{self, Frontend},
     maps::{CONFIG, CONNTRACK, CT_MARKS, FRONTEND_PORTS, SOURCE_RANGES},
-    pkt::{self, ETH_HLEN, Frame, Pkt},
+    pkt::{self, ETH_HLEN, Frame, LATER_FRAGMENT, Pkt},
 };
 
 const AF_INET: u8 = 2;
@@ -117,13 +117,16 @@ fn set_addr(ctx: &TcContext, p: &mut Pkt, src: bool, new: [u32; 4]) -> R<()> {
         ctx.store(off, &new[3], 0).map_err(|_| ())?;
         ctx.l3_csum_replace(p.l3 + 10, u64::from(old[3]), u64::from(new[3]), 4)
             .map_err(|_| ())?;
-        ctx.l4_csum_replace(
-            p.csum_off,
-            u64::from(old[3]),
-            u64::from(new[3]),
-            u64::from(BPF_F_PSEUDO_HDR) | l4_flags(p) | 4,
-        )
-        .map_err(|_| ())?;
+        // A later fragment has no L4 header (its first fragment's checksum covers it).
+        if p.frag != LATER_FRAGMENT {
+            ctx.l4_csum_replace(
+                p.csum_off,
+                u64::from(old[3]),
+                u64::from(new[3]),
+                u64::from(BPF_F_PSEUDO_HDR) | l4_flags(p) | 4,
+            )
+            .map_err(|_| ())?;
+        }
     }
     if src {
         p.saddr = new;
@@ -139,10 +142,13 @@ fn set_port(ctx: &TcContext, p: &mut Pkt, src: bool, new: u16) -> R<()> {
     if old == new {
         return Ok(());
     }
-    ctx.store(p.l4 + if src { 0 } else { 2 }, &new, 0)
-        .map_err(|_| ())?;
-    ctx.l4_csum_replace(p.csum_off, u64::from(old), u64::from(new), l4_flags(p) | 2)
-        .map_err(|_| ())?;
+    // A later fragment has no ports to rewrite: its first fragment's were.
+    if p.frag != LATER_FRAGMENT {
+        ctx.store(p.l4 + if src { 0 } else { 2 }, &new, 0)
+            .map_err(|_| ())?;
+        ctx.l4_csum_replace(p.csum_off, u64::from(old), u64::from(new), l4_flags(p) | 2)
+            .map_err(|_| ())?;
+    }
     if src {
         p.sport = new;
     } else {
@@ -414,6 +420,10 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         }
     }
     let p = &s.pkt;
+    // A later fragment only follows its datagram's flow (see `frag`).
+    if p.frag == LATER_FRAGMENT {
+        return TC_ACT_UNSPEC;
+    }
     // Only a SYN can start a TCP flow: the rest of a flow we never saw (or evicted) is left to
     // the stack (the backend would answer it with a reset). This also spares the service
     // lookup on all but the first packet of connections that are not ours.

@@ -36,7 +36,20 @@ pub struct Pkt {
     pub csum_off: usize,
     pub tcp_flags: u8,
     pub len: u32,
+    /// [`NOT_FRAGMENT`], [`FIRST_FRAGMENT`] or [`LATER_FRAGMENT`] (IPv4 only).
+    pub frag: u8,
+    /// be: the IPv4 identification (fragments only).
+    pub frag_id: u16,
 }
+
+/// `Pkt::frag`: a whole datagram.
+pub const NOT_FRAGMENT: u8 = 0;
+/// The first fragment of a datagram: it has the TCP/UDP header.
+pub const FIRST_FRAGMENT: u8 = 1;
+/// A later fragment: no TCP/UDP header; its ports come from the first (see `frag.rs`).
+pub const LATER_FRAGMENT: u8 = 2;
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
 
 /// What the parser needs of a program's packet: an skb at TC, a frame at XDP.
 pub trait Frame {
@@ -99,29 +112,59 @@ impl Frame for XdpContext {
 }
 
 /// Parses the packet; `None` for anything the translation leaves alone (not IP, not TCP/UDP,
-/// non-first fragments, IPv6 extension headers, headers cut short).
+/// IPv6 extension headers, headers cut short). A later IPv4 fragment comes back without ports
+/// (`frag` = [`LATER_FRAGMENT`]; see [`parse_into`]).
 #[inline(always)]
 pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
     let l3 = ETH_HLEN;
-    let (v6, l4, proto, saddr, daddr) = match f.eth_proto()? {
+    let (v6, l4, proto, saddr, daddr, frag, frag_id) = match f.eth_proto()? {
         ETH_P_IP => {
             let h = Header::<20>::at(f, l3)?;
             let vihl = h.u8::<0>();
             let ihl = usize::from(vihl & 0x0f) * 4;
-            if vihl >> 4 != 4 || ihl < 20 || u16::from_be(h.u16::<6>()) & 0x1fff != 0 {
+            if vihl >> 4 != 4 || ihl < 20 {
                 return None;
             }
+            let fo = u16::from_be(h.u16::<6>());
+            let frag = if fo & IP_OFFSET != 0 {
+                LATER_FRAGMENT
+            } else if fo & IP_MF != 0 {
+                FIRST_FRAGMENT
+            } else {
+                NOT_FRAGMENT
+            };
             let (s, d) = (h.u32::<12>(), h.u32::<16>());
-            (false, l3 + ihl, h.u8::<9>(), v4_mapped(s), v4_mapped(d))
+            let (proto, id) = (h.u8::<9>(), h.u16::<4>());
+            (false, l3 + ihl, proto, v4_mapped(s), v4_mapped(d), frag, id)
         }
         ETH_P_IPV6 => {
             let h = Header::<40>::at(f, l3)?;
             let s = [h.u32::<8>(), h.u32::<12>(), h.u32::<16>(), h.u32::<20>()];
             let d = [h.u32::<24>(), h.u32::<28>(), h.u32::<32>(), h.u32::<36>()];
-            (true, l3 + 40, h.u8::<6>(), s, d)
+            (true, l3 + 40, h.u8::<6>(), s, d, NOT_FRAGMENT, 0)
         }
         _ => return None,
     };
+    if frag == LATER_FRAGMENT {
+        if proto != PROTO_TCP && proto != PROTO_UDP {
+            return None;
+        }
+        return Some(Pkt {
+            v6,
+            l3,
+            l4,
+            proto,
+            saddr,
+            daddr,
+            sport: 0,
+            dport: 0,
+            csum_off: 0,
+            tcp_flags: 0,
+            len: f.len(),
+            frag,
+            frag_id,
+        });
+    }
     let (csum_off, tcp_flags, sport, dport) = match proto {
         PROTO_TCP => {
             let h = Header::<14>::at(f, l4)?;
@@ -145,6 +188,8 @@ pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
         csum_off,
         tcp_flags,
         len: f.len(),
+        frag,
+        frag_id,
     })
 }
 
@@ -183,14 +228,15 @@ pub fn tcp4<F: Frame>(f: &F) -> Option<Tcp4> {
     })
 }
 
-/// [`parse`] into `out` (a per-CPU scratch entry: no copy of the packet on the stack); false for
-/// anything the translation leaves alone.
+/// [`parse`] into `out` (a per-CPU scratch entry: no copy of the packet on the stack), with an
+/// IPv4 fragment's ports remembered (first) or recalled (later, see `frag.rs`); false for
+/// anything the translation leaves alone, a later fragment whose first was not seen included.
 #[inline(always)]
 pub fn parse_into<F: Frame>(f: &F, out: &mut Pkt) -> bool {
     match parse(f) {
         Some(p) => {
             *out = p;
-            true
+            out.frag == NOT_FRAGMENT || crate::frag::ports(out)
         }
         None => false,
     }

@@ -21,7 +21,7 @@ use tollgate_common::lb::{
 use crate::{
     lb,
     nat::{self, Scratch, Side},
-    pkt::{self, ETH_HLEN, Pkt},
+    pkt::{self, ETH_HLEN, LATER_FRAGMENT, Pkt},
 };
 
 const TCP_SYN: u8 = 0x02;
@@ -97,6 +97,10 @@ fn set_end(
         let check: u16 = read(ctx, l3 + 10)?;
         let (o, n) = ([0, 0, 0, old.0[3]], [0, 0, 0, new.0[3]]);
         write(ctx, l3 + 10, csum_replace(check, &o, &n, 0, 0))?;
+        if p.frag == LATER_FRAGMENT {
+            // No L4 header: the first fragment's ports and checksum were rewritten.
+            return Some(());
+        }
     }
     write(ctx, l4 + if src { 0 } else { 2 }, new.1)?;
     let check: u16 = read(ctx, csum_off)?;
@@ -196,6 +200,10 @@ pub fn uplink(ctx: &XdpContext) -> u32 {
         if let Some(e) = nat::ct_get(&s.key) {
             return tx(ctx, &s.pkt, e, u8::from(e.dir == ct_dir::REPLY));
         }
+    }
+    // A later fragment only follows its datagram's flow (see `frag`).
+    if s.pkt.frag == LATER_FRAGMENT {
+        return xdp_action::XDP_PASS;
     }
     // Only a SYN starts a TCP flow (see nat::handle); the rest is not ours.
     let flags = s.pkt.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK);
