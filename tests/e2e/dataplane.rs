@@ -375,11 +375,34 @@ fn stale_udp_flows_are_purged_when_their_backend_goes() {
         pace,
     );
     std::thread::sleep(Duration::from_millis(1500));
+    let node1 = s.node("node1");
+    let before = backend_ids(node1);
     s.update(vec![only_n2p2, np_n2p1]);
     let pod = Scenario::finish(&mut pod, Duration::from_secs(15));
     let outside = Scenario::finish(&mut outside, Duration::from_secs(15));
     switched(&pod.sequence, "n1p2", "n2p2", 2);
     switched(&outside.sequence, "n1p1", "n2p1", 2);
+    // No ID of a backend that left names another backend now: a kept choice (the pod socket's,
+    // until the purge removes it) must not silently lead to another service's backend.
+    for (id, b) in backend_ids(node1) {
+        if let Some(old) = before.get(&id) {
+            assert_eq!(*old, b, "backend ID {id} was reused at once");
+        }
+    }
+}
+
+/// node's backend map: ID → (address, port).
+fn backend_ids(
+    node: &tollgate_tests::cluster::Node,
+) -> std::collections::BTreeMap<u32, ([u32; 4], u16)> {
+    use tollgate_common::lb::backend::{self, Backend};
+    let data = MapData::from_pin(node.bpffs.join(backend::NAME)).unwrap();
+    let map: aya::maps::HashMap<MapData, u32, Backend> =
+        aya::maps::HashMap::try_from(Map::HashMap(data)).unwrap();
+    map.iter()
+        .map(Result::unwrap)
+        .map(|(id, b)| (id, (b.addr, b.port)))
+        .collect()
 }
 
 #[test]

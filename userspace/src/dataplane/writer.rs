@@ -7,7 +7,7 @@
 //! read the old, larger count and misses a deleted slot falls back to slot 1.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     net::IpAddr,
     sync::Arc,
 };
@@ -69,28 +69,45 @@ struct BackendRef {
     refs: u32,
 }
 
-/// Hands out small IDs and takes them back.
+/// Hands out small IDs and takes them back. An ID given back is handed out again as late as
+/// possible: first every fresh ID below `preferred`, then the ID free the longest, then fresh
+/// IDs up to the limit. Map state that still names a released ID (a socket's or a client's
+/// kept backend, a flow's service port) is purged after the change, off the programming path;
+/// by the time the ID means something else, that state is long gone. (Reusing the lowest free
+/// ID at once sent, now and then, a pod's UDP datagram to another service's backend: the
+/// socket's kept backend ID had been given to that backend by the same update.)
 #[derive(Debug)]
 struct Ids {
     what: &'static str,
     next: u32,
     limit: u32,
-    free: Vec<u32>,
+    /// Fresh IDs are preferred below this (per-ID counters exist only below it).
+    preferred: u32,
+    /// Given back, oldest first.
+    free: VecDeque<u32>,
 }
 
 impl Ids {
     fn new(what: &'static str, limit: u32) -> Self {
+        Self::preferring(what, limit, limit)
+    }
+
+    fn preferring(what: &'static str, limit: u32, preferred: u32) -> Self {
         Self {
             what,
             next: 1,
             limit,
-            free: Vec::new(),
+            preferred: preferred.min(limit),
+            free: VecDeque::new(),
         }
     }
 
     fn take(&mut self) -> Result<u32, WriteError> {
-        // `free` is kept sorted high to low: the lowest free ID is reused first.
-        if let Some(id) = self.free.pop() {
+        if self.next < self.preferred {
+            self.next += 1;
+            return Ok(self.next - 1);
+        }
+        if let Some(id) = self.free.pop_front() {
             return Ok(id);
         }
         if self.next >= self.limit {
@@ -104,8 +121,7 @@ impl Ids {
     }
 
     fn give(&mut self, id: u32) {
-        let at = self.free.partition_point(|x| *x > id);
-        self.free.insert(at, id);
+        self.free.push_back(id);
     }
 }
 
@@ -198,12 +214,13 @@ impl Writer {
             services: HashMap::new(),
             backends: HashMap::new(),
             // Backend IDs span the backend map; per-backend counters exist for the IDs below
-            // tg_bestat_v1's size (the lowest IDs are handed out first).
-            backend_ids: Ids::new(
+            // tg_bestat_v1's size (handed out before the IDs above it).
+            backend_ids: Ids::preferring(
                 "backend",
                 u32::try_from(backend_capacity)
                     .unwrap_or(u32::MAX - 1)
                     .saturating_add(1),
+                stats::CAPACITY,
             ),
             service_ids: Ids::new("service port", stats::CAPACITY),
             revnat_ids: Ids::new("frontend", 1 << 30),
@@ -322,7 +339,7 @@ impl Writer {
         }
         if max >= self.backend_ids.next {
             let used: HashSet<u32> = self.backends.values().map(|b| b.id).collect();
-            self.backend_ids.free = (1..=max).filter(|i| !used.contains(i)).rev().collect();
+            self.backend_ids.free = (1..=max).filter(|i| !used.contains(i)).collect();
             self.backend_ids.next = max + 1;
         }
     }
@@ -831,22 +848,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_reuse_the_lowest_free_id_and_stop_at_the_limit() {
-        let mut ids = Ids::new("backend", 5);
-        let taken: Vec<u32> = (0..4).map(|_| ids.take().unwrap()).collect();
-        assert_eq!(taken, [1, 2, 3, 4]);
+    fn ids_are_reused_as_late_as_possible_and_stop_at_the_limit() {
+        let mut ids = Ids::preferring("backend", 7, 5);
+        let taken: Vec<u32> = (0..3).map(|_| ids.take().unwrap()).collect();
+        assert_eq!(taken, [1, 2, 3]);
+        // Given back: not handed out while fresh IDs below the preferred bound remain.
+        ids.give(2);
+        assert_eq!(ids.take().unwrap(), 4);
+        ids.give(3);
+        ids.give(1);
+        // Then the longest free first, then fresh IDs above the bound.
+        assert_eq!(ids.take().unwrap(), 2);
+        assert_eq!(ids.take().unwrap(), 3);
+        assert_eq!(ids.take().unwrap(), 1);
+        assert_eq!(ids.take().unwrap(), 5);
+        assert_eq!(ids.take().unwrap(), 6);
         assert!(matches!(
             ids.take(),
             Err(WriteError::Ids {
                 what: "backend",
-                limit: 5
+                limit: 7
             })
         ));
-        ids.give(3);
-        ids.give(1);
         ids.give(4);
-        assert_eq!(ids.take().unwrap(), 1);
-        assert_eq!(ids.take().unwrap(), 3);
         assert_eq!(ids.take().unwrap(), 4);
     }
 }
