@@ -569,6 +569,45 @@ fn tc_local_policy_keeps_the_client_address_and_handles_udp_without_checksum_and
             ("fd00:244:1::11".parse::<IpAddr>().unwrap(), 8080),
             "IPv6 DNAT, checksum verified"
         );
+        // The rest of the flow: the client's segments to the NodePort and the backend pod's
+        // answers are translated (neither may take the fast pass), a segment between two pods
+        // passes untouched (it does).
+        let backend6: IpAddr = "fd00:244:1::11".parse().unwrap();
+        let seg = tcp(&s, &d, 40002, 30086, 0x18, b"GET /");
+        let frame = ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ipv6(6, &s, &d, &seg));
+        let (verdict, out) =
+            b.dp.test_run("tg_tc_ingress", &frame, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        let p = parse(&out);
+        assert_eq!((verdict, p.dst, p.dport), (TC_ACT_OK, backend6, 8080));
+        let seg = tcp(&backend6, &s, 8080, 40002, 0x10, &[]);
+        let frame = ether(
+            CLIENT_MAC,
+            b.eth0_mac,
+            0x86dd,
+            &ipv6(6, &backend6, &s, &seg),
+        );
+        let (_, out) =
+            b.dp.test_run("tg_tc_from_pod", &frame, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        let p = parse(&out);
+        assert_eq!(
+            (p.src, p.sport),
+            (d, 30086),
+            "the answer comes from the NodePort"
+        );
+        let other: IpAddr = "fd00:244:1::12".parse().unwrap();
+        let seg = tcp(&other, &backend6, 40003, 8080, 0x10, &[]);
+        let frame = ether(
+            CLIENT_MAC,
+            b.eth0_mac,
+            0x86dd,
+            &ipv6(6, &other, &backend6, &seg),
+        );
+        let (verdict, out) =
+            b.dp.test_run("tg_tc_from_pod", &frame, Some(&skb_ctx(b.eth0)))
+                .unwrap();
+        assert_eq!((verdict, out), (TC_ACT_UNSPEC, frame));
         // IPv4 UDP without checksum stays without one (after a remote, SNAT translation).
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
         let dgram = ether(

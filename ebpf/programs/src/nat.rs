@@ -30,7 +30,7 @@ use tollgate_common::lb::{
     ct_dir, ct_flags, ctmark, feport, is_v4_mapped, md_mode, scope,
     srcrange::SrcRangeKey,
     svc::SvcKey,
-    svc_flags, v4_mapped,
+    svc_flags,
 };
 
 use crate::{
@@ -368,14 +368,14 @@ fn metadata_bypass(p: &Pkt) -> bool {
 }
 
 /// The common packet, decided from five header fields before anything is copied to the
-/// scratch: an IPv4 TCP segment that cannot start a flow (not a bare SYN) and cannot belong to
+/// scratch: a TCP segment (IPv4 or IPv6) that cannot start a flow (not a bare SYN) and cannot belong to
 /// one (`may_have_flow`), and from a pod not to the metadata server. The full path would pass
 /// it untouched too; this gets there with a fraction of the work. It is nearly every packet
 /// of socket-balanced connections, of traffic to the node itself and between pods of
 /// different nodes, which pay for Tollgate only this.
 #[inline(always)]
 pub(crate) fn passes<F: Frame>(f: &F, side: Side) -> bool {
-    let Some(p) = pkt::tcp4(f) else {
+    let Some(p) = pkt::tcp_segment(f) else {
         return false;
     };
     if p.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_SYN {
@@ -384,11 +384,11 @@ pub(crate) fn passes<F: Frame>(f: &F, side: Side) -> bool {
     if side == Side::Pod
         && CONFIG
             .get(0)
-            .is_some_and(|c| c.md_mode == md_mode::REDIRECT && c.md_addr == v4_mapped(p.daddr))
+            .is_some_and(|c| c.md_mode == md_mode::REDIRECT && c.md_addr == p.daddr)
     {
         return false;
     }
-    !flow_possible(&v4_mapped(p.saddr), p.dport, side)
+    !flow_possible(&p.saddr, p.dport, side)
 }
 
 /// Translates a packet on a TC hook. Returns the TC verdict; packets that cannot be parsed

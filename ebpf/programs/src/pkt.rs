@@ -193,34 +193,63 @@ pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
     })
 }
 
-/// The fields of an IPv4 TCP segment without IP options (what nearly every packet is) that
-/// decide whether it needs the full parse; network order.
+/// The fields of a TCP segment (IPv4 without options, or IPv6 without extension headers: what
+/// nearly every packet is) that decide whether it needs the full parse; network order,
+/// IPv4-mapped for IPv4.
 #[derive(Clone, Copy)]
-pub struct Tcp4 {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct Segment {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
     pub dport: u16,
     pub tcp_flags: u8,
 }
 
-/// Reads [`Tcp4`] without building a [`Pkt`]; `None` for anything else (IPv6, IP options,
-/// UDP, non-first fragments, headers cut short), which takes [`parse`].
+/// Reads a [`Segment`] without building a [`Pkt`]; `None` for anything else (IP options, IPv6
+/// extension headers, UDP, fragments after the first, headers cut short), which takes
+/// [`parse`].
 #[inline(always)]
-pub fn tcp4<F: Frame>(f: &F) -> Option<Tcp4> {
-    if f.eth_proto()? != ETH_P_IP {
-        return None;
-    }
-    let ip = Header::<20>::at(f, ETH_HLEN)?;
-    if ip.u8::<0>() != 0x45
-        || ip.u8::<9>() != PROTO_TCP
-        || u16::from_be(ip.u16::<6>()) & 0x1fff != 0
-    {
-        return None;
-    }
-    // Read before the next header: pulling it would invalidate `ip`.
-    let (saddr, daddr) = (ip.u32::<12>(), ip.u32::<16>());
-    let tcp = Header::<14>::at(f, ETH_HLEN + 20)?;
-    Some(Tcp4 {
+pub fn tcp_segment<F: Frame>(f: &F) -> Option<Segment> {
+    // Addresses are read before the TCP header: pulling it would invalidate the IP header.
+    let (saddr, daddr, l4) = match f.eth_proto()? {
+        ETH_P_IP => {
+            let ip = Header::<20>::at(f, ETH_HLEN)?;
+            if ip.u8::<0>() != 0x45
+                || ip.u8::<9>() != PROTO_TCP
+                || u16::from_be(ip.u16::<6>()) & IP_OFFSET != 0
+            {
+                return None;
+            }
+            (
+                v4_mapped(ip.u32::<12>()),
+                v4_mapped(ip.u32::<16>()),
+                ETH_HLEN + 20,
+            )
+        }
+        ETH_P_IPV6 => {
+            let ip = Header::<40>::at(f, ETH_HLEN)?;
+            if ip.u8::<6>() != PROTO_TCP {
+                return None;
+            }
+            (
+                [
+                    ip.u32::<8>(),
+                    ip.u32::<12>(),
+                    ip.u32::<16>(),
+                    ip.u32::<20>(),
+                ],
+                [
+                    ip.u32::<24>(),
+                    ip.u32::<28>(),
+                    ip.u32::<32>(),
+                    ip.u32::<36>(),
+                ],
+                ETH_HLEN + 40,
+            )
+        }
+        _ => return None,
+    };
+    let tcp = Header::<14>::at(f, l4)?;
+    Some(Segment {
         saddr,
         daddr,
         dport: tcp.u16::<2>(),

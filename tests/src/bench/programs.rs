@@ -83,6 +83,22 @@ fn frame(src: [u8; 4], dst: [u8; 4], proto: u8, dport: u16, flags: u8) -> Vec<u8
     f
 }
 
+/// Ethernet + IPv6 (pod fd00:244:1::11 → fd00:244:1::12) + a TCP header with `flags`, 64 bytes
+/// of payload (checksum left zero, as above).
+fn frame6(proto: u8, dport: u16, flags: u8) -> Vec<u8> {
+    let v4 = frame([0; 4], [0; 4], proto, dport, flags);
+    let l4 = &v4[14 + 20..];
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd];
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[proto, 64]);
+    for last in [0x11u8, 0x12] {
+        f.extend_from_slice(&[0xfd, 0, 0x02, 0x44, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, last]);
+    }
+    f.extend_from_slice(l4);
+    f
+}
+
 fn cases() -> Vec<Case> {
     let (pod, peer, client, node) = (
         [10, 244, 1, 11],
@@ -115,6 +131,11 @@ fn cases() -> Vec<Case> {
             name: "pod on another node → pod, TCP segment (ACK), TC",
             program: "tg_tc_ingress",
             frame: frame([10, 244, 2, 11], pod, TCP, 8080, ACK),
+        },
+        Case {
+            name: "pod → pod IP, IPv6 TCP segment (ACK)",
+            program: "tg_tc_from_pod",
+            frame: frame6(TCP, 8080, ACK),
         },
         Case {
             name: "outside → node, TCP segment (ACK), XDP",
