@@ -400,6 +400,26 @@ fn bench(node: &Node) -> Bench {
     }
 }
 
+impl Bench {
+    /// Runs a TC program on `frame` as arriving on eth0: the verdict and the packet after it.
+    fn tc(&self, program: &'static str, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.dp
+            .test_run(program, frame, Some(&skb_ctx(self.eth0)))
+            .unwrap()
+    }
+
+    /// Runs the XDP program on `frame` as arriving on eth0.
+    fn xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.dp
+            .test_run(
+                "tg_xdp_uplink",
+                frame,
+                Some(&xdp_ctx(frame.len(), self.eth0)),
+            )
+            .unwrap()
+    }
+}
+
 /// `__sk_buff` input: ifindex and ingress_ifindex set to `ifindex`.
 fn skb_ctx(ifindex: u32) -> Vec<u8> {
     let mut ctx = vec![0u8; 192];
@@ -467,9 +487,7 @@ fn tc_translates_nodeport_to_a_remote_backend_with_snat_and_redirects() {
     node.ns.run_in(|| {
         let b = bench(node);
         let pkt = syn4(NODE, 30080, 40000, b.eth0_mac);
-        let (verdict, out) =
-            b.dp.test_run("tg_tc_ingress", &pkt, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.tc("tg_tc_ingress", &pkt);
         assert_eq!(verdict, TC_ACT_REDIRECT, "redirected out through the FIB");
         let p = parse(&out);
         assert_eq!(
@@ -501,9 +519,7 @@ fn tc_translates_nodeport_to_a_remote_backend_with_snat_and_redirects() {
             0x0800,
             &ipv4(6, REMOTE_POD, NODE, &tcp(&s, &d, 8080, p.sport, 0x12, &[])),
         );
-        let (verdict, out) =
-            b.dp.test_run("tg_tc_ingress", &reply, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.tc("tg_tc_ingress", &reply);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let r = parse(&out);
         assert_eq!(
@@ -524,9 +540,7 @@ fn tc_translates_nodeport_to_a_remote_backend_with_snat_and_redirects() {
                 &udp(&s, &d, 5000, 30053, b"query!", false),
             ),
         );
-        let (_, out) =
-            b.dp.test_run("tg_tc_ingress", &dgram, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (_, out) = b.tc("tg_tc_ingress", &dgram);
         let u = parse(&out);
         assert_eq!(
             (u.dst, u.dport, u.src),
@@ -543,9 +557,7 @@ fn tc_local_policy_keeps_the_client_address_and_handles_udp_without_checksum_and
     node.ns.run_in(|| {
         let b = bench(node);
         let pkt = syn4(NODE, 30081, 40001, b.eth0_mac);
-        let (verdict, out) =
-            b.dp.test_run("tg_tc_ingress", &pkt, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.tc("tg_tc_ingress", &pkt);
         assert_eq!(
             verdict, TC_ACT_OK,
             "a local backend is reached through the stack"
@@ -559,9 +571,7 @@ fn tc_local_policy_keeps_the_client_address_and_handles_udp_without_checksum_and
         let (s, d): (IpAddr, IpAddr) = ("fd00:77::100".parse().unwrap(), NODE6.parse().unwrap());
         let seg = tcp(&s, &d, 40002, 30086, 0x02, &[]);
         let frame = ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ipv6(6, &s, &d, &seg));
-        let (verdict, out) =
-            b.dp.test_run("tg_tc_ingress", &frame, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.tc("tg_tc_ingress", &frame);
         assert_eq!(verdict, TC_ACT_OK);
         let p = parse(&out);
         assert_eq!(
@@ -575,9 +585,7 @@ fn tc_local_policy_keeps_the_client_address_and_handles_udp_without_checksum_and
         let backend6: IpAddr = "fd00:244:1::11".parse().unwrap();
         let seg = tcp(&s, &d, 40002, 30086, 0x18, b"GET /");
         let frame = ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ipv6(6, &s, &d, &seg));
-        let (verdict, out) =
-            b.dp.test_run("tg_tc_ingress", &frame, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.tc("tg_tc_ingress", &frame);
         let p = parse(&out);
         assert_eq!((verdict, p.dst, p.dport), (TC_ACT_OK, backend6, 8080));
         let seg = tcp(&backend6, &s, 8080, 40002, 0x10, &[]);
@@ -587,9 +595,7 @@ fn tc_local_policy_keeps_the_client_address_and_handles_udp_without_checksum_and
             0x86dd,
             &ipv6(6, &backend6, &s, &seg),
         );
-        let (_, out) =
-            b.dp.test_run("tg_tc_from_pod", &frame, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (_, out) = b.tc("tg_tc_from_pod", &frame);
         let p = parse(&out);
         assert_eq!(
             (p.src, p.sport),
@@ -604,9 +610,7 @@ fn tc_local_policy_keeps_the_client_address_and_handles_udp_without_checksum_and
             0x86dd,
             &ipv6(6, &other, &backend6, &seg),
         );
-        let (verdict, out) =
-            b.dp.test_run("tg_tc_from_pod", &frame, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.tc("tg_tc_from_pod", &frame);
         assert_eq!((verdict, out), (TC_ACT_UNSPEC, frame));
         // IPv4 UDP without checksum stays without one (after a remote, SNAT translation).
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
@@ -616,9 +620,7 @@ fn tc_local_policy_keeps_the_client_address_and_handles_udp_without_checksum_and
             0x0800,
             &ipv4(17, CLIENT, NODE, &udp(&s, &d, 5001, 30053, b"x", true)),
         );
-        let (_, out) =
-            b.dp.test_run("tg_tc_ingress", &dgram, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (_, out) = b.tc("tg_tc_ingress", &dgram);
         let u = parse(&out);
         assert_eq!(
             u.l4[6..8],
@@ -636,9 +638,7 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
     node.ns.run_in(|| {
         let b = bench(node);
         let pkt = syn4(NODE, 30099, 40003, b.eth0_mac);
-        let (verdict, out) =
-            b.dp.test_run("tg_tc_ingress", &pkt, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.tc("tg_tc_ingress", &pkt);
         assert_eq!(verdict, TC_ACT_REDIRECT, "the reset goes back out");
         let r = parse(&out);
         assert_eq!(
@@ -663,9 +663,7 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
             0x0800,
             &ipv4(17, CLIENT, NODE, &udp(&s, &d, 5002, 30098, b"hello", false)),
         );
-        let (verdict, out) =
-            b.dp.test_run("tg_tc_ingress", &dgram, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.tc("tg_tc_ingress", &dgram);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let icmp = parse(&out);
         assert_eq!(
@@ -681,9 +679,7 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
             ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ipv6(proto, &s6, &d6, &l4))
         };
         let syn6 = frame6(6, tcp(&s6, &d6, 40005, 30095, 0x02, &[]));
-        let (verdict, out) =
-            b.dp.test_run("tg_tc_ingress", &syn6, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.tc("tg_tc_ingress", &syn6);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let r = parse(&out);
         assert_eq!(
@@ -692,9 +688,7 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
             "an IPv6 reset, checksum verified"
         );
         let dgram6 = frame6(17, udp(&s6, &d6, 5003, 30097, b"hello", false));
-        let (verdict, out) =
-            b.dp.test_run("tg_tc_ingress", &dgram6, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.tc("tg_tc_ingress", &dgram6);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let icmp = parse(&out);
         assert_eq!(
@@ -719,9 +713,7 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
             0x0800,
             &ipv4(6, CLIENT, NODE, &tcp(&s, &d, 40004, 30099, 0x10, &[])),
         );
-        let (verdict, _) =
-            b.dp.test_run("tg_tc_ingress", &ack, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (verdict, _) = b.tc("tg_tc_ingress", &ack);
         assert_eq!(verdict, TC_ACT_UNSPEC);
     });
 }
@@ -736,9 +728,7 @@ fn xdp_translates_in_place_and_transmits_from_the_uplink() {
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
         // A SYN starts the flow (conntrack entries created by XDP).
         let syn = syn4(NODE, 30080, 40010, b.eth0_mac);
-        let (verdict, out) =
-            b.dp.test_run("tg_xdp_uplink", &syn, Some(&xdp_ctx(syn.len(), b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.xdp(&syn);
         assert_eq!(verdict, XDP_TX, "the backend is behind the same uplink");
         let p = parse(&out);
         assert_eq!(
@@ -753,9 +743,7 @@ fn xdp_translates_in_place_and_transmits_from_the_uplink() {
             0x0800,
             &ipv4(6, CLIENT, NODE, &tcp(&s, &d, 40010, 30080, 0x18, payload)),
         );
-        let (verdict, out) =
-            b.dp.test_run("tg_xdp_uplink", &data, Some(&xdp_ctx(data.len(), b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.xdp(&data);
         assert_eq!(verdict, XDP_TX);
         let q = parse(&out);
         assert_eq!(
@@ -766,15 +754,11 @@ fn xdp_translates_in_place_and_transmits_from_the_uplink() {
         assert_eq!(&q.l4[20..], payload);
         // A local-policy frontend is left to TC, untouched.
         let local = syn4(NODE, 30081, 40011, b.eth0_mac);
-        let (verdict, out) =
-            b.dp.test_run("tg_xdp_uplink", &local, Some(&xdp_ctx(local.len(), b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.xdp(&local);
         assert_eq!((verdict, out), (XDP_PASS, local));
         // Not a service: passes untouched.
         let other = syn4(NODE, 22, 40012, b.eth0_mac);
-        let (verdict, out) =
-            b.dp.test_run("tg_xdp_uplink", &other, Some(&xdp_ctx(other.len(), b.eth0)))
-                .unwrap();
+        let (verdict, out) = b.xdp(&other);
         assert_eq!((verdict, out), (XDP_PASS, other));
     });
 }
@@ -796,16 +780,12 @@ fn pod_packets_take_the_conntrack_lookup_only_from_marked_sources() {
                 0x0800,
                 &ipv4(6, src, CLIENT, &tcp(&s, &d, 8080, dport, 0x12, &[])),
             );
-            let (verdict, out) =
-                b.dp.test_run("tg_tc_from_pod", &frame, Some(&skb_ctx(b.eth0)))
-                    .unwrap();
+            let (verdict, out) = b.tc("tg_tc_from_pod", &frame);
             (verdict, parse(&out))
         };
         // A flow the program creates marks its backend first: the reply from the pod is found.
         let syn = syn4(NODE, 30081, 40011, b.eth0_mac);
-        let (verdict, _) =
-            b.dp.test_run("tg_tc_ingress", &syn, Some(&skb_ctx(b.eth0)))
-                .unwrap();
+        let (verdict, _) = b.tc("tg_tc_ingress", &syn);
         assert_eq!(verdict, TC_ACT_OK);
         assert!(marks::is_marked(b.dp.pins(), &words(IpAddr::V4(LOCAL_POD))).unwrap());
         let (_, p) = reply(LOCAL_POD, 40011);
@@ -874,9 +854,7 @@ fn pod_packets_to_the_metadata_server_are_dropped_whatever_their_flags() {
                     &tcp(&s, &d, 40000, dport, flags, b"GET /"),
                 ),
             );
-            b.dp.test_run("tg_tc_from_pod", &frame, Some(&skb_ctx(b.eth0)))
-                .unwrap()
-                .0
+            b.tc("tg_tc_from_pod", &frame).0
         };
         for (flags, what) in [
             (0x02, "SYN"),
@@ -1036,9 +1014,7 @@ fn every_fragment_of_a_udp_datagram_is_translated_both_ways() {
             (frame(0, 32, true), frame(32, dgram.len(), false))
         };
         let tc = |frame: &[u8]| {
-            let (verdict, out) =
-                b.dp.test_run("tg_tc_ingress", frame, Some(&skb_ctx(b.eth0)))
-                    .unwrap();
+            let (verdict, out) = b.tc("tg_tc_ingress", frame);
             (verdict, fragment_parts(&out))
         };
         // The whole datagram's UDP checksum, over both fragments' parts as translated.
@@ -1086,9 +1062,7 @@ fn every_fragment_of_a_udp_datagram_is_translated_both_ways() {
         let (first, later) = fragments((CLIENT, 5011), (NODE, 30053), 0x4343, &payload);
         let mut outs = Vec::new();
         for frame in [&first, &later] {
-            let (verdict, out) =
-                b.dp.test_run("tg_xdp_uplink", frame, Some(&xdp_ctx(frame.len(), b.eth0)))
-                    .unwrap();
+            let (verdict, out) = b.xdp(frame);
             assert_eq!(verdict, XDP_TX);
             let (s, d, ..) = fragment_parts(&out);
             assert_eq!((s, d), (NODE, REMOTE_POD));

@@ -36,15 +36,11 @@ use tollgate_common::lb::{
 use crate::{
     lb::{self, Frontend},
     maps::{CONFIG, CONNTRACK, CT_MARKS, FRONTEND_PORTS, SOURCE_RANGES},
-    pkt::{self, ETH_HLEN, Frame, LATER_FRAGMENT, Pkt},
+    pkt::{self, ETH_HLEN, Frame, LATER_FRAGMENT, Pkt, TCP_ACK, TCP_RST, TCP_SYN},
 };
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// Where the packet came from.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -215,18 +211,13 @@ fn frontend_port(port: u16) -> bool {
     FRONTEND_PORTS.get(word).is_none_or(|w| w & bit != 0)
 }
 
-/// Can the packet belong to a conntrack flow? Never a false no. From a pod only if its source
-/// is marked (`ctmark`): the pod packets of socket-balanced connections are not. From outside
-/// also if its destination port is a frontend's (`feport`): a reply's source is a backend,
-/// which is marked, a forward packet goes to a frontend. Traffic to the node itself and
-/// between pods of different nodes mostly is neither.
+/// Can a packet from `saddr` to port `dport` belong to a conntrack flow? Never a false no.
+/// From a pod only if its source is marked (`ctmark`): the pod packets of socket-balanced
+/// connections are not. From outside also if its destination port is a frontend's (`feport`):
+/// a reply's source is a backend, which is marked, a forward packet goes to a frontend.
+/// Traffic to the node itself and between pods of different nodes mostly is neither.
 #[inline(always)]
-pub(crate) fn may_have_flow(p: &Pkt, side: Side) -> bool {
-    flow_possible(&p.saddr, p.dport, side)
-}
-
-#[inline(always)]
-fn flow_possible(saddr: &[u32; 4], dport: u16, side: Side) -> bool {
+pub(crate) fn may_have_flow(saddr: &[u32; 4], dport: u16, side: Side) -> bool {
     (side == Side::Outside && frontend_port(dport)) || marked(saddr)
 }
 
@@ -357,14 +348,14 @@ fn scratch() -> Option<&'static mut Scratch> {
 /// socket hook's redirect (a raw socket, or a process outside `--cgroup`), so it must not reach
 /// the real server.
 #[inline(always)]
-fn metadata_bypass(p: &Pkt) -> bool {
+fn metadata_bypass(daddr: &[u32; 4], dport: u16) -> bool {
     let Some(cfg) = CONFIG.get(0) else {
         return false;
     };
     cfg.md_mode == md_mode::REDIRECT
-        && p.daddr == cfg.md_addr
-        && p.dport != 0
-        && (p.dport == cfg.md_ports[0] || p.dport == cfg.md_ports[1])
+        && *daddr == cfg.md_addr
+        && dport != 0
+        && (dport == cfg.md_ports[0] || dport == cfg.md_ports[1])
 }
 
 /// The common packet, decided from five header fields before anything is copied to the
@@ -378,17 +369,9 @@ pub(crate) fn passes<F: Frame>(f: &F, side: Side) -> bool {
     let Some(p) = pkt::tcp_segment(f) else {
         return false;
     };
-    if p.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_SYN {
-        return false;
-    }
-    if side == Side::Pod
-        && CONFIG
-            .get(0)
-            .is_some_and(|c| c.md_mode == md_mode::REDIRECT && c.md_addr == p.daddr)
-    {
-        return false;
-    }
-    !flow_possible(&p.saddr, p.dport, side)
+    !pkt::bare_syn(p.tcp_flags)
+        && !(side == Side::Pod && metadata_bypass(&p.daddr, p.dport))
+        && !may_have_flow(&p.saddr, p.dport, side)
 }
 
 /// Translates a packet on a TC hook. Returns the TC verdict; packets that cannot be parsed
@@ -404,12 +387,12 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
     if !pkt::parse_into(ctx, &mut s.pkt) {
         return TC_ACT_UNSPEC;
     }
-    if side == Side::Pod && s.pkt.proto == PROTO_TCP && metadata_bypass(&s.pkt) {
+    if side == Side::Pod && s.pkt.proto == PROTO_TCP && metadata_bypass(&s.pkt.daddr, s.pkt.dport) {
         return TC_ACT_SHOT;
     }
     // Most packets cannot have an entry (see `may_have_flow`): they skip the lookup (and
     // building its key).
-    if may_have_flow(&s.pkt, side) {
+    if may_have_flow(&s.pkt.saddr, s.pkt.dport, side) {
         s.key = key(&s.pkt);
         if let Some(e) = ct_get(&s.key) {
             return if e.dir == ct_dir::REPLY {
@@ -420,14 +403,7 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         }
     }
     let p = &s.pkt;
-    // A later fragment only follows its datagram's flow (see `frag`).
-    if p.frag == LATER_FRAGMENT {
-        return TC_ACT_UNSPEC;
-    }
-    // Only a SYN can start a TCP flow: the rest of a flow we never saw (or evicted) is left to
-    // the stack (the backend would answer it with a reset). This also spares the service
-    // lookup on all but the first packet of connections that are not ours.
-    if p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) != TCP_SYN {
+    if !p.may_start_flow() {
         return TC_ACT_UNSPEC;
     }
     s.svc_key = SvcKey {

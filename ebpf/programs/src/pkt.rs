@@ -49,6 +49,30 @@ pub const FIRST_FRAGMENT: u8 = 1;
 /// A later fragment: no TCP/UDP header; its ports come from the first (see `frag.rs`).
 pub const LATER_FRAGMENT: u8 = 2;
 const IP_MF: u16 = 0x2000;
+
+/// TCP header flags.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A bare SYN (no ACK, RST or FIN): the only TCP segment that starts a flow.
+#[inline(always)]
+pub fn bare_syn(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_SYN
+}
+
+impl Pkt {
+    /// Can this packet start a flow? Only a bare SYN starts a TCP flow (the rest of a flow we
+    /// never saw, or evicted, is left to the stack, where the backend answers it with a reset;
+    /// this also spares the service lookup on all but the first packet of connections that are
+    /// not ours), any UDP datagram a UDP flow, and a later fragment none: it only follows its
+    /// datagram's (see `frag.rs`).
+    #[inline(always)]
+    pub fn may_start_flow(&self) -> bool {
+        self.frag != LATER_FRAGMENT && (self.proto != PROTO_TCP || bare_syn(self.tcp_flags))
+    }
+}
 const IP_OFFSET: u16 = 0x1fff;
 
 /// What the parser needs of a program's packet: an skb at TC, a frame at XDP.

@@ -24,11 +24,6 @@ use crate::{
     pkt::{self, ETH_HLEN, LATER_FRAGMENT, Pkt},
 };
 
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_FIN: u8 = 0x01;
-const TCP_ACK: u8 = 0x10;
-
 /// XDP's own scratch space (XDP and TC run one after the other on a CPU, never nested, but a
 /// separate buffer keeps that an implementation detail).
 #[btf_map(name = "tg_xdp_scratch")]
@@ -195,19 +190,13 @@ pub fn uplink(ctx: &XdpContext) -> u32 {
     if !pkt::parse_into(ctx, &mut s.pkt) {
         return xdp_action::XDP_PASS;
     }
-    if nat::may_have_flow(&s.pkt, Side::Outside) {
+    if nat::may_have_flow(&s.pkt.saddr, s.pkt.dport, Side::Outside) {
         s.key = nat::key(&s.pkt);
         if let Some(e) = nat::ct_get(&s.key) {
             return tx(ctx, &s.pkt, e, u8::from(e.dir == ct_dir::REPLY));
         }
     }
-    // A later fragment only follows its datagram's flow (see `frag`).
-    if s.pkt.frag == LATER_FRAGMENT {
-        return xdp_action::XDP_PASS;
-    }
-    // Only a SYN starts a TCP flow (see nat::handle); the rest is not ours.
-    let flags = s.pkt.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK);
-    if s.pkt.proto == PROTO_TCP && flags != TCP_SYN {
+    if !s.pkt.may_start_flow() {
         return xdp_action::XDP_PASS;
     }
     s.svc_key = SvcKey {

@@ -781,7 +781,7 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
     let body = format!(
         r#"## Service dataplane (issue: eBPF service dataplane)
 
-Measured by `cargo xtask bench dataplane` on {machine} (release build). A client pod runs
+Measured by `cargo xtask bench dataplane` on {machine} (release build of {commit}). A client pod runs
 `{wrk_version}` with `-t1 -c{conns} -d{dur}s -H 'Connection: close'` (every request a new TCP
 connection) against nginx (1 worker, `return 200`) in a second pod on the same node. Each of
 {rounds} rounds per row measures the **limit** — the same traffic to the pod IP with
@@ -821,7 +821,7 @@ array slot of its socket cookie (claimed by setting the slot's bit in an 8 KiB b
 atomic fetch-or, given back by a sock_release hook when the socket closes; the socket's own
 storage only when another open socket holds that slot), so there is no table to fill or
 evict. The packets then go straight
-to the pod with no per-packet NAT. The pod-side TC program decides these packets (IPv4 TCP
+to the pod with no per-packet NAT. The pod-side TC program decides these packets (TCP
 segments other than a bare SYN) from five header fields and one array slot (`tg_ctmark_v1`:
 their sources never had a per-packet flow), without the full parse or the conntrack lookup
 (≈ 19 ns per run under `BPF_PROG_TEST_RUN`, see "Programs: per-packet cost" below).
@@ -857,6 +857,7 @@ and two socket closes (the sock_release hook).
 {programs}
 Raw data: `tests/benchmarks/dataplane.json`."#,
         machine = r.machine,
+        commit = super::commit(),
         lc = cpu(&|c| &c.limit, &|w| w.client_cpu_pct),
         ls = cpu(&|c| &c.limit, &|w| w.server_cpu_pct),
         tc = cpu(&|c| &c.tollgate, &|w| w.client_cpu_pct),

@@ -35,6 +35,29 @@ pub fn machine() -> String {
     )
 }
 
+/// The commit a run measured (`git rev-parse --short HEAD`, "+changes" when the tree differs
+/// from it; "unknown" outside a git checkout).
+pub fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(rev)
+            if git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty()) =>
+        {
+            format!("{rev}+changes")
+        }
+        Some(rev) => rev,
+        None => "unknown".into(),
+    }
+}
+
 /// Sorted-sample statistics.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Summary {

@@ -174,17 +174,19 @@ fn measure(l: &Loaded, case: &Case, repeat: u32) -> anyhow::Result<f64> {
     opts.data_in = Some(&case.frame);
     opts.data_out = Some(&mut out);
     opts.repeat = repeat;
+    // Every case is a packet the programs leave alone: TC_ACT_UNSPEC (-1) or TC_ACT_OK at TC
+    // (TC_ACT_SHOT is 2), XDP_PASS (2) at XDP.
+    const TC_PASS: [u32; 2] = [u32::MAX, 0];
+    const XDP_PASS: [u32; 1] = [2];
     let start = Instant::now();
-    let result = match l.ebpf.program(case.program) {
-        Some(Program::SchedClassifier(p)) => p.test_run(opts),
-        Some(Program::Xdp(p)) => p.test_run(opts),
+    let (result, pass): (_, &[u32]) = match l.ebpf.program(case.program) {
+        Some(Program::SchedClassifier(p)) => (p.test_run(opts), &TC_PASS),
+        Some(Program::Xdp(p)) => (p.test_run(opts), &XDP_PASS),
         _ => bail!("{}: no program {}", l.label, case.program),
-    }
-    .with_context(|| format!("{}: test run of {}", l.label, case.program))?;
+    };
+    let result = result.with_context(|| format!("{}: test run of {}", l.label, case.program))?;
     let ns = start.elapsed().as_secs_f64() * 1e9 / f64::from(repeat.max(1));
-    // Every case is a packet the programs leave alone.
-    let passed = [u32::MAX, 0, 2].contains(&result.return_value);
-    if !passed {
+    if !pass.contains(&result.return_value) {
         bail!(
             "{}: {} returned {} for \"{}\" (expected to pass it)",
             l.label,
@@ -285,7 +287,7 @@ fn write(r: &Report, out_dir: &Path, markdown: &Path) -> anyhow::Result<()> {
     }
     let body = format!(
         "## Programs: per-packet cost\n\n\
-Machine: {machine}. `cargo xtask bench programs`: each program runs on one packet {repeat} times \
+Machine: {machine}; this build: {commit}. `cargo xtask bench programs`: each program runs on one packet {repeat} times \
 per `BPF_PROG_TEST_RUN` call, {samples} calls per packet, median; ns per run (wall clock \
 around the call over the runs). These are the packets every node carries whether or not they \
 belong to a Service (pod traffic that the socket hooks already balanced, traffic to the node \
@@ -296,6 +298,7 @@ loop's own per-run cost. `tollgate-bench programs --object [LABEL=]PATH` adds a 
 build's kernel object (`target/release/build/tollgate-*/out/tollgate-ebpf`) to compare a \
 change.\n\n{table}",
         machine = r.machine,
+        commit = super::commit(),
         repeat = r.repeat,
         samples = r.samples,
     );

@@ -7,14 +7,7 @@
 use aya::maps::{Array, MapData};
 use tollgate_common::lb::sockrev::{self, TcpRevSlot};
 
-use super::{DataplaneError, PinLayout, stats::open_pinned};
-
-fn open<V: aya::Pod>(
-    pins: &PinLayout,
-    name: &'static str,
-) -> Result<Array<MapData, V>, DataplaneError> {
-    Array::try_from(open_pinned(pins, name)?).map_err(|source| DataplaneError::Map { name, source })
-}
+use super::{DataplaneError, PinLayout, stats::open_array as open};
 
 /// Sets the bit of every slot holding a cookie; returns how many.
 pub fn seed(pins: &PinLayout) -> Result<usize, DataplaneError> {

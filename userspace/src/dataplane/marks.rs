@@ -11,29 +11,23 @@
 
 use std::collections::BTreeSet;
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, MapData};
 use tollgate_common::lb::{
-    ct::{self, CtEntry, CtKey},
     ct_dir,
     ctmark::{self, Mark},
     feport,
 };
 
-use super::{DataplaneError, PinLayout, lbmaps::LbMaps, stats::open_pinned};
+use super::{DataplaneError, PinLayout, lbmaps::LbMaps, stats::open_array};
 
 fn open_marks(pins: &PinLayout) -> Result<Array<MapData, Mark>, DataplaneError> {
-    let name = ctmark::NAME;
-    Array::try_from(open_pinned(pins, name)?).map_err(|source| DataplaneError::Map { name, source })
+    open_array(pins, ctmark::NAME)
 }
 
 /// Marks the source of every conntrack entry; returns how many slots were newly set.
 pub fn seed(pins: &PinLayout) -> Result<usize, DataplaneError> {
-    let ct: HashMap<MapData, CtKey, CtEntry> = HashMap::try_from(open_pinned(pins, ct::NAME)?)
-        .map_err(|source| DataplaneError::Map {
-            name: ct::NAME,
-            source,
-        })?;
-    let slots: BTreeSet<u32> = ct
+    let slots: BTreeSet<u32> = LbMaps::open(pins)?
+        .ct
         .keys()
         .filter_map(Result::ok)
         .map(|k| ctmark::slot(&k.saddr))

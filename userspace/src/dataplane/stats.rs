@@ -21,6 +21,15 @@ pub(crate) fn open_pinned(pins: &PinLayout, name: &'static str) -> Result<Map, D
     Map::from_map_data(data).map_err(|source| DataplaneError::Map { name, source })
 }
 
+/// Opens a pinned array map by name from the pin directory.
+pub(crate) fn open_array<V: aya::Pod>(
+    pins: &PinLayout,
+    name: &'static str,
+) -> Result<aya::maps::Array<MapData, V>, DataplaneError> {
+    aya::maps::Array::try_from(open_pinned(pins, name)?)
+        .map_err(|source| DataplaneError::Map { name, source })
+}
+
 /// Every interface counter, summed over CPUs, sorted by interface then hook.
 pub fn iface_stats(pins: &PinLayout) -> Result<Vec<IfaceStatsRow>, DataplaneError> {
     let name = iface_stats::NAME;
