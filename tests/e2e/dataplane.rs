@@ -391,6 +391,57 @@ fn stale_udp_flows_are_purged_when_their_backend_goes() {
     }
 }
 
+#[test]
+fn connected_udp_sockets_are_terminated_when_their_backend_goes() {
+    let s = Scenario::new();
+    let (n1p2, n2p2) = (s.pod("n1p2"), s.pod("n2p2"));
+    let only = |pod| {
+        with_endpoints(
+            slice_of(&s, "dns-1"),
+            vec![scenario::endpoint(pod, scenario::ready())],
+        )
+    };
+    let dns = format!("{}:53", scenario::DNS);
+    s.update(vec![only(n1p2)]);
+    s.wait_backends(&dns, "internal", &[&format!("{}:5353", n1p2.ip)]);
+
+    // One connected UDP socket in a pod, kept while it works: the connect hook sent it to
+    // n1p2, which keeps answering after it stops being an endpoint. Only destroying the socket
+    // moves the client (which reconnects after an error) to the serving backend.
+    let mut client = s.spawn_client(
+        s.pod("n1p1").placement(),
+        &dns,
+        40,
+        Mode::UdpKept,
+        Duration::from_millis(100),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    s.update(vec![only(n2p2)]);
+    let tally = Scenario::finish(&mut client, Duration::from_secs(15));
+    switched(&tally.sequence, "n1p2", "n2p2", 2);
+    // The client saw its socket go (one failed exchange), and every peer it reported is the
+    // service address.
+    assert!(
+        tally.sequence.contains(&"!".to_owned()),
+        "{:?}",
+        tally.sequence
+    );
+    assert_eq!(tally.peers, std::slice::from_ref(&dns), "{tally:?}");
+    let text = tollgate_tests::agent::admin_get(s.node("node1"), "/metrics").1;
+    assert_eq!(
+        tollgate_tests::agent::metric(
+            &text,
+            "tollgate_dataplane_purged_total{what=\"connected_udp_sockets\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        tollgate_tests::agent::metric(&text, "tollgate_dataplane_socket_termination_errors_total"),
+        0.0
+    );
+}
+
 /// node's backend map: ID → (address, port).
 fn backend_ids(
     node: &tollgate_tests::cluster::Node,

@@ -147,6 +147,9 @@ pub enum Mode {
     Udp,
     /// UDP with sendto/recvfrom on one socket (kept across all datagrams).
     UdpUnconnected,
+    /// UDP on one connected socket kept across datagrams; after an error, a new one (as a
+    /// resolver or a metrics client does).
+    UdpKept,
     /// UDP on a connected socket, [`LARGE_DATAGRAM`] bytes each way: IPv4 fragments at the
     /// test bed's 1500-byte MTU. Only an answer of full length counts.
     UdpLarge,
@@ -256,7 +259,7 @@ fn udp_socket(to: SocketAddr, timeout: Duration) -> std::io::Result<UdpSocket> {
 }
 
 /// `count` exchanges with `to`, each on a new connection (or a new connected UDP socket); for
-/// `UdpUnconnected`, all on one socket.
+/// `UdpUnconnected`, all on one socket; for `UdpKept`, on one socket until an error.
 pub fn connect(
     to: SocketAddr,
     count: u64,
@@ -271,6 +274,7 @@ pub fn connect(
         _ => None,
     };
     let mut buf = vec![0u8; 65536];
+    let mut kept: Option<UdpSocket> = None;
     for _ in 0..count {
         let r = match mode {
             Mode::Tcp => tcp_once(to, timeout, false, &mut tally),
@@ -296,6 +300,19 @@ pub fn connect(
                 tally.answer(&String::from_utf8_lossy(&buf[..n]), s.peer_addr().ok());
                 Ok(())
             }),
+            Mode::UdpKept => {
+                let r = match kept.take() {
+                    Some(s) => Ok(s),
+                    None => udp_socket(to, timeout).and_then(|s| s.connect(to).map(|()| s)),
+                }
+                .and_then(|s| {
+                    s.send(b"hello\n")?;
+                    let n = s.recv(&mut buf)?;
+                    tally.answer(&String::from_utf8_lossy(&buf[..n]), s.peer_addr().ok());
+                    Ok(s)
+                });
+                r.map(|s| kept = Some(s))
+            }
             Mode::UdpUnconnected => match &shared {
                 Some(s) => s.send_to(b"hello\n", to).and_then(|_| {
                     let (n, from) = s.recv_from(&mut buf)?;

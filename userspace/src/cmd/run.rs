@@ -68,6 +68,12 @@ pub struct Args {
     /// BENCHMARKS.md); such sockets then see the backend's address. UDP is always reversed.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub socket_lb_peer: bool,
+    /// When a backend leaves a UDP service port, destroy the connected UDP sockets the socket
+    /// hooks sent to it (their owners get ECONNABORTED and reconnect to a serving backend), as
+    /// Cilium does; kube-proxy reaches the same by deleting the UDP conntrack entries. `false`:
+    /// such sockets keep sending to the departed backend until they close.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub socket_lb_terminate_udp: bool,
     /// Source ports for SNAT of translated traffic (outside the kernel's ephemeral range).
     #[arg(long, default_value = "61000-65535", value_parser = parse_range)]
     pub snat_port_range: (u16, u16),
@@ -353,6 +359,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         purge_maps,
         dp_metrics.clone(),
         purge_rx,
+        args.socket_lb_terminate_udp.then(|| cgroup.clone()),
     ));
     let programmer = Programmer {
         writer,

@@ -1,24 +1,34 @@
 //! Removing flows and affinities that outlived their backend: UDP flows (kube-proxy's conntrack
 //! clean-up), unconnected-UDP socket choices and ClientIP affinities whose backend stopped
-//! serving the service port. TCP flows are left alone: a terminating endpoint keeps serving its
+//! serving the service port, and (with `terminate_in`) the connected UDP sockets still sent to
+//! it (see `sockterm`). TCP flows are left alone: a terminating endpoint keeps serving its
 //! established connections, and a deleted one's flows end on their own (LRU eviction).
 
-use std::collections::HashSet;
+use std::{collections::HashSet, path::Path};
 
 use tollgate_common::lb::PROTO_UDP;
 
-use super::{lbmaps::LbMaps, writer::Purge};
+use super::{lbmaps::LbMaps, sockterm, writer::Purge};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PurgeStats {
     pub flows: usize,
     pub affinities: usize,
     pub sockets: usize,
+    /// Connected UDP sockets destroyed, and failures to look at or destroy them.
+    pub terminated: sockterm::TermStats,
 }
 
-pub fn purge(maps: &mut LbMaps, purge: &Purge) -> PurgeStats {
+/// Purges what `purge` names; `terminate_in`: the socket hooks' cgroup, whose processes'
+/// connected UDP sockets to departed backends are destroyed (`None`: left alone).
+pub fn purge(maps: &mut LbMaps, purge: &Purge, terminate_in: Option<&Path>) -> PurgeStats {
     let pairs: HashSet<(u32, u32)> = purge.pairs.iter().copied().collect();
     let mut stats = PurgeStats::default();
+    if let Some(cgroup) = terminate_in
+        && !purge.udp_peers.is_empty()
+    {
+        stats.terminated = sockterm::terminate(cgroup, &mut maps.sockrev, &purge.udp_peers);
+    }
     if pairs.is_empty() {
         return stats;
     }

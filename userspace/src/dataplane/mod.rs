@@ -14,6 +14,8 @@ pub mod marks;
 pub mod object;
 mod pins;
 pub mod program;
+pub mod sockdiag;
+pub mod sockterm;
 pub mod stats;
 pub mod sys;
 pub mod writer;

@@ -36,6 +36,7 @@ pub struct DataplaneMetrics {
     errors: Family<Labels, Counter>,
     entries: Family<Labels, Counter>,
     purged: Family<Labels, Counter>,
+    termination_errors: Counter,
     services: Gauge,
     unprogrammed: Gauge,
 }
@@ -54,6 +55,7 @@ impl DataplaneMetrics {
             errors: Family::default(),
             entries: Family::default(),
             purged: Family::default(),
+            termination_errors: Counter::default(),
             services: Gauge::default(),
             unprogrammed: Gauge::default(),
         };
@@ -84,8 +86,13 @@ impl DataplaneMetrics {
         );
         reg.register(
             "tollgate_dataplane_purged",
-            "Stale flows, affinities and socket choices removed after their backend left",
+            "Stale flows, affinities, socket choices and connected UDP sockets removed after their backend left",
             m.purged.clone(),
+        );
+        reg.register(
+            "tollgate_dataplane_socket_termination_errors",
+            "Pod network namespaces or connected UDP sockets to a departed backend that could not be looked at or destroyed",
+            m.termination_errors.clone(),
         );
         reg.register(
             "tollgate_dataplane_programmed_services",
@@ -317,27 +324,28 @@ impl Programmer {
         change: &ServiceChange,
         purge: &mut Purge,
     ) -> Result<(), WriteError> {
-        let p = self.writer.apply(change)?;
-        purge.pairs.extend(p.pairs);
+        purge.extend(self.writer.apply(change)?);
         Ok(())
     }
 }
 
-/// Removes stale flows as purge requests arrive (off the programming path: it walks maps).
+/// Removes stale flows as purge requests arrive (off the programming path: it walks maps);
+/// `terminate_in`: see [`gc::purge`].
 pub async fn purge_task(
     maps: LbMaps,
     metrics: DataplaneMetrics,
     mut rx: mpsc::UnboundedReceiver<Purge>,
+    terminate_in: Option<std::path::PathBuf>,
 ) {
     let maps = Arc::new(std::sync::Mutex::new(maps));
     while let Some(mut purge) = rx.recv().await {
         while let Ok(more) = rx.try_recv() {
-            purge.pairs.extend(more.pairs);
+            purge.extend(more);
         }
-        let maps = maps.clone();
+        let (maps, cgroup) = (maps.clone(), terminate_in.clone());
         let done = tokio::task::spawn_blocking(move || {
             let mut m = maps.lock().unwrap_or_else(|p| p.into_inner());
-            gc::purge(&mut m, &purge)
+            gc::purge(&mut m, &purge, cgroup.as_deref())
         })
         .await;
         if let Ok(s) = done {
@@ -353,6 +361,13 @@ pub async fn purge_task(
                 .purged
                 .get_or_create(&[("what", "sockets")])
                 .inc_by(s.sockets as u64);
+            metrics
+                .purged
+                .get_or_create(&[("what", "connected_udp_sockets")])
+                .inc_by(s.terminated.destroyed as u64);
+            metrics
+                .termination_errors
+                .inc_by(s.terminated.failed as u64);
             if s != gc::PurgeStats::default() {
                 tracing::debug!(?s, "purged state of backends that left their service");
             }

@@ -29,6 +29,7 @@ use tollgate_common::lb::{
 use super::{
     addr::{port_be, prefix_words, words},
     lbmaps::LbMaps,
+    sockterm::StaleUdpPeer,
 };
 use crate::enls::{
     ServiceChange,
@@ -160,11 +161,18 @@ struct WrittenService {
 pub struct Purge {
     /// (service ID, backend ID) pairs.
     pub pairs: Vec<(u32, u32)>,
+    /// Backends that left a UDP service port: connected sockets still sent to them go.
+    pub udp_peers: Vec<StaleUdpPeer>,
 }
 
 impl Purge {
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.pairs.is_empty() && self.udp_peers.is_empty()
+    }
+
+    pub fn extend(&mut self, other: Purge) {
+        self.pairs.extend(other.pairs);
+        self.udp_peers.extend(other.udp_peers);
     }
 }
 
@@ -819,6 +827,16 @@ impl Writer {
                     && let Some(r) = self.backends.get(b)
                 {
                     purge.pairs.push((service_id, r.id));
+                    if op.ident.1 == Protocol::Udp {
+                        purge.udp_peers.push(StaleUdpPeer {
+                            backend: (b.addr, b.port),
+                            frontends: op
+                                .revnats
+                                .iter()
+                                .map(|((ip, port, _), _)| (words(*ip), port_be(*port)))
+                                .collect(),
+                        });
+                    }
                 }
             }
             if np.is_none() {
