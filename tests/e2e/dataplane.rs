@@ -442,6 +442,76 @@ fn connected_udp_sockets_are_terminated_when_their_backend_goes() {
     );
 }
 
+#[test]
+fn udp_state_of_backends_that_left_while_no_agent_ran_goes_at_restart() {
+    let mut s = Scenario::new();
+    let (n1p1, n1p2, n2p1, n2p2) = (s.pod("n1p1"), s.pod("n1p2"), s.pod("n2p1"), s.pod("n2p2"));
+    let dns_on = |pod| {
+        with_endpoints(
+            slice_of(&s, "dns-1"),
+            vec![scenario::endpoint(pod, scenario::ready())],
+        )
+    };
+    let np_on = |pod| {
+        with_endpoints(
+            slice_of(&s, "np-1"),
+            vec![scenario::endpoint(pod, scenario::ready())],
+        )
+    };
+    let dns = format!("{}:53", scenario::DNS);
+    let np = format!("{}:{}", s.node("node1").ip, scenario::NODEPORT_UDP);
+    s.update(vec![dns_on(n1p2), np_on(n1p1)]);
+    s.wait_backends(&dns, "internal", &[&format!("{}:5353", n1p2.ip)]);
+    s.wait_backends(&np, "internal", &[&format!("{}:5353", n1p1.ip)]);
+
+    // A kept connected socket and an unconnected one in a pod (socket LB), a UDP flow from
+    // outside (conntrack), all on the backends that are about to leave.
+    let pace = Duration::from_millis(100);
+    let mut clients = [
+        (
+            "pod, connected",
+            s.spawn_client(n1p1.placement(), &dns, 60, Mode::UdpKept, pace),
+        ),
+        (
+            "pod, unconnected",
+            s.spawn_client(n1p1.placement(), &dns, 60, Mode::UdpUnconnected, pace),
+        ),
+        (
+            "outside",
+            s.spawn_client(s.cluster.outside(), &np, 60, Mode::UdpUnconnected, pace),
+        ),
+    ];
+    let after = vec![dns_on(n2p2), np_on(n2p1)];
+    std::thread::sleep(Duration::from_millis(1000));
+    // The endpoints change while no agent runs (the old backends keep answering).
+    s.agents[0].kill9();
+    s.update(after);
+    std::thread::sleep(Duration::from_millis(1000));
+    let node = s.cluster.node("node1");
+    s.agents[0] = tollgate_tests::agent::start_agent(node, &s.source, &[]);
+    let mut stuck = Vec::new();
+    for (what, client) in &mut clients {
+        let t = Scenario::finish(client, Duration::from_secs(20));
+        let (from, to) = if *what == "outside" {
+            ("n1p1", "n2p1")
+        } else {
+            ("n1p2", "n2p2")
+        };
+        assert_eq!(
+            t.sequence.first().map(String::as_str),
+            Some(from),
+            "{what}: {t:?}"
+        );
+        if t.sequence.last().map(String::as_str) != Some(to) {
+            stuck.push(format!("{what}: {:?}", t.sequence));
+        }
+    }
+    assert!(
+        stuck.is_empty(),
+        "still on the departed backend: {stuck:#?}"
+    );
+}
+
 /// node's backend map: ID → (address, port).
 fn backend_ids(
     node: &tollgate_tests::cluster::Node,

@@ -23,20 +23,23 @@ pub struct PurgeStats {
 /// connected UDP sockets to departed backends are destroyed (`None`: left alone).
 pub fn purge(maps: &mut LbMaps, purge: &Purge, terminate_in: Option<&Path>) -> PurgeStats {
     let pairs: HashSet<(u32, u32)> = purge.pairs.iter().copied().collect();
+    let gone: HashSet<u32> = purge.backends.iter().copied().collect();
+    let stale =
+        |service: u32, backend: u32| gone.contains(&backend) || pairs.contains(&(service, backend));
     let mut stats = PurgeStats::default();
     if let Some(cgroup) = terminate_in
         && !purge.udp_peers.is_empty()
     {
         stats.terminated = sockterm::terminate(cgroup, &mut maps.sockrev, &purge.udp_peers);
     }
-    if pairs.is_empty() {
+    if pairs.is_empty() && gone.is_empty() {
         return stats;
     }
     let flows: Vec<_> = maps
         .ct
         .iter()
         .filter_map(Result::ok)
-        .filter(|(k, v)| k.proto == PROTO_UDP && pairs.contains(&(v.service_id, v.backend_id)))
+        .filter(|(k, v)| k.proto == PROTO_UDP && stale(v.service_id, v.backend_id))
         .map(|(k, _)| k)
         .collect();
     for k in &flows {
@@ -48,7 +51,7 @@ pub fn purge(maps: &mut LbMaps, purge: &Purge, terminate_in: Option<&Path>) -> P
         .affinity
         .iter()
         .filter_map(Result::ok)
-        .filter(|(k, v)| pairs.contains(&(k.service_id, v.backend_id)))
+        .filter(|(k, v)| stale(k.service_id, v.backend_id))
         .map(|(k, _)| k)
         .collect();
     for k in &affinities {
@@ -60,7 +63,7 @@ pub fn purge(maps: &mut LbMaps, purge: &Purge, terminate_in: Option<&Path>) -> P
         .sockct
         .iter()
         .filter_map(Result::ok)
-        .filter(|(_, v)| pairs.contains(&(v.service_id, v.backend_id)))
+        .filter(|(_, v)| stale(v.service_id, v.backend_id))
         .map(|(k, _)| k)
         .collect();
     for k in &sockets {

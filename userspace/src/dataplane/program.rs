@@ -245,11 +245,16 @@ impl Programmer {
             self.metrics.unprogrammed.set(pending.len() as i64);
             if update.initial {
                 match self.writer.adopt_done() {
-                    Ok(n) if n > 0 => tracing::info!(
-                        removed = n,
-                        "removed entries of a previous run that the current state no longer has"
-                    ),
-                    Ok(_) => {}
+                    Ok((n, gone)) => {
+                        if n > 0 || !gone.backends.is_empty() {
+                            tracing::info!(
+                                removed = n,
+                                backends = gone.backends.len(),
+                                "removed entries of a previous run that the current state no longer has"
+                            );
+                        }
+                        purge.extend(gone);
+                    }
                     Err(e) => tracing::warn!("cleaning entries of a previous run: {e}"),
                 }
                 ready = true;

@@ -29,11 +29,12 @@ use super::sockdiag::{Diag, SockId};
 /// An address and port as the maps keep them (IPv4-mapped words, port in network order).
 pub type Peer = ([u32; 4], u16);
 
-/// A backend that stopped serving a UDP service port, with that port's frontends.
+/// A backend that stopped serving a UDP service port, with that port's frontends (`None`:
+/// every frontend; the backend is gone altogether).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StaleUdpPeer {
     pub backend: Peer,
-    pub frontends: Vec<Peer>,
+    pub frontends: Option<Vec<Peer>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -50,18 +51,22 @@ fn stale_cookies(
     records: impl Iterator<Item = (SockRevKey, SockRevValue)>,
     stale: &[StaleUdpPeer],
 ) -> HashMap<u64, Peer> {
-    let mut by_backend: HashMap<Peer, HashSet<Peer>> = HashMap::new();
+    // Per backend: the frontends through which its sockets are stale (`None`: all).
+    let mut by_backend: HashMap<Peer, Option<HashSet<Peer>>> = HashMap::new();
     for s in stale {
-        by_backend
+        let entry = by_backend
             .entry(s.backend)
-            .or_default()
-            .extend(s.frontends.iter().copied());
+            .or_insert_with(|| Some(HashSet::new()));
+        match (&s.frontends, entry.as_mut()) {
+            (Some(f), Some(set)) => set.extend(f.iter().copied()),
+            _ => *entry = None,
+        }
     }
     records
         .filter(|(k, v)| {
             by_backend
                 .get(&(k.addr, k.port))
-                .is_some_and(|f| f.contains(&(v.addr, v.port)))
+                .is_some_and(|f| f.as_ref().is_none_or(|f| f.contains(&(v.addr, v.port))))
         })
         .map(|(k, _)| (k.cookie, (k.addr, k.port)))
         .collect()
@@ -210,9 +215,16 @@ mod tests {
         ];
         let stale = [StaleUdpPeer {
             backend,
-            frontends: vec![frontend],
+            frontends: Some(vec![frontend]),
         }];
         let cookies = stale_cookies(records.into_iter(), &stale);
         assert_eq!(cookies, HashMap::from([(1, backend)]));
+        // A backend gone altogether: through every frontend.
+        let gone = [StaleUdpPeer {
+            backend,
+            frontends: None,
+        }];
+        let cookies = stale_cookies(records.into_iter(), &gone);
+        assert_eq!(cookies, HashMap::from([(1, backend), (2, backend)]));
     }
 }

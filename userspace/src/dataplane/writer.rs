@@ -14,7 +14,7 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use tollgate_common::lb::{
-    PROTO_TCP,
+    PROTO_TCP, PROTO_UDP,
     backend::{self, Backend},
     feport,
     revnat::RevNat,
@@ -161,17 +161,20 @@ struct WrittenService {
 pub struct Purge {
     /// (service ID, backend ID) pairs.
     pub pairs: Vec<(u32, u32)>,
+    /// Backend IDs gone altogether (they left while no agent ran): state of every service.
+    pub backends: Vec<u32>,
     /// Backends that left a UDP service port: connected sockets still sent to them go.
     pub udp_peers: Vec<StaleUdpPeer>,
 }
 
 impl Purge {
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty() && self.udp_peers.is_empty()
+        self.pairs.is_empty() && self.backends.is_empty() && self.udp_peers.is_empty()
     }
 
     pub fn extend(&mut self, other: Purge) {
         self.pairs.extend(other.pairs);
+        self.backends.extend(other.backends);
         self.udp_peers.extend(other.udp_peers);
     }
 }
@@ -257,8 +260,29 @@ impl Writer {
     }
 
     /// Removes every entry a previous agent left that the current state does not have
-    /// (called once, after the first complete state is written).
-    pub fn adopt_done(&mut self) -> Result<usize, WriteError> {
+    /// (called once, after the first complete state is written). Returns how many entries went
+    /// and the purge of the backends that left while no agent ran (their UDP flows,
+    /// affinities, socket choices and connected UDP sockets, whatever service they were in).
+    pub fn adopt_done(&mut self) -> Result<(usize, Purge), WriteError> {
+        // Adopted backends the current state does not reference.
+        let gone: Vec<(BackendAddr, u32)> = self
+            .backends
+            .iter()
+            .filter(|(_, r)| r.refs == 0)
+            .map(|(a, r)| (*a, r.id))
+            .collect();
+        let mut purge = Purge::default();
+        for (addr, id) in gone {
+            self.backends.remove(&addr);
+            self.backend_ids.give(id);
+            purge.backends.push(id);
+            if addr.proto == PROTO_UDP {
+                purge.udp_peers.push(StaleUdpPeer {
+                    backend: (addr.addr, addr.port),
+                    frontends: None,
+                });
+            }
+        }
         let wanted_svc: HashSet<SvcKey> = self
             .services
             .values()
@@ -327,7 +351,7 @@ impl Writer {
         for k in &stale {
             let _ = self.maps.svcinfo.remove(k);
         }
-        Ok(removed)
+        Ok((removed, purge))
     }
 
     /// Seeds the ID allocators from a previous agent's backend map, so backends keep their IDs
@@ -830,11 +854,12 @@ impl Writer {
                     if op.ident.1 == Protocol::Udp {
                         purge.udp_peers.push(StaleUdpPeer {
                             backend: (b.addr, b.port),
-                            frontends: op
-                                .revnats
-                                .iter()
-                                .map(|((ip, port, _), _)| (words(*ip), port_be(*port)))
-                                .collect(),
+                            frontends: Some(
+                                op.revnats
+                                    .iter()
+                                    .map(|((ip, port, _), _)| (words(*ip), port_be(*port)))
+                                    .collect(),
+                            ),
                         });
                     }
                 }
