@@ -11,6 +11,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use aya::maps::{Array, Map, MapData};
 use tollgate_common::lb::{
+    affinity::{self, AffinityKey, AffinityValue},
     sockrev::{self, TcpRevSlot},
     v4_mapped,
 };
@@ -510,6 +511,83 @@ fn udp_state_of_backends_that_left_while_no_agent_ran_goes_at_restart() {
         stuck.is_empty(),
         "still on the departed backend: {stuck:#?}"
     );
+}
+
+#[test]
+fn service_ports_keep_their_ids_across_a_restart_and_gone_ones_take_their_affinities_along() {
+    let mut s = Scenario::new();
+    let affinity = format!("{}:80", scenario::AFFINITY);
+    let t = s.client(s.pod("n1p1").placement(), &affinity, 3, Mode::Tcp, T);
+    assert_eq!((t.ok, t.backends.len()), (3, 1), "affine: {t:?}");
+    let affine = t.names()[0].to_owned();
+    let before = service_ids(s.cluster.node("node1"));
+    let old_id = before[&("affinity".to_owned(), "http".to_owned())];
+
+    // While no agent runs, the service goes and another ClientIP service comes, without the
+    // backend the client was affine to (and with a longer timeout, so a leftover affinity
+    // would still count).
+    let mut svc = s.object("Service", "affinity");
+    svc["metadata"]["name"] = "aff2".into();
+    svc["spec"]["clusterIP"] = "10.96.0.16".into();
+    svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] = 600.into();
+    let mut slice = s.object("EndpointSlice", "affinity-1");
+    slice["metadata"]["name"] = "aff2-1".into();
+    slice["metadata"]["labels"]["kubernetes.io/service-name"] = "aff2".into();
+    let others: Vec<_> = ["n1p1", "n1p2", "n2p1", "n2p2"]
+        .into_iter()
+        .filter(|n| *n != affine)
+        .map(|n| scenario::endpoint(s.pod(n), scenario::ready()))
+        .collect();
+    slice["endpoints"] = others.into();
+    s.agents[0].kill9();
+    s.remove("Service", "affinity");
+    s.remove("EndpointSlice", "affinity-1");
+    s.update(vec![svc, slice]);
+    let node = s.cluster.node("node1");
+    s.agents[0] = tollgate_tests::agent::start_agent(node, &s.source, &[]);
+
+    let t = s.client(s.pod("n1p1").placement(), "10.96.0.16:80", 10, Mode::Tcp, T);
+    assert_eq!(t.ok, 10, "{t:?}");
+    assert!(
+        !t.backends.contains_key(&affine),
+        "the client's affinity to {affine} in the departed service led into the new one: {t:?}"
+    );
+    let after = service_ids(s.cluster.node("node1"));
+    for (port, id) in &before {
+        if let Some(now) = after.get(port) {
+            assert_eq!(now, id, "{port:?} kept its ID");
+        }
+    }
+    let new_id = after[&("aff2".to_owned(), "http".to_owned())];
+    assert_ne!(
+        new_id, old_id,
+        "the departed service's ID is not reused at once"
+    );
+    // The departed service's affinities were purged.
+    tollgate_tests::wait_for("the purge", Duration::from_secs(5), || {
+        let data = MapData::from_pin(s.cluster.node("node1").bpffs.join(affinity::NAME)).unwrap();
+        let map: aya::maps::HashMap<MapData, AffinityKey, AffinityValue> =
+            aya::maps::HashMap::try_from(Map::HashMap(data)).unwrap();
+        map.keys()
+            .map(Result::unwrap)
+            .all(|k| k.service_id != old_id)
+            .then_some(())
+    });
+}
+
+/// node's service ports (`tg_svcinfo_v1`): (service name, port name) → ID.
+fn service_ids(
+    node: &tollgate_tests::cluster::Node,
+) -> std::collections::BTreeMap<(String, String), u32> {
+    use tollgate_common::lb::svcinfo::{self, SvcInfo};
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim_end_matches('\0').to_owned();
+    let data = MapData::from_pin(node.bpffs.join(svcinfo::NAME)).unwrap();
+    let map: aya::maps::HashMap<MapData, u32, SvcInfo> =
+        aya::maps::HashMap::try_from(Map::HashMap(data)).unwrap();
+    map.iter()
+        .map(Result::unwrap)
+        .map(|(id, i)| ((text(&i.name), text(&i.port_name)), id))
+        .collect()
 }
 
 /// node's backend map: ID → (address, port).

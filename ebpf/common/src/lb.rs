@@ -554,7 +554,7 @@ pub mod svcinfo {
     pub const CAPACITY: u32 = super::stats::CAPACITY;
 
     #[repr(C)]
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct SvcInfo {
         /// NUL-padded namespace.
         pub namespace: [u8; 64],

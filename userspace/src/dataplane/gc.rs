@@ -24,15 +24,19 @@ pub struct PurgeStats {
 pub fn purge(maps: &mut LbMaps, purge: &Purge, terminate_in: Option<&Path>) -> PurgeStats {
     let pairs: HashSet<(u32, u32)> = purge.pairs.iter().copied().collect();
     let gone: HashSet<u32> = purge.backends.iter().copied().collect();
-    let stale =
-        |service: u32, backend: u32| gone.contains(&backend) || pairs.contains(&(service, backend));
+    let gone_services: HashSet<u32> = purge.services.iter().copied().collect();
+    let stale = |service: u32, backend: u32| {
+        gone.contains(&backend)
+            || gone_services.contains(&service)
+            || pairs.contains(&(service, backend))
+    };
     let mut stats = PurgeStats::default();
     if let Some(cgroup) = terminate_in
         && !purge.udp_peers.is_empty()
     {
         stats.terminated = sockterm::terminate(cgroup, &mut maps.sockrev, &purge.udp_peers);
     }
-    if pairs.is_empty() && gone.is_empty() {
+    if pairs.is_empty() && gone.is_empty() && gone_services.is_empty() {
         return stats;
     }
     let flows: Vec<_> = maps

@@ -219,7 +219,7 @@ impl Programmer {
         // previous entries and are retried after every update, so room freed by another
         // service's removal is used without waiting for this one to change.
         let mut pending: BTreeMap<ObjKey, ServiceChange> = BTreeMap::new();
-        self.writer.adopt_backends();
+        self.writer.adopt();
         while let Some(update) = updates.recv().await {
             let start = Instant::now();
             if let Some(n) = &update.node {

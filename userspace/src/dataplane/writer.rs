@@ -29,7 +29,7 @@ use tollgate_common::lb::{
 use super::{
     addr::{port_be, prefix_words, words},
     lbmaps::LbMaps,
-    sockterm::StaleUdpPeer,
+    sockterm::{Peer, StaleUdpPeer},
 };
 use crate::enls::{
     ServiceChange,
@@ -124,6 +124,18 @@ impl Ids {
     fn give(&mut self, id: u32) {
         self.free.push_back(id);
     }
+
+    /// Marks IDs a previous agent used as taken; the unused ones below them become free.
+    fn adopt(&mut self, used: &[u32]) {
+        let Some(&max) = used.iter().max() else {
+            return;
+        };
+        if max >= self.next {
+            let used: HashSet<u32> = used.iter().copied().collect();
+            self.free = (1..=max).filter(|i| !used.contains(i)).collect();
+            self.next = max + 1;
+        }
+    }
 }
 
 /// One frontend entry (with its slots) as written.
@@ -151,6 +163,16 @@ struct WrittenPort {
     info: SvcInfo,
 }
 
+impl WrittenPort {
+    /// The frontends (address, port) as the maps keep them.
+    fn frontend_peers(&self) -> Vec<Peer> {
+        self.revnats
+            .iter()
+            .map(|((ip, port, _), _)| (words(*ip), port_be(*port)))
+            .collect()
+    }
+}
+
 #[derive(Debug, Default)]
 struct WrittenService {
     ports: Vec<WrittenPort>,
@@ -163,18 +185,24 @@ pub struct Purge {
     pub pairs: Vec<(u32, u32)>,
     /// Backend IDs gone altogether (they left while no agent ran): state of every service.
     pub backends: Vec<u32>,
+    /// Service port IDs gone (while no agent ran): state of every backend.
+    pub services: Vec<u32>,
     /// Backends that left a UDP service port: connected sockets still sent to them go.
     pub udp_peers: Vec<StaleUdpPeer>,
 }
 
 impl Purge {
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty() && self.backends.is_empty() && self.udp_peers.is_empty()
+        self.pairs.is_empty()
+            && self.backends.is_empty()
+            && self.services.is_empty()
+            && self.udp_peers.is_empty()
     }
 
     pub fn extend(&mut self, other: Purge) {
         self.pairs.extend(other.pairs);
         self.backends.extend(other.backends);
+        self.services.extend(other.services);
         self.udp_peers.extend(other.udp_peers);
     }
 }
@@ -199,12 +227,34 @@ pub struct Writer {
     srcrange_entries: usize,
     node_addresses: Vec<IpAddr>,
     stats: WriteStats,
+    /// A previous agent's service ports (from `tg_svcinfo_v1`) not yet claimed by the current
+    /// state: a port that is still there keeps its ID (ClientIP affinities are keyed by it).
+    adopted_ports: HashMap<SvcInfo, u32>,
+    /// A previous agent's (service port ID, backend ID) pairs, from the slots of
+    /// `tg_svc_v1`: those the current state no longer serves are purged after adoption.
+    adopted_pairs: HashSet<(u32, u32)>,
 }
 
 fn fill(dst: &mut [u8], s: &str) {
     let b = s.as_bytes();
     let n = b.len().min(dst.len().saturating_sub(1));
     dst[..n].copy_from_slice(&b[..n]);
+}
+
+/// What `tg_svcinfo_v1` says about a service port (also how a restarted agent recognizes it).
+fn port_info(state: &ServiceState, port: &ServicePortState) -> SvcInfo {
+    let mut info = SvcInfo::default();
+    fill(&mut info.namespace, &state.namespace);
+    fill(&mut info.name, &state.name);
+    fill(&mut info.port_name, &port.name);
+    info.port = port.port;
+    info.proto = port.protocol.number();
+    info.family = if port.ip_family == IpFamily::IPv4 {
+        4
+    } else {
+        6
+    };
+    info
 }
 
 fn backend_addr(e: &EndpointAddr, proto: Protocol) -> BackendAddr {
@@ -240,6 +290,8 @@ impl Writer {
             srcrange_entries: 0,
             node_addresses: Vec::new(),
             stats: WriteStats::default(),
+            adopted_ports: HashMap::new(),
+            adopted_pairs: HashSet::new(),
         }
     }
 
@@ -281,6 +333,36 @@ impl Writer {
                     backend: (addr.addr, addr.port),
                     frontends: None,
                 });
+            }
+        }
+        // Service ports that are gone: all their state.
+        for (_, id) in std::mem::take(&mut self.adopted_ports) {
+            self.service_ids.give(id);
+            purge.services.push(id);
+        }
+        // Backends that left a service port that is still there.
+        let adopted_pairs = std::mem::take(&mut self.adopted_pairs);
+        let by_id: HashMap<u32, BackendAddr> =
+            self.backends.iter().map(|(a, r)| (r.id, *a)).collect();
+        for port in self.services.values().flat_map(|s| &s.ports) {
+            let serving: HashSet<u32> = port
+                .serving
+                .iter()
+                .filter_map(|b| self.backends.get(b).map(|r| r.id))
+                .collect();
+            for &(service_id, backend_id) in &adopted_pairs {
+                if service_id != port.service_id || serving.contains(&backend_id) {
+                    continue;
+                }
+                purge.pairs.push((service_id, backend_id));
+                if let Some(b) = by_id.get(&backend_id)
+                    && b.proto == PROTO_UDP
+                {
+                    purge.udp_peers.push(StaleUdpPeer {
+                        backend: (b.addr, b.port),
+                        frontends: Some(port.frontend_peers()),
+                    });
+                }
             }
         }
         let wanted_svc: HashSet<SvcKey> = self
@@ -354,12 +436,14 @@ impl Writer {
         Ok((removed, purge))
     }
 
-    /// Seeds the ID allocators from a previous agent's backend map, so backends keep their IDs
-    /// (affinity entries and counters stay meaningful across restarts).
-    pub fn adopt_backends(&mut self) {
+    /// Takes over a previous agent's IDs (called before the first state is written):
+    /// backends keep theirs (from `tg_backend_v1`) and service ports theirs (from
+    /// `tg_svcinfo_v1`), so affinity entries, kept socket choices and counters stay
+    /// meaningful across restarts; the previous (service port, backend) pairs are noted for
+    /// [`Writer::adopt_done`].
+    pub fn adopt(&mut self) {
         let existing: Vec<(u32, Backend)> =
             self.maps.backend.iter().filter_map(Result::ok).collect();
-        let mut max = 0;
         for (id, b) in existing {
             let addr = BackendAddr {
                 addr: b.addr,
@@ -367,13 +451,33 @@ impl Writer {
                 proto: b.proto,
             };
             self.backends.insert(addr, BackendRef { id, refs: 0 });
-            max = max.max(id);
         }
-        if max >= self.backend_ids.next {
-            let used: HashSet<u32> = self.backends.values().map(|b| b.id).collect();
-            self.backend_ids.free = (1..=max).filter(|i| !used.contains(i)).collect();
-            self.backend_ids.next = max + 1;
-        }
+        let used: Vec<u32> = self.backends.values().map(|b| b.id).collect();
+        self.backend_ids.adopt(&used);
+        self.adopted_ports = self
+            .maps
+            .svcinfo
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(id, info)| (info, id))
+            .collect();
+        let used: Vec<u32> = self.adopted_ports.values().copied().collect();
+        self.service_ids.adopt(&used);
+        let entries: Vec<(SvcKey, SvcValue)> =
+            self.maps.svc.iter().filter_map(Result::ok).collect();
+        let services: HashMap<SvcKey, u32> = entries
+            .iter()
+            .filter(|(k, _)| k.slot == 0)
+            .map(|(k, v)| (*k, v.service_id))
+            .collect();
+        self.adopted_pairs = entries
+            .iter()
+            .filter(|(k, _)| k.slot != 0)
+            .filter_map(|(k, v)| {
+                let frontend = SvcKey { slot: 0, ..*k };
+                services.get(&frontend).map(|&s| (s, v.backend_id))
+            })
+            .collect();
     }
 
     /// Applies one service's change. On error the service keeps its previous programming and
@@ -520,9 +624,14 @@ impl Writer {
         for port in &state.ports {
             let ident = (port.name.clone(), port.protocol, port.ip_family);
             let prev = old.and_then(|o| o.ports.iter().find(|p| p.ident == ident));
-            let service_id = match prev {
-                Some(p) => p.service_id,
-                None => {
+            let adopted = prev
+                .is_none()
+                .then(|| self.adopted_ports.remove(&port_info(state, port)))
+                .flatten();
+            let service_id = match (prev, adopted) {
+                (Some(p), _) => p.service_id,
+                (None, Some(id)) => id,
+                (None, None) => {
                     let id = match self.service_ids.take() {
                         Ok(id) => id,
                         Err(e) => {
@@ -582,16 +691,7 @@ impl Writer {
             .iter()
             .map(|e| backend_addr(e, port.protocol))
             .collect();
-        fill(&mut out.info.namespace, &state.namespace);
-        fill(&mut out.info.name, &state.name);
-        fill(&mut out.info.port_name, &port.name);
-        out.info.port = port.port;
-        out.info.proto = proto;
-        out.info.family = if port.ip_family == IpFamily::IPv4 {
-            4
-        } else {
-            6
-        };
+        out.info = port_info(state, port);
         if prev.map(|p| p.info) != Some(out.info) {
             self.maps
                 .svcinfo
@@ -854,12 +954,7 @@ impl Writer {
                     if op.ident.1 == Protocol::Udp {
                         purge.udp_peers.push(StaleUdpPeer {
                             backend: (b.addr, b.port),
-                            frontends: Some(
-                                op.revnats
-                                    .iter()
-                                    .map(|((ip, port, _), _)| (words(*ip), port_be(*port)))
-                                    .collect(),
-                            ),
+                            frontends: Some(op.frontend_peers()),
                         });
                     }
                 }
@@ -915,5 +1010,19 @@ mod tests {
         ));
         ids.give(4);
         assert_eq!(ids.take().unwrap(), 4);
+    }
+
+    #[test]
+    fn adopted_ids_stay_taken_and_the_gaps_between_them_are_free() {
+        let mut ids = Ids::preferring("service port", 100, 4);
+        ids.adopt(&[5, 2]);
+        // The gaps first (no fresh ID is left below the preferred bound), then fresh IDs.
+        assert_eq!(ids.take().unwrap(), 1);
+        assert_eq!(ids.take().unwrap(), 3);
+        assert_eq!(ids.take().unwrap(), 4);
+        assert_eq!(ids.take().unwrap(), 6);
+        let mut fresh = Ids::new("backend", 100);
+        fresh.adopt(&[]);
+        assert_eq!(fresh.take().unwrap(), 1);
     }
 }
