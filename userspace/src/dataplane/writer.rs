@@ -313,8 +313,9 @@ impl Writer {
 
     /// Removes every entry a previous agent left that the current state does not have
     /// (called once, after the first complete state is written). Returns how many entries went
-    /// and the purge of the backends that left while no agent ran (their UDP flows,
-    /// affinities, socket choices and connected UDP sockets, whatever service they were in).
+    /// and the purge of what changed while no agent ran: backends gone altogether, service
+    /// ports gone, and backends that left a service port that is still there (their UDP flows,
+    /// affinities, socket choices and connected UDP sockets).
     pub fn adopt_done(&mut self) -> Result<(usize, Purge), WriteError> {
         // Adopted backends the current state does not reference.
         let gone: Vec<(BackendAddr, u32)> = self
@@ -341,20 +342,26 @@ impl Writer {
             purge.services.push(id);
         }
         // Backends that left a service port that is still there.
-        let adopted_pairs = std::mem::take(&mut self.adopted_pairs);
+        let mut before: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (service_id, backend_id) in std::mem::take(&mut self.adopted_pairs) {
+            before.entry(service_id).or_default().push(backend_id);
+        }
         let by_id: HashMap<u32, BackendAddr> =
             self.backends.iter().map(|(a, r)| (r.id, *a)).collect();
         for port in self.services.values().flat_map(|s| &s.ports) {
+            let Some(previous) = before.get(&port.service_id) else {
+                continue;
+            };
             let serving: HashSet<u32> = port
                 .serving
                 .iter()
                 .filter_map(|b| self.backends.get(b).map(|r| r.id))
                 .collect();
-            for &(service_id, backend_id) in &adopted_pairs {
-                if service_id != port.service_id || serving.contains(&backend_id) {
+            for &backend_id in previous {
+                if serving.contains(&backend_id) {
                     continue;
                 }
-                purge.pairs.push((service_id, backend_id));
+                purge.pairs.push((port.service_id, backend_id));
                 if let Some(b) = by_id.get(&backend_id)
                     && b.proto == PROTO_UDP
                 {
