@@ -529,7 +529,7 @@ fn service_ports_keep_their_ids_across_a_restart_and_gone_ones_take_their_affini
     // would still count).
     let mut svc = s.object("Service", "affinity");
     svc["metadata"]["name"] = "aff2".into();
-    svc["spec"]["clusterIP"] = "10.96.0.16".into();
+    svc["spec"]["clusterIP"] = "10.96.0.17".into();
     svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] = 600.into();
     let mut slice = s.object("EndpointSlice", "affinity-1");
     slice["metadata"]["name"] = "aff2-1".into();
@@ -547,7 +547,7 @@ fn service_ports_keep_their_ids_across_a_restart_and_gone_ones_take_their_affini
     let node = s.cluster.node("node1");
     s.agents[0] = tollgate_tests::agent::start_agent(node, &s.source, &[]);
 
-    let t = s.client(s.pod("n1p1").placement(), "10.96.0.16:80", 10, Mode::Tcp, T);
+    let t = s.client(s.pod("n1p1").placement(), "10.96.0.17:80", 10, Mode::Tcp, T);
     assert_eq!(t.ok, 10, "{t:?}");
     assert!(
         !t.backends.contains_key(&affine),
@@ -574,6 +574,47 @@ fn service_ports_keep_their_ids_across_a_restart_and_gone_ones_take_their_affini
             .all(|k| k.service_id != old_id)
             .then_some(())
     });
+}
+
+#[test]
+fn source_ranges_of_a_service_gone_while_no_agent_ran_allow_nobody_after_restart() {
+    let mut s = Scenario::new();
+    let deny = format!("{}:80", scenario::LB_DENY_IP);
+    let dropped = |s: &Scenario| {
+        let t = s.client(
+            s.cluster.outside(),
+            &deny,
+            2,
+            Mode::Tcp,
+            Duration::from_millis(700),
+        );
+        (t.ok, t.timeout)
+    };
+    assert_eq!(dropped(&s), (0, 2), "lb-deny's ranges exclude the client");
+    // While no agent runs, the LoadBalancer whose ranges allow the client goes (frontends
+    // handed out afresh would give lb-deny's its ID, and with it its ranges).
+    s.agents[0].kill9();
+    s.remove("Service", "lb");
+    s.remove("EndpointSlice", "lb-1");
+    let node = s.cluster.node("node1");
+    s.agents[0] = tollgate_tests::agent::start_agent(node, &s.source, &[]);
+    assert_eq!(
+        dropped(&s),
+        (0, 2),
+        "lb-deny's ranges still exclude the client"
+    );
+    // Nothing is left of lb's ranges.
+    let text = String::from_utf8(
+        std::process::Command::new("bpftool")
+            .args(["map", "dump", "pinned"])
+            .arg(node.bpffs.join(tollgate_common::lb::srcrange::NAME))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(entries.len(), 1, "only lb-deny's 10.0.0.0/8: {text}");
 }
 
 /// node's service ports (`tg_svcinfo_v1`): (service name, port name) → ID.

@@ -233,6 +233,10 @@ pub struct Writer {
     /// A previous agent's (service port ID, backend ID) pairs, from the slots of
     /// `tg_svc_v1`: those the current state no longer serves are purged after adoption.
     adopted_pairs: HashSet<(u32, u32)>,
+    /// A previous agent's frontends (address, port, protocol as the maps keep them) not yet
+    /// claimed: a frontend that is still there keeps its ID, so the source ranges keyed by it
+    /// never name another frontend.
+    adopted_frontends: HashMap<([u32; 4], u16, u8), u32>,
 }
 
 fn fill(dst: &mut [u8], s: &str) {
@@ -292,6 +296,7 @@ impl Writer {
             stats: WriteStats::default(),
             adopted_ports: HashMap::new(),
             adopted_pairs: HashSet::new(),
+            adopted_frontends: HashMap::new(),
         }
     }
 
@@ -335,6 +340,10 @@ impl Writer {
                     frontends: None,
                 });
             }
+        }
+        // Frontends that are gone (their revnat entries go below).
+        for (_, id) in std::mem::take(&mut self.adopted_frontends) {
+            self.revnat_ids.give(id);
         }
         // Service ports that are gone: all their state.
         for (_, id) in std::mem::take(&mut self.adopted_ports) {
@@ -440,6 +449,30 @@ impl Writer {
         for k in &stale {
             let _ = self.maps.svcinfo.remove(k);
         }
+        // Source ranges the current state does not have (a range left or changed, a frontend
+        // went): kept, they would allow clients the ranges no longer allow.
+        let wanted_ranges: HashSet<(u32, SrcRangeKey)> = self
+            .services
+            .values()
+            .flat_map(|s| &s.ports)
+            .flat_map(|p| {
+                p.src_range_bits
+                    .iter()
+                    .copied()
+                    .zip(p.src_ranges.iter().copied())
+            })
+            .collect();
+        let stale: Vec<Key<SrcRangeKey>> = self
+            .maps
+            .srcrange
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted_ranges.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        removed += stale.len();
+        for k in &stale {
+            let _ = self.maps.srcrange.remove(k);
+        }
         Ok((removed, purge))
     }
 
@@ -477,6 +510,13 @@ impl Writer {
             .filter(|(k, _)| k.slot == 0)
             .map(|(k, v)| (*k, v.service_id))
             .collect();
+        self.adopted_frontends = entries
+            .iter()
+            .filter(|(k, _)| k.slot == 0)
+            .map(|(k, v)| ((k.addr, k.port, k.proto), v.rev_nat_id))
+            .collect();
+        let used: Vec<u32> = self.adopted_frontends.values().copied().collect();
+        self.revnat_ids.adopt(&used);
         self.adopted_pairs = entries
             .iter()
             .filter(|(k, _)| k.slot != 0)
@@ -713,7 +753,13 @@ impl Writer {
             let rev_nat_id = match prev.and_then(|p| p.revnats.iter().find(|(k, _)| *k == fkey)) {
                 Some((_, id)) => *id,
                 None => {
-                    let id = self.revnat_ids.take()?;
+                    let adopted =
+                        self.adopted_frontends
+                            .remove(&(words(fe.ip), port_be(fe.port), proto));
+                    let id = match adopted {
+                        Some(id) => id,
+                        None => self.revnat_ids.take()?,
+                    };
                     let value = RevNat {
                         addr: words(fe.ip),
                         port: port_be(fe.port),
