@@ -234,9 +234,9 @@ pub struct Writer {
     /// `tg_svc_v1`: those the current state no longer serves are purged after adoption.
     adopted_pairs: HashSet<(u32, u32)>,
     /// A previous agent's frontends (address, port, protocol as the maps keep them) not yet
-    /// claimed: a frontend that is still there keeps its ID, so the source ranges keyed by it
-    /// never name another frontend.
-    adopted_frontends: HashMap<([u32; 4], u16, u8), u32>,
+    /// claimed → (frontend ID, service port ID): a frontend still there for the same service
+    /// port keeps its ID, so the source ranges keyed by it never name another frontend.
+    adopted_frontends: HashMap<([u32; 4], u16, u8), (u32, u32)>,
 }
 
 fn fill(dst: &mut [u8], s: &str) {
@@ -342,7 +342,7 @@ impl Writer {
             }
         }
         // Frontends that are gone (their revnat entries go below).
-        for (_, id) in std::mem::take(&mut self.adopted_frontends) {
+        for (_, (id, _)) in std::mem::take(&mut self.adopted_frontends) {
             self.revnat_ids.give(id);
         }
         // Service ports that are gone: all their state.
@@ -513,9 +513,9 @@ impl Writer {
         self.adopted_frontends = entries
             .iter()
             .filter(|(k, _)| k.slot == 0)
-            .map(|(k, v)| ((k.addr, k.port, k.proto), v.rev_nat_id))
+            .map(|(k, v)| ((k.addr, k.port, k.proto), (v.rev_nat_id, v.service_id)))
             .collect();
-        let used: Vec<u32> = self.adopted_frontends.values().copied().collect();
+        let used: Vec<u32> = self.adopted_frontends.values().map(|(id, _)| *id).collect();
         self.revnat_ids.adopt(&used);
         self.adopted_pairs = entries
             .iter()
@@ -753,12 +753,16 @@ impl Writer {
             let rev_nat_id = match prev.and_then(|p| p.revnats.iter().find(|(k, _)| *k == fkey)) {
                 Some((_, id)) => *id,
                 None => {
-                    let adopted =
-                        self.adopted_frontends
-                            .remove(&(words(fe.ip), port_be(fe.port), proto));
-                    let id = match adopted {
-                        Some(id) => id,
-                        None => self.revnat_ids.take()?,
+                    // A frontend that now belongs to another service port (its address
+                    // reassigned) gets a fresh ID: the old one's source ranges stay until the
+                    // adoption ends.
+                    let key = (words(fe.ip), port_be(fe.port), proto);
+                    let id = match self.adopted_frontends.get(&key) {
+                        Some(&(id, old_service)) if old_service == service_id => {
+                            self.adopted_frontends.remove(&key);
+                            id
+                        }
+                        _ => self.revnat_ids.take()?,
                     };
                     let value = RevNat {
                         addr: words(fe.ip),
