@@ -86,6 +86,25 @@ impl Diag {
         }
         // SAFETY: a fresh descriptor owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // The kernel always answers; the timeout only bounds a wait that would otherwise be
+        // unbounded (the purge task must never hang on it).
+        let timeout = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt(2) on our socket with a timeval of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(Self { fd, seq: 0 })
     }
 
