@@ -223,6 +223,9 @@ pub struct Programming {
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
     pub machine: String,
+    /// The commit measured (`+changes`: with uncommitted changes), taken before the run writes
+    /// its own results.
+    pub commit: String,
     pub wrk: String,
     pub counts: Vec<CountResult>,
     pub programming: Programming,
@@ -640,6 +643,7 @@ fn programming(opts: &Options) -> anyhow::Result<Programming> {
 }
 
 pub fn run(opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow::Result<Report> {
+    let commit = super::commit();
     // The programming measurement changes filler Services: the target alone has none.
     if opts.counts.iter().all(|&c| c < 2) {
         bail!(
@@ -654,6 +658,7 @@ pub fn run(opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow::Result<Re
     let _ = std::fs::remove_dir_all(&workdir);
     let report = Report {
         machine: super::machine(),
+        commit,
         wrk: wrk_version,
         counts: counts?,
         programming: programming(opts)?,
@@ -857,7 +862,7 @@ and two socket closes (the sock_release hook).
 {programs}
 Raw data: `tests/benchmarks/dataplane.json`."#,
         machine = r.machine,
-        commit = super::commit(),
+        commit = r.commit,
         lc = cpu(&|c| &c.limit, &|w| w.client_cpu_pct),
         ls = cpu(&|c| &c.limit, &|w| w.server_cpu_pct),
         tc = cpu(&|c| &c.tollgate, &|w| w.client_cpu_pct),

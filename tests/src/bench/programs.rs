@@ -209,6 +209,9 @@ pub struct CaseResult {
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
     pub machine: String,
+    /// The commit measured (`+changes`: with uncommitted changes), taken before the run writes
+    /// its own results.
+    pub commit: String,
     pub repeat: u32,
     pub samples: usize,
     pub objects: Vec<String>,
@@ -216,6 +219,7 @@ pub struct Report {
 }
 
 pub fn run(opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow::Result<Report> {
+    let commit = super::commit();
     let cases = cases();
     let mut names: Vec<&'static str> = cases.iter().map(|c| c.program).collect();
     names.sort_unstable();
@@ -254,6 +258,7 @@ pub fn run(opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow::Result<Re
     }
     let report = Report {
         machine: super::machine(),
+        commit,
         repeat: opts.repeat,
         samples: opts.samples,
         objects: loaded.iter().map(|l| l.label.clone()).collect(),
@@ -298,7 +303,7 @@ loop's own per-run cost. `tollgate-bench programs --object [LABEL=]PATH` adds a 
 build's kernel object (`target/release/build/tollgate-*/out/tollgate-ebpf`) to compare a \
 change.\n\n{table}",
         machine = r.machine,
-        commit = super::commit(),
+        commit = r.commit,
         repeat = r.repeat,
         samples = r.samples,
     );
