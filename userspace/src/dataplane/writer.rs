@@ -205,6 +205,16 @@ impl Purge {
         self.services.extend(other.services);
         self.udp_peers.extend(other.udp_peers);
     }
+
+    /// A UDP backend left: connected sockets sent to it through `frontends` (`None`: any) go.
+    fn udp_backend_left(&mut self, b: &BackendAddr, frontends: impl FnOnce() -> Option<Vec<Peer>>) {
+        if b.proto == PROTO_UDP {
+            self.udp_peers.push(StaleUdpPeer {
+                backend: (b.addr, b.port),
+                frontends: frontends(),
+            });
+        }
+    }
 }
 
 /// What a write did, for metrics and logs.
@@ -316,12 +326,9 @@ impl Writer {
         self.node_addresses = node.addresses.clone();
     }
 
-    /// Removes every entry a previous agent left that the current state does not have
-    /// (called once, after the first complete state is written). Returns how many entries went
-    /// and the purge of what changed while no agent ran: backends gone altogether, service
-    /// ports gone, and backends that left a service port that is still there (their UDP flows,
-    /// affinities, socket choices and connected UDP sockets).
-    pub fn adopt_done(&mut self) -> Result<(usize, Purge), WriteError> {
+    /// What the previous run had and the current state lacks, released and to be purged.
+    fn departed_while_down(&mut self) -> Purge {
+        let mut purge = Purge::default();
         // Adopted backends the current state does not reference.
         let gone: Vec<(BackendAddr, u32)> = self
             .backends
@@ -329,19 +336,13 @@ impl Writer {
             .filter(|(_, r)| r.refs == 0)
             .map(|(a, r)| (*a, r.id))
             .collect();
-        let mut purge = Purge::default();
         for (addr, id) in gone {
             self.backends.remove(&addr);
             self.backend_ids.give(id);
             purge.backends.push(id);
-            if addr.proto == PROTO_UDP {
-                purge.udp_peers.push(StaleUdpPeer {
-                    backend: (addr.addr, addr.port),
-                    frontends: None,
-                });
-            }
+            purge.udp_backend_left(&addr, || None);
         }
-        // Frontends that are gone (their revnat entries go below).
+        // Frontends that are gone (their revnat entries are removed with the other leftovers).
         for (_, (id, _)) in std::mem::take(&mut self.adopted_frontends) {
             self.revnat_ids.give(id);
         }
@@ -366,21 +367,23 @@ impl Writer {
                 .iter()
                 .filter_map(|b| self.backends.get(b).map(|r| r.id))
                 .collect();
-            for &backend_id in previous {
-                if serving.contains(&backend_id) {
-                    continue;
-                }
+            for &backend_id in previous.iter().filter(|id| !serving.contains(id)) {
                 purge.pairs.push((port.service_id, backend_id));
-                if let Some(b) = by_id.get(&backend_id)
-                    && b.proto == PROTO_UDP
-                {
-                    purge.udp_peers.push(StaleUdpPeer {
-                        backend: (b.addr, b.port),
-                        frontends: Some(port.frontend_peers()),
-                    });
+                if let Some(b) = by_id.get(&backend_id) {
+                    purge.udp_backend_left(b, || Some(port.frontend_peers()));
                 }
             }
         }
+        purge
+    }
+
+    /// Removes every entry a previous agent left that the current state does not have
+    /// (called once, after the first complete state is written). Returns how many entries went
+    /// and the purge of what changed while no agent ran: backends gone altogether, service
+    /// ports gone, and backends that left a service port that is still there (their UDP flows,
+    /// affinities, socket choices and connected UDP sockets).
+    pub fn adopt_done(&mut self) -> Result<(usize, Purge), WriteError> {
+        let purge = self.departed_while_down();
         let wanted_svc: HashSet<SvcKey> = self
             .services
             .values()
@@ -1008,12 +1011,7 @@ impl Writer {
                     && let Some(r) = self.backends.get(b)
                 {
                     purge.pairs.push((service_id, r.id));
-                    if op.ident.1 == Protocol::Udp {
-                        purge.udp_peers.push(StaleUdpPeer {
-                            backend: (b.addr, b.port),
-                            frontends: Some(op.frontend_peers()),
-                        });
-                    }
+                    purge.udp_backend_left(b, || Some(op.frontend_peers()));
                 }
             }
             if np.is_none() {
