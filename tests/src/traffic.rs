@@ -258,6 +258,34 @@ fn udp_socket(to: SocketAddr, timeout: Duration) -> std::io::Result<UdpSocket> {
     Ok(s)
 }
 
+fn udp_connected(to: SocketAddr, timeout: Duration) -> std::io::Result<UdpSocket> {
+    let s = udp_socket(to, timeout)?;
+    s.connect(to)?;
+    Ok(s)
+}
+
+/// One datagram each way on a connected socket; with `want`, only an answer of that many
+/// bytes counts.
+fn udp_exchange(
+    s: &UdpSocket,
+    request: &[u8],
+    want: Option<usize>,
+    buf: &mut [u8],
+    tally: &mut Tally,
+) -> std::io::Result<()> {
+    s.send(request)?;
+    let n = s.recv(buf)?;
+    if let Some(want) = want
+        && n != want
+    {
+        return Err(std::io::Error::other(format!(
+            "answer of {n} bytes, not {want}"
+        )));
+    }
+    tally.answer(&String::from_utf8_lossy(&buf[..n]), s.peer_addr().ok());
+    Ok(())
+}
+
 /// `count` exchanges with `to`, each on a new connection (or a new connected UDP socket); for
 /// `UdpUnconnected`, all on one socket; for `UdpKept`, on one socket until an error.
 pub fn connect(
@@ -279,40 +307,22 @@ pub fn connect(
         let r = match mode {
             Mode::Tcp => tcp_once(to, timeout, false, &mut tally),
             Mode::Mptcp => tcp_once(to, timeout, true, &mut tally),
-            Mode::Udp => udp_socket(to, timeout).and_then(|s| {
-                s.connect(to)?;
-                s.send(b"hello\n")?;
-                let n = s.recv(&mut buf)?;
-                tally.answer(&String::from_utf8_lossy(&buf[..n]), s.peer_addr().ok());
-                Ok(())
-            }),
-            Mode::UdpLarge => udp_socket(to, timeout).and_then(|s| {
-                s.connect(to)?;
+            Mode::Udp => udp_connected(to, timeout)
+                .and_then(|s| udp_exchange(&s, b"hello\n", None, &mut buf, &mut tally)),
+            Mode::UdpLarge => udp_connected(to, timeout).and_then(|s| {
                 let mut request = b"hello\n".to_vec();
                 request.resize(LARGE_DATAGRAM, b' ');
-                s.send(&request)?;
-                let n = s.recv(&mut buf)?;
-                if n != LARGE_DATAGRAM {
-                    return Err(std::io::Error::other(format!(
-                        "answer of {n} bytes, not {LARGE_DATAGRAM}"
-                    )));
-                }
-                tally.answer(&String::from_utf8_lossy(&buf[..n]), s.peer_addr().ok());
+                udp_exchange(&s, &request, Some(LARGE_DATAGRAM), &mut buf, &mut tally)
+            }),
+            Mode::UdpKept => match kept.take() {
+                Some(s) => Ok(s),
+                None => udp_connected(to, timeout),
+            }
+            .and_then(|s| {
+                udp_exchange(&s, b"hello\n", None, &mut buf, &mut tally)?;
+                kept = Some(s);
                 Ok(())
             }),
-            Mode::UdpKept => {
-                let r = match kept.take() {
-                    Some(s) => Ok(s),
-                    None => udp_socket(to, timeout).and_then(|s| s.connect(to).map(|()| s)),
-                }
-                .and_then(|s| {
-                    s.send(b"hello\n")?;
-                    let n = s.recv(&mut buf)?;
-                    tally.answer(&String::from_utf8_lossy(&buf[..n]), s.peer_addr().ok());
-                    Ok(s)
-                });
-                r.map(|s| kept = Some(s))
-            }
             Mode::UdpUnconnected => match &shared {
                 Some(s) => s.send_to(b"hello\n", to).and_then(|_| {
                     let (n, from) = s.recv_from(&mut buf)?;

@@ -6,6 +6,10 @@
 
 use std::{collections::HashSet, path::Path};
 
+use aya::{
+    Pod,
+    maps::{HashMap, MapData},
+};
 use tollgate_common::lb::PROTO_UDP;
 
 use super::{lbmaps::LbMaps, sockterm, writer::Purge};
@@ -39,41 +43,24 @@ pub fn purge(maps: &mut LbMaps, purge: &Purge, terminate_in: Option<&Path>) -> P
     if pairs.is_empty() && gone.is_empty() && gone_services.is_empty() {
         return stats;
     }
-    let flows: Vec<_> = maps
-        .ct
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, v)| k.proto == PROTO_UDP && stale(v.service_id, v.backend_id))
-        .map(|(k, _)| k)
-        .collect();
-    for k in &flows {
-        if maps.ct.remove(k).is_ok() {
-            stats.flows += 1;
-        }
-    }
-    let affinities: Vec<_> = maps
-        .affinity
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, v)| stale(k.service_id, v.backend_id))
-        .map(|(k, _)| k)
-        .collect();
-    for k in &affinities {
-        if maps.affinity.remove(k).is_ok() {
-            stats.affinities += 1;
-        }
-    }
-    let sockets: Vec<_> = maps
-        .sockct
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, v)| stale(v.service_id, v.backend_id))
-        .map(|(k, _)| k)
-        .collect();
-    for k in &sockets {
-        if maps.sockct.remove(k).is_ok() {
-            stats.sockets += 1;
-        }
-    }
+    stats.flows = remove_where(&mut maps.ct, |k, v| {
+        k.proto == PROTO_UDP && stale(v.service_id, v.backend_id)
+    });
+    stats.affinities = remove_where(&mut maps.affinity, |k, v| stale(k.service_id, v.backend_id));
+    stats.sockets = remove_where(&mut maps.sockct, |_, v| stale(v.service_id, v.backend_id));
     stats
+}
+
+/// Removes the entries `stale` picks; returns how many went.
+fn remove_where<K: Pod, V: Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    stale: impl Fn(&K, &V) -> bool,
+) -> usize {
+    let keys: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| stale(k, v))
+        .map(|(k, _)| k)
+        .collect();
+    keys.iter().filter(|k| map.remove(k).is_ok()).count()
 }

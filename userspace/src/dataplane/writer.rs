@@ -506,23 +506,22 @@ impl Writer {
             .collect();
         let used: Vec<u32> = self.adopted_ports.values().copied().collect();
         self.service_ids.adopt(&used);
-        let entries: Vec<(SvcKey, SvcValue)> =
-            self.maps.svc.iter().filter_map(Result::ok).collect();
-        let services: HashMap<SvcKey, u32> = entries
+        let (frontends, slots): (Vec<(SvcKey, SvcValue)>, Vec<_>) = self
+            .maps
+            .svc
             .iter()
-            .filter(|(k, _)| k.slot == 0)
-            .map(|(k, v)| (*k, v.service_id))
-            .collect();
-        self.adopted_frontends = entries
+            .filter_map(Result::ok)
+            .partition(|(k, _)| k.slot == 0);
+        let services: HashMap<SvcKey, u32> =
+            frontends.iter().map(|(k, v)| (*k, v.service_id)).collect();
+        self.adopted_frontends = frontends
             .iter()
-            .filter(|(k, _)| k.slot == 0)
             .map(|(k, v)| ((k.addr, k.port, k.proto), (v.rev_nat_id, v.service_id)))
             .collect();
         let used: Vec<u32> = self.adopted_frontends.values().map(|(id, _)| *id).collect();
         self.revnat_ids.adopt(&used);
-        self.adopted_pairs = entries
+        self.adopted_pairs = slots
             .iter()
-            .filter(|(k, _)| k.slot != 0)
             .filter_map(|(k, v)| {
                 let frontend = SvcKey { slot: 0, ..*k };
                 services.get(&frontend).map(|&s| (s, v.backend_id))
