@@ -203,7 +203,10 @@ pub mod feport {
     //! included). This bitmap holds every port a frontend has had (the agent sets a port's
     //! bit before it writes the frontend, and never clears it); an uplink packet whose source is
     //! unmarked and whose destination port is not in it cannot match any entry and skips the
-    //! lookup. Traffic to the node itself and between pods across nodes mostly does.
+    //! lookup. Traffic to the node itself and between pods across nodes mostly does. It also
+    //! stands in front of the frontend lookup on every hook: a flow starts only at a frontend,
+    //! so a packet to a port outside it (the SYN of a socket-balanced connection, which goes
+    //! to the backend's port) skips that lookup.
     pub const NAME: &str = "tg_feport_v1";
     /// u64 words: one bit per port.
     pub const WORDS: u32 = 1024;

@@ -211,6 +211,15 @@ fn frontend_port(port: u16) -> bool {
     FRONTEND_PORTS.get(word).is_none_or(|w| w & bit != 0)
 }
 
+/// Can this packet start a flow, and is there a frontend it might be for? A flow starts only
+/// at a frontend, so a packet to a port no frontend has had skips the frontend lookup: the
+/// SYN of every socket-balanced connection (its destination is the backend's port) and UDP
+/// between pods on ports that are not a service's.
+#[inline(always)]
+pub(crate) fn may_start_flow(p: &Pkt) -> bool {
+    p.may_start_flow() && frontend_port(p.dport)
+}
+
 /// Can a packet from `saddr` to port `dport` belong to a conntrack flow? Never a false no.
 /// From a pod only if its source is marked (`ctmark`): the pod packets of socket-balanced
 /// connections are not. From outside also if its destination port is a frontend's (`feport`):
@@ -359,17 +368,18 @@ fn metadata_bypass(daddr: &[u32; 4], dport: u16) -> bool {
 }
 
 /// The common packet, decided from five header fields before anything is copied to the
-/// scratch: a TCP segment (IPv4 or IPv6) that cannot start a flow (not a bare SYN) and cannot belong to
-/// one (`may_have_flow`), and from a pod not to the metadata server. The full path would pass
-/// it untouched too; this gets there with a fraction of the work. It is nearly every packet
-/// of socket-balanced connections, of traffic to the node itself and between pods of
+/// scratch: a TCP segment (IPv4 or IPv6) that cannot start a flow (not a bare SYN to a port a
+/// frontend has had) and cannot belong to one (`may_have_flow`), and from a pod not to the
+/// metadata server. The full path would pass it untouched too; this gets there with a fraction
+/// of the work. It is every packet of socket-balanced connections (their SYN goes to the
+/// backend's port), and nearly every packet of traffic to the node itself and between pods of
 /// different nodes, which pay for Tollgate only this.
 #[inline(always)]
 pub(crate) fn passes<F: Frame>(f: &F, side: Side) -> bool {
     let Some(p) = pkt::tcp_segment(f) else {
         return false;
     };
-    !pkt::bare_syn(p.tcp_flags)
+    !(pkt::bare_syn(p.tcp_flags) && frontend_port(p.dport))
         && !(side == Side::Pod && metadata_bypass(&p.daddr, p.dport))
         && !may_have_flow(&p.saddr, p.dport, side)
 }
@@ -403,7 +413,7 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         }
     }
     let p = &s.pkt;
-    if !p.may_start_flow() {
+    if !may_start_flow(p) {
         return TC_ACT_UNSPEC;
     }
     s.svc_key = SvcKey {

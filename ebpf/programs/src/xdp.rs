@@ -196,7 +196,7 @@ pub fn uplink(ctx: &XdpContext) -> u32 {
             return tx(ctx, &s.pkt, e, u8::from(e.dir == ct_dir::REPLY));
         }
     }
-    if !s.pkt.may_start_flow() {
+    if !nat::may_start_flow(&s.pkt) {
         return xdp_action::XDP_PASS;
     }
     s.svc_key = SvcKey {
