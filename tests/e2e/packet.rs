@@ -954,6 +954,90 @@ fn outside_packets_take_the_conntrack_lookup_only_for_frontend_ports_or_marked_s
     });
 }
 
+#[test]
+fn pod_packets_to_a_port_no_frontend_has_had_skip_the_frontend_lookup() {
+    use tollgate::dataplane::addr::words;
+    use tollgate_common::lb::svc::SvcKey;
+    const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 50);
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        let mut maps = LbMaps::open(b.dp.pins()).unwrap();
+        // Copies of two frontends (every slot) on ports the writer never set in the filter,
+        // as if the filter had missed them: "local" (TCP 80) on 8081, "remote" (UDP 53) on 5354.
+        let copy = |maps: &mut LbMaps, addr: Ipv4Addr, proto: u8, from: u16, to: u16| {
+            let found: Vec<(SvcKey, _)> = maps
+                .svc
+                .iter()
+                .map(Result::unwrap)
+                .filter(|(k, _)| {
+                    k.addr == words(IpAddr::V4(addr)) && k.proto == proto && k.port == from.to_be()
+                })
+                .collect();
+            assert!(found.len() >= 2, "{addr}:{from} has a frontend and a slot");
+            for (mut k, v) in found {
+                k.port = to.to_be();
+                maps.svc.insert(k, v, 0).unwrap();
+            }
+        };
+        copy(&mut maps, Ipv4Addr::new(10, 96, 0, 2), 6, 80, 8081);
+        copy(&mut maps, Ipv4Addr::new(10, 96, 0, 1), 17, 53, 5354);
+        for port in [8081u16, 5354] {
+            assert!(!maps.fe_ports.allows(port.to_be()).unwrap());
+        }
+        // A pod's SYN or UDP datagram, as the socket hooks left it (a raw socket, a process
+        // outside the hooks' cgroup).
+        let send = |dst: Ipv4Addr, proto: u8, dport: u16| {
+            let (s, d) = (IpAddr::V4(POD), IpAddr::V4(dst));
+            let l4 = if proto == 6 {
+                tcp(&s, &d, 40030, dport, 0x02, &[])
+            } else {
+                udp(&s, &d, 40030, dport, b"q", false)
+            };
+            let frame = ether(
+                [2, 0, 0, 0, 2, 0],
+                [2, 0, 0, 0, 3, 0],
+                0x0800,
+                &ipv4(proto, POD, dst, &l4),
+            );
+            let (verdict, out) = b.tc("tg_tc_from_pod", &frame);
+            (verdict, out == frame, parse(&out))
+        };
+        let (local, remote) = (Ipv4Addr::new(10, 96, 0, 2), Ipv4Addr::new(10, 96, 0, 1));
+        let (verdict, _, p) = send(local, 6, 80);
+        assert_ne!(verdict, TC_ACT_UNSPEC);
+        assert_eq!(
+            (p.dst, p.dport),
+            (IpAddr::V4(LOCAL_POD), 8080),
+            "port 80 is translated"
+        );
+        let (verdict, _, p) = send(remote, 17, 53);
+        assert_ne!(verdict, TC_ACT_UNSPEC);
+        assert_eq!(
+            (p.dst, p.dport),
+            (IpAddr::V4(REMOTE_POD), 5353),
+            "port 53 is translated"
+        );
+        for (dst, proto, port) in [(local, 6, 8081), (remote, 17, 5354)] {
+            let (verdict, unchanged, _) = send(dst, proto, port);
+            assert_eq!(
+                verdict, TC_ACT_UNSPEC,
+                "{dst}:{port}: not in the filter, not looked up"
+            );
+            assert!(unchanged, "{dst}:{port} passes untouched");
+        }
+        // In the filter, the same packets find their frontends.
+        for port in [8081u16, 5354] {
+            maps.fe_ports.allow(port.to_be()).unwrap();
+        }
+        let (_, _, p) = send(local, 6, 8081);
+        assert_eq!((p.dst, p.dport), (IpAddr::V4(LOCAL_POD), 8080));
+        let (_, _, p) = send(remote, 17, 5354);
+        assert_eq!((p.dst, p.dport), (IpAddr::V4(REMOTE_POD), 5353));
+    });
+}
+
 /// An IPv4 fragment: `payload` is its part of the datagram's IP payload, `offset` in bytes
 /// (a multiple of 8), `more` = more fragments follow.
 fn ipv4_fragment(
