@@ -51,8 +51,8 @@ impl Default for Options {
         Self {
             counts: vec![1, 1_000, 10_000],
             endpoints: 10,
-            duration_s: 8,
-            rounds: 6,
+            duration_s: 6,
+            rounds: 10,
             connections: 16,
             changes: 1_000,
         }
@@ -132,12 +132,12 @@ pub struct CountResult {
     /// The limit's traffic (to the pod IP, no Service) with the agent installed: what
     /// Tollgate costs traffic that it does not translate.
     pub pod_ip_installed: Vec<Wrk>,
-    /// Median over rounds of tollgate rate / limit rate of the same round.
-    pub ratio: f64,
+    /// Tollgate rate / limit rate of the same round, over the rounds.
+    pub ratio: Ratio,
     /// The same for `tollgate_no_peer`.
-    pub ratio_no_peer: f64,
+    pub ratio_no_peer: Ratio,
     /// The same for `pod_ip_installed`.
-    pub ratio_pod_ip: f64,
+    pub ratio_pod_ip: Ratio,
     pub tollgate_p99_ms: f64,
     pub limit_p99_ms: f64,
     /// Agent: start → "tollgate ready" (state built and every Service programmed).
@@ -149,6 +149,56 @@ pub struct CountResult {
     /// (a run of its own: the statistics cost ≈ 40–65 ns per program run, so the ratio rounds
     /// are taken without them).
     pub programs: Vec<ProgramTime>,
+}
+
+/// A run's rate over the same round's limit, over the rounds. The mean is the estimate; the
+/// per-round ratios scatter by about 1 % (machine noise that pairing within a round does not
+/// remove), so its 95 % confidence interval says what a row can resolve.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Ratio {
+    pub mean: f64,
+    /// Half-width of the 95 % confidence interval of the mean (Student's t over the rounds).
+    pub ci95: f64,
+    /// Lower median of the per-round ratios (the estimate of reports before 2026-12-01).
+    pub lower_median: f64,
+}
+
+impl Ratio {
+    pub fn of(per_round: &[f64]) -> Self {
+        let n = per_round.len();
+        if n == 0 {
+            return Self::default();
+        }
+        let mean = per_round.iter().sum::<f64>() / n as f64;
+        let ci95 = if n < 2 {
+            f64::INFINITY
+        } else {
+            let var = per_round.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            t975(n - 1) * (var / n as f64).sqrt()
+        };
+        let mut sorted = per_round.to_vec();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        Self {
+            mean,
+            ci95,
+            lower_median: sorted[(n - 1) / 2],
+        }
+    }
+}
+
+/// The 97.5th percentile of Student's t distribution with `df` degrees of freedom.
+fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        d if d <= T.len() => T[d - 1],
+        // Within 0.002 of the table beyond 30.
+        d => 1.960 + 2.4 / d as f64,
+    }
 }
 
 /// One kernel program's share of a run.
@@ -434,9 +484,9 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             tollgate: Vec::new(),
             tollgate_no_peer: Vec::new(),
             pod_ip_installed: Vec::new(),
-            ratio: 0.0,
-            ratio_no_peer: 0.0,
-            ratio_pod_ip: 0.0,
+            ratio: Ratio::default(),
+            ratio_no_peer: Ratio::default(),
+            ratio_pod_ip: Ratio::default(),
             tollgate_p99_ms: 0.0,
             limit_p99_ms: 0.0,
             agent_ready_ms: 0.0,
@@ -508,14 +558,14 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
         r.programs = program_times(client, &via, opts)?;
         agent.terminate();
         cleanup(node)?;
-        // Each run over the same round's limit, median over rounds.
+        // Each run over the same round's limit.
         let ratio = |runs: &[Wrk]| {
-            let mut v: Vec<f64> = runs
+            let v: Vec<f64> = runs
                 .iter()
                 .zip(&r.limit)
                 .map(|(w, l)| w.requests_per_s / l.requests_per_s.max(1.0))
                 .collect();
-            median(&mut v)
+            Ratio::of(&v)
         };
         r.ratio = ratio(&r.tollgate);
         r.ratio_no_peer = ratio(&r.tollgate_no_peer);
@@ -525,8 +575,8 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
         r.tollgate_p99_ms = median(&mut r.tollgate.iter().map(|w| w.p99_ms).collect::<Vec<_>>());
         r.limit_p99_ms = median(&mut r.limit.iter().map(|w| w.p99_ms).collect::<Vec<_>>());
         eprintln!(
-            "dataplane: {count} services: {:.3} of the limit, p99 {:.2} ms (limit {:.2} ms)",
-            r.ratio, r.tollgate_p99_ms, r.limit_p99_ms
+            "dataplane: {count} services: {:.3} ± {:.3} of the limit, p99 {:.2} ms (limit {:.2} ms)",
+            r.ratio.mean, r.ratio.ci95, r.tollgate_p99_ms, r.limit_p99_ms
         );
         results.push(r);
     }
@@ -689,9 +739,11 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
             "services",
             "fraction of the limit",
             &[
-                series("Tollgate", &|c| c.ratio),
-                series("Tollgate, --socket-lb-peer=false", &|c| c.ratio_no_peer),
-                series("pod IP, Tollgate installed", &|c| c.ratio_pod_ip),
+                series("Tollgate", &|c| c.ratio.mean),
+                series("Tollgate, --socket-lb-peer=false", &|c| {
+                    c.ratio_no_peer.mean
+                }),
+                series("pod IP, Tollgate installed", &|c| c.ratio_pod_ip.mean),
                 series("goal 0.97", &|_| 0.97),
                 series("limit", &|_| 1.0),
             ],
@@ -744,13 +796,17 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
             .map(|w| w.errors)
             .sum();
         rows.push_str(&format!(
-            "| {} | {:.0} | {:.0} | **{:.3}** | {:.3} | {:.3} | {:.2} ms | {:.2} ms | {} | {:.0} ms | {:.1} MiB | {:.0} ms |\n",
+            "| {} | {:.0} | {:.0} | **{:.3}** ± {:.3} | {:.3} | {:.3} ± {:.3} | {:.3} ± {:.3} | {:.2} ms | {:.2} ms | {} | {:.0} ms | {:.1} MiB | {:.0} ms |\n",
             c.services,
             rate(&c.limit),
             rate(&c.tollgate),
-            c.ratio,
-            c.ratio_no_peer,
-            c.ratio_pod_ip,
+            c.ratio.mean,
+            c.ratio.ci95,
+            c.ratio.lower_median,
+            c.ratio_no_peer.mean,
+            c.ratio_no_peer.ci95,
+            c.ratio_pod_ip.mean,
+            c.ratio_pod_ip.ci95,
             c.limit_p99_ms,
             c.tollgate_p99_ms,
             errors,
@@ -795,15 +851,18 @@ target plus fillers with {eps} endpoints each), the traffic to the target's **Cl
 with the defaults and once with `--socket-lb-peer=false`, and the limit's own traffic (pod IP,
 no Service) with the agent installed — what Tollgate costs traffic it does not translate. The
 order reverses from round to round (each run leaves its TIME_WAIT entries to the next). Ratio:
-median over rounds of the run's rate over the same round's limit. wrk and nginx share the 2 cores, so the absolute
+the run's rate over the same round's limit, averaged over the rounds, ± the half-width of the
+95 % confidence interval of that mean (Student's t over the rounds: the per-round ratios scatter
+by about 1 % however the runs are paired); the lower median of the per-round ratios, what the
+reports before 2026-12-01 gave, is beside it. wrk and nginx share the 2 cores, so the absolute
 rates are this machine's, not a NIC's. CPU per run (medians over every row, in % of one core):
 wrk {lc:.0} % and nginx {ls:.0} % in the limit runs, {tc:.0} % and {ts:.0} % through Tollgate.
 wrk's share includes the kernel work of its system calls, such as delivering its packets to
 nginx; whichever of the two is near 100 % sets the rate, so on this machine per-connection
 work on that side — connect() and its packets — is what the ratios measure.
 
-| services | limit req/s | Tollgate req/s | ratio (goal ≥ 0.97) | ratio, `--socket-lb-peer=false` | pod IP, Tollgate installed | limit p99 | Tollgate p99 | errors | agent start → ready | agent peak RSS | agent CPU during the run |
-|---|---|---|---|---|---|---|---|---|---|---|---|
+| services | limit req/s | Tollgate req/s | ratio (goal ≥ 0.97) | lower median | ratio, `--socket-lb-peer=false` | pod IP, Tollgate installed | limit p99 | Tollgate p99 | errors | agent start → ready | agent peak RSS | agent CPU during the run |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 ![rate](tests/benchmarks/dataplane-rate.svg)
 ![p99](tests/benchmarks/dataplane-p99.svg)
@@ -891,6 +950,23 @@ Raw data: `tests/benchmarks/dataplane.json`."#,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratio_is_the_mean_with_its_confidence_interval_and_the_lower_median() {
+        let r = Ratio::of(&[0.96, 0.98, 1.00, 0.98]);
+        assert!((r.mean - 0.98).abs() < 1e-9);
+        // sd = 0.01633 over 4 rounds, t(3) = 3.182.
+        assert!(
+            (r.ci95 - 3.182 * 0.016_330 / 2.0).abs() < 1e-5,
+            "{}",
+            r.ci95
+        );
+        assert!((r.lower_median - 0.98).abs() < 1e-9);
+        let r = Ratio::of(&[0.95, 0.99]);
+        assert!((r.lower_median - 0.95).abs() < 1e-9);
+        assert!(Ratio::of(&[0.97]).ci95.is_infinite());
+        assert_eq!(Ratio::of(&[]).mean, 0.0);
+    }
 
     #[test]
     fn parses_wrk_latency_reports() {
