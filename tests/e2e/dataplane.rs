@@ -7,13 +7,19 @@
     reason = "end-to-end tests panic with clear messages"
 )]
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
+    time::Duration,
+};
 
 use aya::maps::{Array, Map, MapData};
 use tollgate_common::lb::{
     affinity::{self, AffinityKey, AffinityValue},
+    maglev,
     sockrev::{self, TcpRevSlot},
-    v4_mapped,
+    svc::SvcKey,
+    svc_flags, v4_mapped,
 };
 use tollgate_tests::{
     scenario::{self, Scenario},
@@ -763,6 +769,125 @@ fn new_connections_spread_evenly_over_backends() {
     assert_eq!(t.backends.len(), 4);
 }
 
+/// `--lb-algorithm maglev`: a flow from outside reaches the same backend whichever node it
+/// enters, because both nodes fill the same table from the same backends (with random choice,
+/// two nodes agree on one of the NodePort's two backends half the time).
+#[test]
+fn maglev_sends_a_flow_from_outside_to_the_same_backend_through_either_node() {
+    let mut s = Scenario::with(Default::default(), &["--lb-algorithm", "maglev"]);
+    // One connection from outside with a fixed source port; the name of the pod that answers.
+    let ask = |node: &str, sport: u16| {
+        let to = format!(
+            "TCP:{}:{},sourceport={sport},reuseaddr,connect-timeout=3",
+            s.node(node).ip,
+            scenario::NODEPORT
+        );
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "echo x | socat -t3 -T3 - \"$0\"", &to]);
+        let out = s.cluster.outside().output(cmd);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let name = text
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            name.starts_with('n'),
+            "{to}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        name
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 41_000..41_024 {
+        let (a, b) = (ask("node1", sport), ask("node2", sport));
+        assert_eq!(a, b, "source port {sport}: node1 chose {a}, node2 {b}");
+        seen.insert(a);
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["n1p1", "n2p1"],
+        "the flows spread over both backends"
+    );
+    // Every table holds exactly the backends of its service port's frontends, on both nodes;
+    // when n2p1 leaves, both write their tables again without it.
+    let consistent = |s: &Scenario, want: usize| -> Result<(), String> {
+        for node in ["node1", "node2"] {
+            let pins = tollgate::dataplane::PinLayout::existing(&s.cluster.node(node).bpffs);
+            let maps = tollgate::dataplane::lbmaps::LbMaps::open(&pins).unwrap();
+            let mut slots: HashMap<u32, BTreeSet<u32>> = HashMap::new();
+            let entries: Vec<_> = maps.svc.iter().map(Result::unwrap).collect();
+            for (k, v) in &entries {
+                if k.slot == 0 && v.flags & svc_flags::MAGLEV != 0 {
+                    let ids = slots.entry(v.service_id).or_default();
+                    ids.extend(entries.iter().filter_map(|(sk, sv)| {
+                        (sk.slot != 0 && SvcKey { slot: 0, ..*sk } == *k).then_some(sv.backend_id)
+                    }));
+                }
+            }
+            let tables: Vec<(u32, maglev::Table)> =
+                maps.maglev.iter().map(Result::unwrap).collect();
+            let with_backends = slots.values().filter(|i| !i.is_empty()).count();
+            if tables.len() != with_backends {
+                return Err(format!(
+                    "{node}: {} tables, {with_backends} ports",
+                    tables.len()
+                ));
+            }
+            for (id, t) in &tables {
+                let held: BTreeSet<u32> = t.backends.iter().copied().collect();
+                if Some(&held) != slots.get(id) {
+                    return Err(format!(
+                        "{node}: table of {id}: {held:?} {:?}",
+                        slots.get(id)
+                    ));
+                }
+            }
+            let sizes: Vec<usize> = tables
+                .iter()
+                .map(|(_, t)| t.backends.iter().collect::<BTreeSet<_>>().len())
+                .collect();
+            if !sizes.contains(&want) {
+                return Err(format!("{node}: no table of {want} backends: {sizes:?}"));
+            }
+        }
+        Ok(())
+    };
+    consistent(&s, 2).unwrap();
+    let n1p1 = s.pod("n1p1");
+    s.update(vec![with_endpoints(
+        slice_of(&s, "np-1"),
+        vec![scenario::endpoint(n1p1, scenario::ready())],
+    )]);
+    s.wait_backends("10.96.0.30:80", "internal", &[&format!("{}:8080", n1p1.ip)]);
+    tollgate_tests::wait_for("tables without n2p1", Duration::from_secs(5), || {
+        consistent(&s, 1).ok()
+    });
+    for sport in 41_100..41_104 {
+        assert_eq!(
+            (ask("node1", sport), ask("node2", sport)),
+            ("n1p1".into(), "n1p1".into())
+        );
+    }
+    // Restarted with random choice (the default), node1's agent removes its tables.
+    let tables = |s: &Scenario| {
+        use tollgate_common::lb::maglev::{NAME, Table};
+        let data = MapData::from_pin(s.cluster.node("node1").bpffs.join(NAME)).unwrap();
+        let map: aya::maps::HashMap<_, u32, Table> =
+            aya::maps::HashMap::try_from(Map::HashMap(data)).unwrap();
+        map.keys().count()
+    };
+    assert!(tables(&s) >= 1, "the NodePort's service ports have tables");
+    s.agents[0].terminate();
+    let node = s.cluster.node("node1");
+    s.agents[0] = tollgate_tests::agent::start_agent(node, &s.source, &[]);
+    assert_eq!(
+        tables(&s),
+        0,
+        "no tables left once the random agent is ready"
+    );
+}
+
 /// Packets the uplink's TC ingress program saw on node1.
 fn tc_ingress_packets(s: &Scenario) -> u64 {
     let maps = s.maps(s.node("node1"));
@@ -933,7 +1058,8 @@ fn a_full_service_map_fails_only_the_service_that_does_not_fit_until_room_frees(
 
 #[test]
 fn bpftool_prints_every_pinned_map_with_field_names() {
-    let s = Scenario::new();
+    // Maglev on, so the NodePort's service port has a table to print.
+    let s = Scenario::with(Default::default(), &["--lb-algorithm", "maglev"]);
     let node1 = s.node("node1");
     // Traffic that leaves an entry in every map: a NodePort flow from outside to a remote
     // backend (conntrack), a ClusterIP service with affinity (affinity, socket LB), UDP
@@ -975,6 +1101,7 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
         ("tg_tcpheld_v1", &["value"]),
         ("tg_peerport_v1", &["value"]),
         ("tg_srcrange_v1", &["rev_nat_id", "addr"]),
+        ("tg_maglev_v1", &["backends"]),
         (
             "tg_svcstat_v1",
             &["packets", "bytes", "connections", "refused"],

@@ -309,6 +309,11 @@ struct Bench {
 /// Loads the dataplane (nothing attached), programs the services, and sets up node1's
 /// routes and neighbours so FIB lookups resolve. Runs inside node1's namespace.
 fn bench(node: &Node) -> Bench {
+    bench_with(node, Vec::new(), false)
+}
+
+/// [`bench`] with more objects and, with `maglev`, Maglev tables (`--lb-algorithm maglev`).
+fn bench_with(node: &Node, extra: Vec<Value>, maglev: bool) -> Bench {
     node.ns.ip(&[
         "route",
         "add",
@@ -340,11 +345,12 @@ fn bench(node: &Node) -> Bench {
     ]);
     let dp = Dataplane::load(&node.bpffs, &Default::default()).unwrap();
     let mut writer = Writer::new(LbMaps::open(dp.pins()).unwrap());
+    writer.set_maglev(maglev);
     let mut enls = Enls::new(EnlsConfig::new("node1"), EnlsMetrics::detached());
     for k in Kind::ALL {
         enls.handle(SourceEvent::ListBegin(k));
     }
-    for o in objects() {
+    for o in objects().into_iter().chain(extra) {
         enls.handle(SourceEvent::Apply(to_object(o)));
     }
     for k in Kind::ALL {
@@ -760,6 +766,92 @@ fn xdp_translates_in_place_and_transmits_from_the_uplink() {
         let other = syn4(NODE, 22, 40012, b.eth0_mac);
         let (verdict, out) = b.xdp(&other);
         assert_eq!((verdict, out), (XDP_PASS, other));
+    });
+}
+
+#[test]
+fn maglev_picks_the_backend_every_node_computes_from_the_flow() {
+    use std::collections::{BTreeSet, HashMap};
+
+    use tollgate::dataplane::{addr::words, maglev};
+    use tollgate_common::lb::maglev::{SIZE, hash};
+    let backends: Vec<Ipv4Addr> = (21..25).map(|i| Ipv4Addr::new(10, 244, 2, i)).collect();
+    let spread = vec![
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "spread"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.9", "ports": [{"name": "http", "port": 80, "nodePort": 30090}]}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"namespace": "default", "name": "spread-1", "labels": {"kubernetes.io/service-name": "spread"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": backends.iter().map(|ip| endpoint(*ip, "node2")).collect::<Vec<_>>()}),
+    ];
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench_with(node, spread, true);
+        // What any node computes from the backends' identities, with this node's IDs.
+        let maps = LbMaps::open(b.dp.pins()).unwrap();
+        let ids: HashMap<[u32; 4], u32> = maps
+            .backend
+            .iter()
+            .map(Result::unwrap)
+            .map(|(id, be)| (be.addr, id))
+            .collect();
+        let members: Vec<maglev::Member> = backends
+            .iter()
+            .map(|ip| {
+                let addr = words(IpAddr::V4(*ip));
+                (maglev::identity(&addr, 8080u16.to_be(), 6), ids[&addr])
+            })
+            .collect();
+        let table = maglev::table(&members);
+        assert_eq!(
+            maps.maglev.keys().count(),
+            5,
+            "a table per external service port with backends: remote (2 ports), local, six, spread"
+        );
+        let expected = |sport: u16| {
+            let h = hash(
+                &words(IpAddr::V4(CLIENT)),
+                sport.to_be(),
+                30090u16.to_be(),
+                6,
+            );
+            let id = table.backends[(h % SIZE) as usize];
+            *backends
+                .iter()
+                .find(|ip| ids[&words(IpAddr::V4(**ip))] == id)
+                .unwrap()
+        };
+        let mut chosen = BTreeSet::new();
+        for sport in 40100..40164u16 {
+            let syn = syn4(NODE, 30090, sport, b.eth0_mac);
+            // Alternately through TC and XDP: both choose alike.
+            let out = if sport % 2 == 0 {
+                let (verdict, out) = b.tc("tg_tc_ingress", &syn);
+                assert_eq!(verdict, TC_ACT_REDIRECT);
+                out
+            } else {
+                let (verdict, out) = b.xdp(&syn);
+                assert_eq!(verdict, XDP_TX);
+                out
+            };
+            let p = parse(&out);
+            assert_eq!(
+                p.dst,
+                IpAddr::V4(expected(sport)),
+                "source port {sport}: the table's backend for the flow's hash"
+            );
+            chosen.insert(p.dst);
+        }
+        assert_eq!(chosen.len(), backends.len(), "64 flows reach every backend");
+        // Random choice (the default) writes no tables.
+        drop(maps);
+    });
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        assert_eq!(LbMaps::open(b.dp.pins()).unwrap().maglev.keys().count(), 0);
     });
 }
 

@@ -12,6 +12,7 @@
 //! - `tg_sockct_v1` / `tg_sockrev_v1`: per-socket backend choice and reverse translation for the
 //!   socket hooks (unconnected UDP, recvmsg, getpeername);
 //! - `tg_srcrange_v1`: loadBalancerSourceRanges (LPM);
+//! - `tg_maglev_v1`: Maglev tables by service-port ID (`--lb-algorithm maglev`);
 //! - `tg_svcstat_v1` / `tg_bestat_v1`: per-CPU counters by service-port ID and backend ID;
 //! - `tg_config_v2`: one entry of node-wide settings.
 //!
@@ -55,6 +56,9 @@ pub mod svc_flags {
     pub const LOCAL_ONLY: u16 = 8;
     /// The frontend address is one of this node's addresses (NodePort): SNAT to it.
     pub const NODE_ADDRESS: u16 = 16;
+    /// Traffic from outside picks its backend from the service port's Maglev table
+    /// (`tg_maglev_v1`, `--lb-algorithm maglev`) while it has one.
+    pub const MAGLEV: u16 = 32;
 }
 
 pub mod svc {
@@ -263,6 +267,64 @@ pub mod ct {
     const _: () = assert!(core::mem::size_of::<CtEntry>() == 52);
 
     crate::impl_pod!(CtKey, CtEntry);
+}
+
+pub mod maglev {
+    //! Maglev consistent hashing (`--lb-algorithm maglev`), for traffic from outside the node
+    //! only, as in Cilium: pods and host processes are balanced per socket at connect time and
+    //! need no hashing. Per service port with external frontends, one table of [`SIZE`] backend
+    //! IDs, filled by the Maglev algorithm (Eisenbud et al., NSDI 2016) from the backends'
+    //! addresses, so every node fills the same table from the same backends: a flow from
+    //! outside reaches the same backend whichever node it enters, and a backend that goes moves
+    //! only its own share of flows. The programs take `backends[hash % SIZE]`, the hash being
+    //! [`hash`] of the packet's client address, ports and protocol, which every node computes
+    //! alike (the destination is left out, so a NodePort gives the same choice on every node).
+    pub const NAME: &str = "tg_maglev_v1";
+    /// Table entries: a prime, at least 100 × the backends for the least disruption.
+    pub const SIZE: u32 = 4093;
+    /// Tables: at most one per service port.
+    pub const CAPACITY: u32 = super::stats::CAPACITY;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Table {
+        /// Backend IDs (`tg_backend_v1`), indexed by `hash % SIZE`.
+        pub backends: [u32; SIZE as usize],
+    }
+    const _: () = assert!(core::mem::size_of::<Table>() == 4 * SIZE as usize);
+
+    crate::impl_pod!(Table);
+
+    #[inline(always)]
+    const fn mix(h: u32, word: u32) -> u32 {
+        let k = word
+            .wrapping_mul(0xcc9e_2d51)
+            .rotate_left(15)
+            .wrapping_mul(0x1b87_3593);
+        (h ^ k)
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64)
+    }
+
+    /// The flow hash (MurmurHash3's mixing over the fields as they lie in the packet: addresses
+    /// as `[u32; 4]` words, IPv4-mapped, and ports in network order).
+    #[inline(always)]
+    pub const fn hash(saddr: &[u32; 4], sport: u16, dport: u16, proto: u8) -> u32 {
+        let mut h = 0x7467_6d67; // "tgmg"
+        h = mix(h, saddr[0]);
+        h = mix(h, saddr[1]);
+        h = mix(h, saddr[2]);
+        h = mix(h, saddr[3]);
+        h = mix(h, ((sport as u32) << 16) | dport as u32);
+        h = mix(h, proto as u32);
+        h ^= 24;
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
 }
 
 /// `AffinityKey::kind`.

@@ -52,6 +52,7 @@ pub const MAP_NAMES: &[&str] = &[
     lb::sockrev::HELD_NAME,
     lb::sockrev::PORT_NAME,
     lb::srcrange::NAME,
+    lb::maglev::NAME,
     lb::stats::SVC_NAME,
     lb::stats::BACKEND_NAME,
     lb::svcinfo::NAME,

@@ -3,13 +3,18 @@
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use tollgate_common::lb::{
     affinity::{AffinityKey, AffinityValue},
+    affinity_kind,
     backend::Backend,
-    scope,
+    maglev, scope,
     stats::Counters,
     svc::{SvcKey, SvcValue},
+    svc_flags,
 };
 
-use crate::maps::{AFFINITY, BACKEND_STATS, BACKENDS, SERVICE_STATS, SERVICES};
+use crate::{
+    maps::{AFFINITY, BACKEND_STATS, BACKENDS, MAGLEV, SERVICE_STATS, SERVICES},
+    pkt::Pkt,
+};
 
 /// Seconds of CLOCK_MONOTONIC (what userspace compares `last_seen`/`last_used` with).
 #[inline(always)]
@@ -94,10 +99,14 @@ pub struct Chosen {
     pub backend: Backend,
 }
 
-/// [`select`] in its own stack frame; returns 1 with `out` filled, or 0.
+/// [`select`] for a packet's new flow, in its own stack frame; returns 1 with `out` filled,
+/// or 0. Traffic from outside (`outside` = 1) to a frontend with a Maglev table picks by
+/// the flow's hash.
 #[inline(never)]
-pub fn choose(fe: &Frontend, client: &[u32; 4], client_kind: u8, out: &mut Chosen) -> u32 {
-    match select(fe, || *client, client_kind) {
+pub fn choose(fe: &Frontend, p: &Pkt, outside: u32, out: &mut Chosen) -> u32 {
+    let hash = (outside != 0 && fe.value.flags & svc_flags::MAGLEV != 0)
+        .then(|| maglev::hash(&p.saddr, p.sport, p.dport, p.proto));
+    match select(fe, || p.saddr, affinity_kind::CLIENT_IP, hash) {
         Some((id, backend)) => {
             *out = Chosen { id, backend };
             1
@@ -106,15 +115,33 @@ pub fn choose(fe: &Frontend, client: &[u32; 4], client_kind: u8, out: &mut Chose
     }
 }
 
-/// Picks a backend: the affine one while its affinity is fresh, else a random slot (no shared
-/// cursor is written per connection). `client` identifies the client for affinity; it and the
-/// clock are read only for a service with ClientIP affinity (both are helper calls, and this
-/// runs on every connection).
+/// The backend the service port's Maglev table holds for `hash`, if it has a table.
+#[inline(always)]
+fn maglev_pick(service_id: u32, hash: u32) -> Option<(u32, Backend)> {
+    // SAFETY: one element read out of the table at once.
+    let table = unsafe { MAGLEV.get(service_id) }?;
+    let mut index = u64::from(hash % maglev::SIZE);
+    // The verifier does not follow a remainder's range, and LLVM drops the bounds check that
+    // the remainder makes redundant: hide the value so the check stays for the verifier.
+    // SAFETY: one register-to-itself move; the register keeps its value.
+    unsafe {
+        core::arch::asm!("{0} = {0}", inout(reg) index, options(pure, nomem, nostack, preserves_flags))
+    };
+    let id = *table.backends.get(index as usize)?;
+    backend(id).map(|b| (id, b))
+}
+
+/// Picks a backend: the affine one while its affinity is fresh, else the Maglev table's for
+/// `hash` (when given and the service port has a table), else a random slot (no shared cursor
+/// is written per connection). `client` identifies the client for affinity; it and the clock
+/// are read only for a service with ClientIP affinity (both are helper calls, and this runs on
+/// every connection).
 #[inline(always)]
 pub fn select(
     fe: &Frontend,
     client: impl FnOnce() -> [u32; 4],
     client_kind: u8,
+    hash: Option<u32>,
 ) -> Option<(u32, Backend)> {
     let count = fe.value.count;
     if count == 0 {
@@ -146,15 +173,20 @@ pub fn select(
         );
         return Some((a.backend_id, b));
     }
-    // SAFETY: helper without preconditions.
-    let rnd = unsafe { bpf_get_prandom_u32() };
-    let pick = (rnd % u32::from(count)) as u16 + 1;
-    // A shrinking service may have lost the picked slot between the two lookups.
-    let id = match slot(fe, pick) {
-        Some(id) => id,
-        None => slot(fe, 1)?,
+    let (id, b) = match hash.and_then(|h| maglev_pick(fe.value.service_id, h)) {
+        Some(chosen) => chosen,
+        None => {
+            // SAFETY: helper without preconditions.
+            let rnd = unsafe { bpf_get_prandom_u32() };
+            let pick = (rnd % u32::from(count)) as u16 + 1;
+            // A shrinking service may have lost the picked slot between the two lookups.
+            let id = match slot(fe, pick) {
+                Some(id) => id,
+                None => slot(fe, 1)?,
+            };
+            (id, backend(id)?)
+        }
     };
-    let b = backend(id)?;
     if let Some((akey, now)) = affinity {
         let _ = AFFINITY.insert(
             akey,

@@ -16,6 +16,7 @@ use tollgate_common::{
         ctmark::{self, Mark},
         feport,
         frag::{self, FragKey, FragPorts},
+        maglev,
         revnat::{self, RevNat},
         sockct::{self, SockCtKey, SockCtValue},
         sockrev::{self, SockRevKey, SockRevTcp, SockRevValue, TcpRevSlot},
@@ -86,6 +87,16 @@ pub static TCP_REV_HELD: Array<u64, { sockrev::HELD_WORDS as usize }> = Array::n
 /// Bitmap of the ports a translated TCP socket's peer can have (see `sockrev`).
 #[btf_map(name = "tg_peerport_v1")]
 pub static PEER_PORTS: Array<u64, { sockrev::PORT_WORDS as usize }> = Array::new();
+
+/// Maglev tables by service-port ID (see `maglev`), allocated as they are written (16 KiB
+/// each, only with `--lb-algorithm maglev`).
+#[btf_map(name = "tg_maglev_v1")]
+pub static MAGLEV: HashMap<
+    u32,
+    maglev::Table,
+    { maglev::CAPACITY as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 #[btf_map(name = "tg_srcrange_v1")]
 pub static SOURCE_RANGES: LpmTrie<

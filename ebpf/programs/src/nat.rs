@@ -25,7 +25,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tollgate_common::lb::{
-    PROTO_TCP, PROTO_UDP, affinity_kind,
+    PROTO_TCP, PROTO_UDP,
     ct::{CtEntry, CtKey},
     ct_dir, ct_flags, ctmark, feport, is_v4_mapped, md_mode, scope,
     srcrange::SrcRangeKey,
@@ -471,7 +471,13 @@ pub(crate) fn new_flow(s: &mut Scratch, side: Side) -> u32 {
 )]
 #[inline(always)]
 fn new_flow_inner(s: &mut Scratch, side: Side) -> R<()> {
-    if lb::choose(&s.fe, &s.pkt.saddr, affinity_kind::CLIENT_IP, &mut s.chosen) == 0 {
+    if lb::choose(
+        &s.fe,
+        &s.pkt,
+        u32::from(side == Side::Outside),
+        &mut s.chosen,
+    ) == 0
+    {
         return Err(());
     }
     let fe = &s.fe;

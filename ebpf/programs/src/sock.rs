@@ -102,7 +102,7 @@ fn choose(
         let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
         [netns as u32, (netns >> 32) as u32, 0, 0]
     };
-    lb::select(fe, client, affinity_kind::NETNS)
+    lb::select(fe, client, affinity_kind::NETNS, None)
 }
 
 /// A pod's TCP connection to the metadata server goes to the node-local proxy (its source

@@ -74,6 +74,15 @@ pub struct Args {
     /// such sockets keep sending to the departed backend until they close.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub socket_lb_terminate_udp: bool,
+    /// How traffic from outside the node (NodePort, externalIPs, LoadBalancer IPs) picks a
+    /// backend for a new flow (Cilium's `bpf-lb-algorithm`): `random`, or `maglev`: consistent
+    /// hashing of the client address, ports and protocol over a 4093-entry table per service
+    /// port (16 KiB each), which every node fills alike, so a flow that enters through another
+    /// node (ECMP, a moved LoadBalancer) reaches the same backend, and a backend that goes
+    /// moves only its own share. Pods and host processes are balanced at connect time either
+    /// way. ClientIP session affinity comes first.
+    #[arg(long, value_enum, default_value_t = LbAlgorithm::Random)]
+    pub lb_algorithm: LbAlgorithm,
     /// Source ports for SNAT of translated traffic (outside the kernel's ephemeral range).
     #[arg(long, default_value = "61000-65535", value_parser = parse_range)]
     pub snat_port_range: (u16, u16),
@@ -121,6 +130,12 @@ pub struct Args {
     /// Print a line per second on stderr: events, revisions, CPU, RSS.
     #[arg(long)]
     pub stats: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbAlgorithm {
+    Random,
+    Maglev,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -241,6 +256,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(forward_kernel_logs(logger));
     }
     let mut writer = Writer::new(LbMaps::open(dp.pins())?);
+    writer.set_maglev(args.lb_algorithm == LbAlgorithm::Maglev);
     let purge_maps = LbMaps::open(dp.pins())?;
     // The metadata proxy listens before any pod connection is redirected to it.
     let embedded = match args.metadata.flavor() {

@@ -85,6 +85,7 @@ fn flag_names(f: u16) -> Vec<&'static str> {
         (svc_flags::DROP_IF_EMPTY, "drop-if-empty"),
         (svc_flags::LOCAL_ONLY, "local-only"),
         (svc_flags::NODE_ADDRESS, "node-address"),
+        (svc_flags::MAGLEV, "maglev"),
     ]
     .into_iter()
     .filter(|(bit, _)| f & bit != 0)

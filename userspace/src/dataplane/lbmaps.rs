@@ -8,6 +8,7 @@ use tollgate_common::lb::{
     config::{self, Config},
     ct::{self, CtEntry, CtKey},
     feport,
+    maglev::{self, Table},
     revnat::{self, RevNat},
     sockct::{self, SockCtKey, SockCtValue},
     sockrev::{self, SockRevKey, SockRevValue, port_bit},
@@ -32,6 +33,7 @@ pub struct LbMaps {
     pub bestat: PerCpuArray<MapData, Counters>,
     pub config: Array<MapData, Config>,
     pub svcinfo: HashMap<MapData, u32, SvcInfo>,
+    pub maglev: HashMap<MapData, u32, Table>,
     pub peer_ports: PortFilter,
     pub fe_ports: PortFilter,
     /// The kernel's `max_entries` of the maps that grow with the cluster.
@@ -78,6 +80,7 @@ impl LbMaps {
             bestat: open!(pins, stats::BACKEND_NAME, PerCpuArray),
             config: open!(pins, config::NAME, Array),
             svcinfo: open!(pins, svcinfo::NAME, HashMap),
+            maglev: open!(pins, maglev::NAME, HashMap),
             peer_ports: PortFilter::new(open!(pins, sockrev::PORT_NAME, Array)),
             fe_ports: PortFilter::new(open!(pins, feport::NAME, Array)),
             capacity: Capacity {

@@ -9,6 +9,7 @@ pub mod held;
 pub mod ifwatch;
 pub mod inspect;
 pub mod lbmaps;
+pub mod maglev;
 pub mod marks;
 /// The kernel object this binary embeds (benchmarks load it without pins).
 pub mod object;

@@ -16,7 +16,7 @@ use aya::maps::lpm_trie::Key;
 use tollgate_common::lb::{
     PROTO_TCP, PROTO_UDP,
     backend::{self, Backend},
-    feport,
+    feport, maglev,
     revnat::RevNat,
     scope, sockrev,
     srcrange::{self, SrcRangeKey},
@@ -29,6 +29,7 @@ use tollgate_common::lb::{
 use super::{
     addr::{port_be, prefix_words, words},
     lbmaps::LbMaps,
+    maglev::{identity, table},
     sockterm::{Peer, StaleUdpPeer},
 };
 use crate::enls::{
@@ -247,6 +248,10 @@ pub struct Writer {
     /// claimed → (frontend ID, service port ID): a frontend still there for the same service
     /// port keeps its ID, so the source ranges keyed by it never name another frontend.
     adopted_frontends: HashMap<([u32; 4], u16, u8), (u32, u32)>,
+    /// `--lb-algorithm maglev`: service ports with external frontends get a Maglev table.
+    maglev: bool,
+    /// Service port ID → the backend IDs of its Maglev table as written (sorted).
+    maglev_tables: HashMap<u32, Vec<u32>>,
 }
 
 fn fill(dst: &mut [u8], s: &str) {
@@ -269,6 +274,13 @@ fn port_info(state: &ServiceState, port: &ServicePortState) -> SvcInfo {
         6
     };
     info
+}
+
+impl BackendAddr {
+    /// What a Maglev table knows it by (the same on every node).
+    fn identity(&self) -> [u8; 19] {
+        identity(&self.addr, self.port, self.proto)
+    }
 }
 
 fn backend_addr(e: &EndpointAddr, proto: Protocol) -> BackendAddr {
@@ -307,7 +319,15 @@ impl Writer {
             adopted_ports: HashMap::new(),
             adopted_pairs: HashSet::new(),
             adopted_frontends: HashMap::new(),
+            maglev: false,
+            maglev_tables: HashMap::new(),
         }
+    }
+
+    /// Traffic from outside picks backends by Maglev tables (`--lb-algorithm maglev`); set
+    /// before the first state is written.
+    pub fn set_maglev(&mut self, on: bool) {
+        self.maglev = on;
     }
 
     pub fn maps(&mut self) -> &mut LbMaps {
@@ -475,6 +495,18 @@ impl Writer {
         removed += stale.len();
         for k in &stale {
             let _ = self.maps.srcrange.remove(k);
+        }
+        // Maglev tables of service ports gone, or all of them with `--lb-algorithm random`.
+        let stale: Vec<u32> = self
+            .maps
+            .maglev
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !self.maglev_tables.contains_key(k))
+            .collect();
+        removed += stale.len();
+        for k in &stale {
+            let _ = self.maps.maglev.remove(k);
         }
         Ok((removed, purge))
     }
@@ -720,6 +752,11 @@ impl Writer {
         let keep = WrittenService {
             ports: old.map(|o| o.ports.clone()).unwrap_or_default(),
         };
+        // A table the failed write replaced may name backends about to be released (whose
+        // IDs another backend could take): it goes, and is written again with the service.
+        for p in &partial.ports {
+            self.remove_maglev(p.service_id);
+        }
         // Retiring `partial` against `old` removes only what old does not have (and gives back
         // service IDs old does not use); `old`'s references are untouched because partial
         // holds its own.
@@ -807,16 +844,78 @@ impl Writer {
                 affinity_timeout: port.session_affinity_timeout_seconds.unwrap_or(0),
                 pad: [0; 4],
             };
+            // The entry traffic from outside finds (its own with the Local policy) picks by
+            // the Maglev table, which holds that entry's backends.
+            let maglev = if self.maglev && fe.kind.is_external() {
+                svc_flags::MAGLEV
+            } else {
+                0
+            };
             let inside = port.endpoints_from_inside(fe.kind).clone();
-            self.write_frontend(fe, proto, scope::INTERNAL, base, &inside, port, prev, out)?;
+            let mut value = base;
+            if !external_entry(port, fe.kind) {
+                value.flags |= maglev;
+            }
+            self.write_frontend(fe, proto, scope::INTERNAL, value, &inside, port, prev, out)?;
             if external_entry(port, fe.kind) {
                 let outside = port.endpoints_from_outside(fe.kind).clone();
                 let mut value = base;
-                value.flags |= svc_flags::LOCAL_ONLY;
+                value.flags |= svc_flags::LOCAL_ONLY | maglev;
                 self.write_frontend(fe, proto, scope::EXTERNAL, value, &outside, port, prev, out)?;
             }
         }
+        self.write_maglev(port, service_id)
+    }
+
+    /// The service port's Maglev table, from the backends traffic from outside uses (its
+    /// external frontends' entries hold references on them): written when it has external
+    /// frontends with backends and `--lb-algorithm maglev`, and only when those backends
+    /// changed; removed otherwise.
+    fn write_maglev(&mut self, port: &ServicePortState, service_id: u32) -> Result<(), WriteError> {
+        let external = port.frontends.iter().find(|f| f.kind.is_external());
+        let members: Vec<super::maglev::Member> = match external {
+            Some(fe) if self.maglev => {
+                let set = if external_entry(port, fe.kind) {
+                    port.endpoints_from_outside(fe.kind)
+                } else {
+                    port.endpoints_from_inside(fe.kind)
+                };
+                set.iter()
+                    .filter_map(|e| {
+                        let b = backend_addr(e, port.protocol);
+                        self.backends.get(&b).map(|r| (b.identity(), r.id))
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        if members.is_empty() {
+            self.remove_maglev(service_id);
+            return Ok(());
+        }
+        let mut ids: Vec<u32> = members.iter().map(|(_, id)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if self.maglev_tables.get(&service_id) == Some(&ids) {
+            return Ok(());
+        }
+        self.maps
+            .maglev
+            .insert(service_id, *table(&members), 0)
+            .map_err(|source| WriteError::Map {
+                map: maglev::NAME,
+                source,
+            })?;
+        self.maglev_tables.insert(service_id, ids);
+        self.stats.entries_written += 1;
         Ok(())
+    }
+
+    fn remove_maglev(&mut self, service_id: u32) {
+        if self.maglev_tables.remove(&service_id).is_some() {
+            let _ = self.maps.maglev.remove(&service_id);
+            self.stats.entries_deleted += 1;
+        }
     }
 
     fn source_ranges(
@@ -1014,6 +1113,7 @@ impl Writer {
                 }
             }
             if np.is_none() {
+                self.remove_maglev(service_id);
                 let _ = self.maps.svcinfo.remove(&service_id);
                 self.service_ids.give(service_id);
             }
