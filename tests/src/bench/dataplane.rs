@@ -269,6 +269,14 @@ pub struct Programming {
     pub endpoint_change_write_us: Summary,
     /// One Service (with its slice) added: ENLS handle + sync + map write, µs.
     pub service_add_us: Summary,
+    /// Measured with `--lb-algorithm maglev` and an externalIP on every Service (each service
+    /// port then has a Maglev table, written again on every endpoint change).
+    pub maglev: bool,
+}
+
+/// An externalIP for filler `i` (198.18.0.0/15, the benchmarking range).
+fn external_ip(i: usize) -> String {
+    format!("198.{}.{}.{}", 18 + i / 65_536, (i / 256) % 256, i % 256)
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -280,6 +288,8 @@ pub struct Report {
     pub wrk: String,
     pub counts: Vec<CountResult>,
     pub programming: Programming,
+    /// The same with `--lb-algorithm maglev` (every Service with an externalIP).
+    pub programming_maglev: Programming,
 }
 
 fn parse_ms(s: &str) -> Option<f64> {
@@ -585,7 +595,7 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
 }
 
 /// ENLS + writer in this process, on maps pinned in a test-bed bpffs directory.
-fn programming(opts: &Options) -> anyhow::Result<Programming> {
+fn programming(opts: &Options, maglev: bool) -> anyhow::Result<Programming> {
     let services = opts.counts.iter().copied().max().unwrap_or(10_000);
     let cluster = Cluster::new(&ClusterSpec {
         pods_per_node: vec![1],
@@ -595,9 +605,20 @@ fn programming(opts: &Options) -> anyhow::Result<Programming> {
     let node = cluster.node("node1");
     let dp = Dataplane::load(&node.bpffs, &MapSizes::default()).context("loading")?;
     let mut writer = Writer::new(LbMaps::open(dp.pins())?);
+    writer.set_maglev(maglev);
     let mut enls = Enls::new(EnlsConfig::new("node1"), EnlsMetrics::detached());
     let mut objects = cluster.base_objects();
-    objects.extend(manifest_objects(services, opts.endpoints, "10.244.1.11"));
+    let mut services_objects = manifest_objects(services, opts.endpoints, "10.244.1.11");
+    if maglev {
+        for (i, o) in services_objects
+            .iter_mut()
+            .filter(|o| o["kind"] == "Service")
+            .enumerate()
+        {
+            o["spec"]["externalIPs"] = json!([external_ip(i)]);
+        }
+    }
+    objects.extend(services_objects);
     for k in Kind::ALL {
         enls.handle(SourceEvent::ListBegin(k));
     }
@@ -615,7 +636,8 @@ fn programming(opts: &Options) -> anyhow::Result<Programming> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", c.key))?;
     }
     let full_write_ms = start.elapsed().as_secs_f64() * 1e3;
-    eprintln!("dataplane: full write of {services} services: {full_write_ms:.0} ms");
+    let how = if maglev { " (maglev)" } else { "" };
+    eprintln!("dataplane: full write of {services} services{how}: {full_write_ms:.0} ms");
 
     let mut change = Vec::with_capacity(opts.changes);
     let mut write_only = Vec::with_capacity(opts.changes);
@@ -660,6 +682,9 @@ fn programming(opts: &Options) -> anyhow::Result<Programming> {
             .collect();
         let mut svc = filler(i, &ips);
         svc[0]["spec"]["clusterIP"] = json!(format!("10.98.{}.{}", c / 250, c % 250 + 1));
+        if maglev {
+            svc[0]["spec"]["externalIPs"] = json!([external_ip(i)]);
+        }
         let [s, e] = svc;
         let (s, e) = (to_object(s)?, to_object(e)?);
         let start = Instant::now();
@@ -682,9 +707,10 @@ fn programming(opts: &Options) -> anyhow::Result<Programming> {
         endpoint_change_us: summarize(&mut change),
         endpoint_change_write_us: summarize(&mut write_only),
         service_add_us: summarize(&mut add),
+        maglev,
     };
     eprintln!(
-        "dataplane: one change at {services}: p50 {:.1} µs p99 {:.1} µs (write p99 {:.1} µs); add p99 {:.1} µs",
+        "dataplane: one change at {services}{how}: p50 {:.1} µs p99 {:.1} µs (write p99 {:.1} µs); add p99 {:.1} µs",
         p.endpoint_change_us.p50,
         p.endpoint_change_us.p99,
         p.endpoint_change_write_us.p99,
@@ -712,7 +738,8 @@ pub fn run(opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow::Result<Re
         commit,
         wrk: wrk_version,
         counts: counts?,
-        programming: programming(opts)?,
+        programming: programming(opts, false)?,
+        programming_maglev: programming(opts, true)?,
     };
     write(&report, opts, out_dir, markdown)?;
     Ok(report)
@@ -764,7 +791,7 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
             true,
         ),
     )?;
-    let p = &r.programming;
+    let (p, m) = (&r.programming, &r.programming_maglev);
     std::fs::write(
         out_dir.join("dataplane-programming.svg"),
         plot::bars(
@@ -778,6 +805,8 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
                 ("endpoint p99".into(), p.endpoint_change_us.p99),
                 ("add service p50".into(), p.service_add_us.p50),
                 ("add service p99".into(), p.service_add_us.p99),
+                ("maglev: endpoint p99".into(), m.endpoint_change_us.p99),
+                ("maglev: add service p99".into(), m.service_add_us.p99),
             ],
             Some(("goal p99 < 1 ms".into(), 1000.0)),
         ),
@@ -877,6 +906,9 @@ endpoints):
 | one endpoint replaced → maps written ({n} changes) | p50 {c50:.1} µs, p99 {c99:.1} µs, max {cmax:.0} µs | p99 < 1 ms |
 | … of which the map writes | p50 {w50:.1} µs, p99 {w99:.1} µs | — |
 | one Service added → maps written ({n} adds) | p50 {a50:.1} µs, p99 {a99:.1} µs, max {amax:.0} µs | iptables 1.4 s, nftables 0.6 s at 10k |
+| `--lb-algorithm maglev`, every Service with an externalIP (a 4093-entry table per service port): full restore | {mfull:.0} ms | — |
+| … one endpoint replaced → maps written | p50 {mc50:.1} µs, p99 {mc99:.1} µs, max {mcmax:.0} µs | p99 < 1 ms |
+| … one Service added → maps written | p50 {ma50:.1} µs, p99 {ma99:.1} µs, max {mamax:.0} µs | — |
 
 ![programming](tests/benchmarks/dataplane-programming.svg)
 
@@ -943,6 +975,13 @@ Raw data: `tests/benchmarks/dataplane.json`."#,
         a50 = p.service_add_us.p50,
         a99 = p.service_add_us.p99,
         amax = p.service_add_us.max,
+        mfull = m.full_write_ms,
+        mc50 = m.endpoint_change_us.p50,
+        mc99 = m.endpoint_change_us.p99,
+        mcmax = m.endpoint_change_us.max,
+        ma50 = m.service_add_us.p50,
+        ma99 = m.service_add_us.p99,
+        mamax = m.service_add_us.max,
     );
     super::update_section(markdown, "dataplane", &body)?;
     Ok(())
