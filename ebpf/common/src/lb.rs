@@ -276,9 +276,10 @@ pub mod maglev {
     //! IDs, filled by the Maglev algorithm (Eisenbud et al., NSDI 2016) from the backends'
     //! addresses, so every node fills the same table from the same backends: a flow from
     //! outside reaches the same backend whichever node it enters, and a backend that goes moves
-    //! only its own share of flows. The programs take `backends[hash % SIZE]`, the hash being
-    //! [`hash`] of the packet's client address, ports and protocol, which every node computes
-    //! alike (the destination is left out, so a NodePort gives the same choice on every node).
+    //! little more than its own share of flows. The programs take `backends[hash % SIZE]`, the
+    //! hash being [`hash`] of the packet's client address, ports and protocol, which every node
+    //! computes alike (the destination is left out, so a NodePort gives the same choice on
+    //! every node).
     pub const NAME: &str = "tg_maglev_v1";
     /// Table entries: a prime, at least 100 × the backends for the least disruption.
     pub const SIZE: u32 = 4093;

@@ -79,8 +79,8 @@ pub struct Args {
     /// hashing of the client address, ports and protocol over a 4093-entry table per service
     /// port (16 KiB each), which every node fills alike, so a flow that enters through another
     /// node (ECMP, a moved LoadBalancer) reaches the same backend, and a backend that goes
-    /// moves only its own share. Pods and host processes are balanced at connect time either
-    /// way. ClientIP session affinity comes first.
+    /// moves little more than its own share. Pods and host processes are balanced at connect
+    /// time either way. ClientIP session affinity comes first.
     #[arg(long, value_enum, default_value_t = LbAlgorithm::Random)]
     pub lb_algorithm: LbAlgorithm,
     /// Source ports for SNAT of translated traffic (outside the kernel's ephemeral range).
