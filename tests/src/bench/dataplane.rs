@@ -152,7 +152,7 @@ pub struct CountResult {
 }
 
 /// A run's rate over the same round's limit, over the rounds. The mean is the estimate; the
-/// per-round ratios scatter by 1–3 % (machine noise that pairing within a round does not
+/// per-round ratios scatter by 1–5 % (machine noise that pairing within a round does not
 /// remove: back-to-back runs of the limit alone differ by about 2 %), so its 95 % confidence
 /// interval says what a row can resolve.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -908,7 +908,7 @@ no Service) with the agent installed — what Tollgate costs traffic it does not
 order reverses from round to round (each run leaves its TIME_WAIT entries to the next). Ratio:
 the run's rate over the same round's limit, averaged over the rounds, ± the half-width of the
 95 % confidence interval of that mean (Student's t over the rounds: the per-round ratios scatter
-by 1–3 %, and back-to-back runs of the limit alone by about 2 %); the lower median of the per-round ratios, what the
+by 1–5 % depending on the machine's state, and back-to-back runs of the limit alone by about 2 %); the lower median of the per-round ratios, what the
 reports before 2026-12-01 gave, is beside it. wrk and nginx share the 2 cores, so the absolute
 rates are this machine's, not a NIC's. CPU per run (medians over every row, in % of one core):
 wrk {lc:.0} % and nginx {ls:.0} % in the limit runs, {tc:.0} % and {ts:.0} % through Tollgate.
