@@ -141,6 +141,16 @@ fn ether(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> 
     f
 }
 
+/// An IPv4 frame a pod sends (as its host-side veth receives it).
+fn pod_frame(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    ether(
+        [2, 0, 0, 0, 2, 0],
+        [2, 0, 0, 0, 3, 0],
+        0x0800,
+        &ipv4(proto, src, dst, l4),
+    )
+}
+
 fn syn4(dst: Ipv4Addr, dport: u16, sport: u16, node_mac: [u8; 6]) -> Vec<u8> {
     let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(dst));
     ether(
@@ -844,9 +854,8 @@ fn maglev_picks_the_backend_every_node_computes_from_the_flow() {
             chosen.insert(p.dst);
         }
         assert_eq!(chosen.len(), backends.len(), "64 flows reach every backend");
-        // Random choice (the default) writes no tables.
-        drop(maps);
     });
+    // Random choice (the default) writes no tables.
     let c = cluster();
     let node = c.node("node1");
     node.ns.run_in(|| {
@@ -935,18 +944,8 @@ fn pod_packets_to_the_metadata_server_are_dropped_whatever_their_flags() {
         // hooks' cgroup): every segment to the redirected port is dropped, not only the SYN.
         let from_pod = |dst: Ipv4Addr, dport: u16, flags: u8| {
             let (s, d) = (IpAddr::V4(LOCAL_POD), IpAddr::V4(dst));
-            let frame = ether(
-                [2, 0, 0, 0, 2, 0],
-                [2, 0, 0, 0, 3, 0],
-                0x0800,
-                &ipv4(
-                    6,
-                    LOCAL_POD,
-                    dst,
-                    &tcp(&s, &d, 40000, dport, flags, b"GET /"),
-                ),
-            );
-            b.tc("tg_tc_from_pod", &frame).0
+            let l4 = tcp(&s, &d, 40000, dport, flags, b"GET /");
+            b.tc("tg_tc_from_pod", &pod_frame(LOCAL_POD, dst, 6, &l4)).0
         };
         for (flags, what) in [
             (0x02, "SYN"),
@@ -1087,12 +1086,7 @@ fn pod_packets_to_a_port_no_frontend_has_had_skip_the_frontend_lookup() {
             } else {
                 udp(&s, &d, 40030, dport, b"q", false)
             };
-            let frame = ether(
-                [2, 0, 0, 0, 2, 0],
-                [2, 0, 0, 0, 3, 0],
-                0x0800,
-                &ipv4(proto, POD, dst, &l4),
-            );
+            let frame = pod_frame(POD, dst, proto, &l4);
             let (verdict, out) = b.tc("tg_tc_from_pod", &frame);
             (verdict, out == frame, parse(&out))
         };

@@ -28,6 +28,7 @@ use tollgate_common::lb::{
 
 use super::{
     addr::{port_be, prefix_words, words},
+    gc::remove_keys_where,
     lbmaps::LbMaps,
     maglev::{identity, table},
     sockterm::{Peer, StaleUdpPeer},
@@ -404,10 +405,8 @@ impl Writer {
     /// affinities, socket choices and connected UDP sockets).
     pub fn adopt_done(&mut self) -> Result<(usize, Purge), WriteError> {
         let purge = self.departed_while_down();
-        let wanted_svc: HashSet<SvcKey> = self
-            .services
-            .values()
-            .flat_map(|s| &s.ports)
+        let ports = || self.services.values().flat_map(|s| &s.ports);
+        let wanted_svc: HashSet<SvcKey> = ports()
             .flat_map(|p| &p.frontends)
             .flat_map(|f| {
                 (0..=f.slots.len()).map(move |slot| SvcKey {
@@ -416,68 +415,19 @@ impl Writer {
                 })
             })
             .collect();
-        let stale: Vec<SvcKey> = self
-            .maps
-            .svc
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted_svc.contains(k))
-            .collect();
-        let mut removed = stale.len();
-        for k in &stale {
-            let _ = self.maps.svc.remove(k);
-        }
+        let mut removed = remove_keys_where(&mut self.maps.svc, |k| !wanted_svc.contains(k));
         let wanted_backends: HashSet<u32> = self.backends.values().map(|b| b.id).collect();
-        let stale: Vec<u32> = self
-            .maps
-            .backend
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted_backends.contains(k))
-            .collect();
-        removed += stale.len();
-        for k in &stale {
-            let _ = self.maps.backend.remove(k);
-        }
-        let wanted_revnat: HashSet<u32> = self
-            .services
-            .values()
-            .flat_map(|s| &s.ports)
+        removed += remove_keys_where(&mut self.maps.backend, |k| !wanted_backends.contains(k));
+        let wanted_revnat: HashSet<u32> = ports()
             .flat_map(|p| p.revnats.iter().map(|(_, id)| *id))
             .collect();
-        let stale: Vec<u32> = self
-            .maps
-            .revnat
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted_revnat.contains(k))
-            .collect();
-        removed += stale.len();
-        for k in &stale {
-            let _ = self.maps.revnat.remove(k);
-        }
-        let wanted_info: HashSet<u32> = self
-            .services
-            .values()
-            .flat_map(|s| &s.ports)
-            .map(|p| p.service_id)
-            .collect();
-        let stale: Vec<u32> = self
-            .maps
-            .svcinfo
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted_info.contains(k))
-            .collect();
-        for k in &stale {
-            let _ = self.maps.svcinfo.remove(k);
-        }
+        let wanted_info: HashSet<u32> = ports().map(|p| p.service_id).collect();
+        removed += remove_keys_where(&mut self.maps.revnat, |k| !wanted_revnat.contains(k));
+        // Names are not counted: they are not state the programs read.
+        remove_keys_where(&mut self.maps.svcinfo, |k| !wanted_info.contains(k));
         // Source ranges the current state does not have (a range left or changed, a frontend
         // went): kept, they would allow clients the ranges no longer allow.
-        let wanted_ranges: HashSet<(u32, SrcRangeKey)> = self
-            .services
-            .values()
-            .flat_map(|s| &s.ports)
+        let wanted_ranges: HashSet<(u32, SrcRangeKey)> = ports()
             .flat_map(|p| {
                 p.src_range_bits
                     .iter()
@@ -497,17 +447,8 @@ impl Writer {
             let _ = self.maps.srcrange.remove(k);
         }
         // Maglev tables of service ports gone, or all of them with `--lb-algorithm random`.
-        let stale: Vec<u32> = self
-            .maps
-            .maglev
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !self.maglev_tables.contains_key(k))
-            .collect();
-        removed += stale.len();
-        for k in &stale {
-            let _ = self.maps.maglev.remove(k);
-        }
+        let tables = &self.maglev_tables;
+        removed += remove_keys_where(&mut self.maps.maglev, |k| !tables.contains_key(k));
         Ok((removed, purge))
     }
 
