@@ -1330,3 +1330,91 @@ fn held_bits_are_seeded_from_the_slots_an_older_agent_left() {
         "kept bits are not seeded again"
     );
 }
+
+/// The dataplane bench's floor (`bench::floor`): the agent's hooks on a node (the cgroup's
+/// nine socket hooks, TCX on the uplink and on every pod interface), with programs that pass
+/// pod traffic untouched; all gone again once dropped.
+#[test]
+fn bench_floor_attaches_the_agents_hooks_and_passes_traffic() {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    use tollgate::dataplane::programs;
+    use tollgate_tests::bench::floor::Floor;
+    let cluster = tollgate_tests::Cluster::new(&tollgate_tests::ClusterSpec {
+        pods_per_node: vec![2],
+        cloud: false,
+        ..Default::default()
+    });
+    let node = cluster.node("node1");
+    let server = cluster.pod("n1p2");
+    let mut cmd = std::process::Command::new(tollgate_tests::tools::testbed_bin());
+    cmd.args([
+        "serve",
+        "--name",
+        "n1p2",
+        "--tcp",
+        "[::]:8080",
+        "--udp",
+        "[::]:5353",
+    ]);
+    let mut serving = server.spawn("serve", cmd);
+    serving.wait_for_log("serving", Duration::from_secs(5));
+    let hooks = || {
+        let shown = tollgate_tests::run(
+            "bpftool",
+            &["-j", "cgroup", "show", &node.cgroup.to_string_lossy()],
+        );
+        let cgroup: Vec<serde_json::Value> = serde_json::from_str(if shown.trim().is_empty() {
+            "[]"
+        } else {
+            &shown
+        })
+        .unwrap();
+        let mut names: BTreeSet<String> = cgroup
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let mut tcx = vec![
+            ("eth0", TcAttachType::Ingress),
+            ("eth0", TcAttachType::Egress),
+        ];
+        tcx.extend(
+            node.pods
+                .iter()
+                .map(|p| (p.host_iface.as_str(), TcAttachType::Ingress)),
+        );
+        for (iface, direction) in tcx {
+            let (_, attached) = node
+                .ns
+                .run_in(|| SchedClassifier::query_tcx(iface, direction))
+                .unwrap();
+            names.extend(
+                attached
+                    .iter()
+                    .map(|p| format!("{}@{iface}", p.name_as_str().unwrap_or_default())),
+            );
+        }
+        names
+    };
+    assert_eq!(hooks(), BTreeSet::new(), "nothing attached before");
+    let floor = Floor::attach(node).unwrap();
+    let mut expected: BTreeSet<String> = programs::SOCK
+        .iter()
+        .chain(&[programs::SOCK_RELEASE])
+        .map(|p| (*p).to_owned())
+        .collect();
+    expected.insert(format!("{}@eth0", programs::TC_INGRESS));
+    expected.insert(format!("{}@eth0", programs::TC_EGRESS));
+    for pod in &node.pods {
+        expected.insert(format!("{}@{}", programs::TC_FROM_POD, pod.host_iface));
+    }
+    assert_eq!(hooks(), expected);
+    let client = cluster.pod("n1p1").placement();
+    for (port, mode, count) in [(8080, Mode::Tcp, 20), (5353, Mode::Udp, 10)] {
+        let to = scenario::pod_addr(server, port).to_string();
+        let t = scenario::run_client(client, &to, count, mode, T);
+        assert_eq!(t.ok, count, "{mode:?} to {to}: {t:?}");
+        assert_eq!(t.peers, std::slice::from_ref(&to), "{t:?}");
+    }
+    drop(floor);
+    assert_eq!(hooks(), BTreeSet::new(), "nothing left attached");
+}

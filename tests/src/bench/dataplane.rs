@@ -26,6 +26,7 @@ use tollgate::{
 use super::{
     Summary,
     enls::{ep_ip, svc_ip, to_object},
+    floor::Floor,
     micros, plot, rss_of, summarize, tool_version,
 };
 use crate::{BgProcess, Cluster, ClusterSpec, Pod, k8s, tools::tollgate_bin};
@@ -38,8 +39,10 @@ pub struct Options {
     pub endpoints: usize,
     /// Seconds of each wrk run.
     pub duration_s: u64,
-    /// Interleaved limit/Tollgate pairs per service count.
+    /// Sequential rounds (limit, Tollgate, pod IP with Tollgate installed) per service count.
     pub rounds: usize,
+    /// Paired rounds (both nodes at once) per comparison and orientation.
+    pub pairs: usize,
     /// wrk connections (kept open concurrently; each request uses a new one).
     pub connections: usize,
     /// Single changes timed at the largest count.
@@ -52,7 +55,8 @@ impl Default for Options {
             counts: vec![1, 1_000, 10_000],
             endpoints: 10,
             duration_s: 6,
-            rounds: 10,
+            rounds: 8,
+            pairs: 6,
             connections: 16,
             changes: 1_000,
         }
@@ -76,16 +80,23 @@ fn filler(i: usize, ips: &[String]) -> [Value; 2] {
     ]
 }
 
-/// `count` Services: the target (backed by the nginx pod) and `count - 1` fillers.
-fn manifest_objects(count: usize, endpoints: usize, nginx: &str) -> Vec<Value> {
+/// `count` Services: the target (backed by the nginx pods, `(address, node)`; with
+/// internalTrafficPolicy Local, so each node's pods reach their own node's nginx) and
+/// `count - 1` fillers.
+fn manifest_objects(count: usize, endpoints: usize, nginx: &[(String, String)]) -> Vec<Value> {
+    let mut target = k8s::service("bench", "target", TARGET_IP, &[("http", 80)]);
+    target["spec"]["internalTrafficPolicy"] = json!("Local");
     let mut v = vec![
-        k8s::service("bench", "target", TARGET_IP, &[("http", 80)]),
+        target,
         k8s::slice(
             "bench",
             "target-1",
             "target",
             &[("http", 8080)],
-            vec![k8s::endpoint(nginx, "node1")],
+            nginx
+                .iter()
+                .map(|(ip, node)| k8s::endpoint(ip, node))
+                .collect(),
         ),
     ];
     for i in 0..count.saturating_sub(1) {
@@ -102,8 +113,6 @@ enum Run {
     Limit,
     /// To the ClusterIP, agent with its defaults.
     Tollgate,
-    /// To the ClusterIP, agent with `--socket-lb-peer=false`.
-    NoPeer,
     /// To the pod IP, agent with its defaults.
     PodIp,
 }
@@ -127,17 +136,18 @@ pub struct CountResult {
     pub services: usize,
     pub limit: Vec<Wrk>,
     pub tollgate: Vec<Wrk>,
-    /// The same through an agent with `--socket-lb-peer=false` (no TCP reverse record).
-    pub tollgate_no_peer: Vec<Wrk>,
     /// The limit's traffic (to the pod IP, no Service) with the agent installed: what
     /// Tollgate costs traffic that it does not translate.
     pub pod_ip_installed: Vec<Wrk>,
     /// Tollgate rate / limit rate of the same round, over the rounds.
     pub ratio: Ratio,
-    /// The same for `tollgate_no_peer`.
-    pub ratio_no_peer: Ratio,
     /// The same for `pod_ip_installed`.
     pub ratio_pod_ip: Ratio,
+    /// Through Tollgate (ClusterIP) on one node while the other node runs the limit.
+    pub paired: Paired,
+    /// The limit's traffic with the agent installed on one node while the other node runs
+    /// the limit.
+    pub paired_pod_ip: Paired,
     pub tollgate_p99_ms: f64,
     pub limit_p99_ms: f64,
     /// Agent: start → "tollgate ready" (state built and every Service programmed).
@@ -315,6 +325,8 @@ pub struct Report {
     pub programming: Programming,
     /// The same with `--lb-algorithm maglev` (every Service with an externalIP).
     pub programming_maglev: Programming,
+    /// Paired comparisons measured once (see [`Calibration`]).
+    pub calibration: Calibration,
 }
 
 fn parse_ms(s: &str) -> Option<f64> {
@@ -432,7 +444,7 @@ fn wrk(client: &Pod, url: &str, opts: &Options, server: Option<u32>) -> anyhow::
 }
 
 fn nginx(server: &Pod, workdir: &Path) -> anyhow::Result<BgProcess> {
-    let dir = workdir.join("nginx");
+    let dir = workdir.join(format!("nginx-{}", server.name));
     std::fs::create_dir_all(&dir)?;
     let conf = dir.join("nginx.conf");
     let d = dir.display();
@@ -483,46 +495,223 @@ fn median(v: &mut [f64]) -> f64 {
     summarize(v).p50
 }
 
-fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
+/// One node's half of the test bed: a client pod and an nginx pod.
+struct Half<'a> {
+    node: &'a crate::Node,
+    client: &'a Pod,
+    /// The nginx pod's own address (the limit's target).
+    direct: String,
+}
+
+/// The test bed: node1 and node2, each with a client pod and an nginx pod. The sequential
+/// runs use node1 only; the paired runs use both at once.
+struct Bed<'a> {
+    halves: [Half<'a>; 2],
+    /// The nginx worker of node1 (its CPU is measured in the sequential runs).
+    worker: Option<u32>,
+    /// The target's ClusterIP (internalTrafficPolicy Local: each node's pods reach their own
+    /// node's nginx through it).
+    via: String,
+    extra_args: Vec<String>,
+}
+
+impl Bed<'_> {
+    fn agent(&self, half: &Half<'_>, source: &str, extra: &[&str]) -> BgProcess {
+        let args: Vec<&str> = self
+            .extra_args
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+            .collect();
+        crate::agent::start_agent(half.node, source, &args)
+    }
+
+    fn cleanup(&self) -> anyhow::Result<()> {
+        for h in &self.halves {
+            cleanup(h.node)?;
+        }
+        Ok(())
+    }
+}
+
+/// wrk from both clients at the same time (each to its own URL): the machine's state, which
+/// moves rates by several per cent from run to run, is then common to both arms.
+fn wrk_pair(a: (&Pod, &str), b: (&Pod, &str), opts: &Options) -> anyhow::Result<(Wrk, Wrk)> {
+    std::thread::scope(|s| {
+        let ha = s.spawn(|| wrk(a.0, a.1, opts, None));
+        let hb = s.spawn(|| wrk(b.0, b.1, opts, None));
+        let join = |h: std::thread::ScopedJoinHandle<'_, anyhow::Result<Wrk>>| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a wrk thread panicked"))?
+        };
+        Ok((join(ha)?, join(hb)?))
+    })
+}
+
+/// Two arms measured at the same time, one on each node (both CPUs busy: the ratio is the
+/// relative CPU cost of a request, both ends of the connection included). Half the rounds
+/// have arm A on node1, half on node2, so the nodes' own difference cancels in the mean.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Paired {
+    /// Arm A's rate over arm B's, per round (A on node1 first, then on node2).
+    pub per_round: Vec<f64>,
+    /// Over every round: the estimate.
+    pub ratio: Ratio,
+    /// Over the rounds with A on node1, and on node2.
+    pub a_on_node1: Ratio,
+    pub a_on_node2: Ratio,
+    pub a: Vec<Wrk>,
+    pub b: Vec<Wrk>,
+}
+
+impl Paired {
+    fn push(&mut self, (a, b): (Wrk, Wrk)) {
+        self.per_round
+            .push(a.requests_per_s / b.requests_per_s.max(1.0));
+        self.a.push(a);
+        self.b.push(b);
+    }
+
+    /// Call after the A-on-node1 rounds (`split` of them) and the A-on-node2 ones.
+    fn finish(&mut self, split: usize) {
+        self.ratio = Ratio::of(&self.per_round);
+        let (first, second) = self.per_round.split_at(split.min(self.per_round.len()));
+        self.a_on_node1 = Ratio::of(first);
+        self.a_on_node2 = Ratio::of(second);
+    }
+}
+
+/// Paired comparisons that do not depend on the number of Services, measured once with the
+/// target alone.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Calibration {
+    /// The limit against itself: what the method sees with nothing to see. Its halves show
+    /// the two nodes' own difference, which the mean over both cancels.
+    pub same: Paired,
+    /// The limit's traffic through the agent's hooks with programs that return at once
+    /// (`floor`), over the limit: what the kernel's hooks cost by themselves.
+    pub hooks_only: Paired,
+    /// Through Tollgate with its defaults over Tollgate with `--socket-lb-peer=false`, both to
+    /// the ClusterIP (an agent on each node): what the getpeername record costs.
+    pub peer_record: Paired,
+}
+
+fn calibration(bed: &Bed<'_>, source: &str, opts: &Options) -> anyhow::Result<Calibration> {
+    let mut c = Calibration::default();
+    let [h1, h2] = &bed.halves;
+    bed.cleanup()?;
+    for (a, b) in [(h1, h2), (h2, h1)] {
+        for _ in 0..opts.pairs {
+            c.same.push(wrk_pair(
+                (a.client, &a.direct),
+                (b.client, &b.direct),
+                opts,
+            )?);
+        }
+    }
+    c.same.finish(opts.pairs);
+    for (a, b) in [(h1, h2), (h2, h1)] {
+        let floor = Floor::attach(a.node)?;
+        for _ in 0..opts.pairs {
+            c.hooks_only.push(wrk_pair(
+                (a.client, &a.direct),
+                (b.client, &b.direct),
+                opts,
+            )?);
+        }
+        drop(floor);
+    }
+    c.hooks_only.finish(opts.pairs);
+    for (a, b) in [(h1, h2), (h2, h1)] {
+        bed.cleanup()?;
+        let mut with = bed.agent(a, source, &[]);
+        let mut without = bed.agent(b, source, &["--socket-lb-peer=false"]);
+        for _ in 0..opts.pairs {
+            c.peer_record
+                .push(wrk_pair((a.client, &bed.via), (b.client, &bed.via), opts)?);
+        }
+        with.terminate();
+        without.terminate();
+    }
+    c.peer_record.finish(opts.pairs);
+    bed.cleanup()?;
+    for (name, p) in [
+        ("limit / limit", &c.same),
+        ("hooks only / limit", &c.hooks_only),
+        ("peer record on / off", &c.peer_record),
+    ] {
+        eprintln!(
+            "dataplane: paired {name}: {:.4} ± {:.4}",
+            p.ratio.mean, p.ratio.ci95
+        );
+    }
+    Ok(c)
+}
+
+fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<(Vec<CountResult>, Calibration)> {
     let cluster = Cluster::new(&ClusterSpec {
-        pods_per_node: vec![2],
+        pods_per_node: vec![2, 2],
         cloud: false,
         ..Default::default()
     });
-    let node = cluster.node("node1");
-    let client = cluster.pod("n1p1");
-    let server = cluster.pod("n1p2");
-    // Short connections: the client reuses TIME_WAIT ports, the server has room to accept.
-    client.ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
-    client
-        .ns
-        .sysctl("net.ipv4.ip_local_port_range", "1024 60999");
-    server.ns.sysctl("net.core.somaxconn", "4096");
-    server.ns.sysctl("net.ipv4.tcp_max_syn_backlog", "4096");
-    let nginx = nginx(server, workdir)?;
-    let worker = nginx_worker(nginx.pid());
-    let direct = format!("http://{}:8080/", server.ip);
-    let via = format!("http://{TARGET_IP}/");
-    // Extra agent arguments for experiments (`TOLLGATE_BENCH_AGENT_ARGS="--xdp-mode off"`).
-    let extra = std::env::var("TOLLGATE_BENCH_AGENT_ARGS").unwrap_or_default();
-    let extra_args: Vec<&str> = extra.split_whitespace().collect();
+    let mut servers = Vec::new();
+    let mut halves = Vec::new();
+    for node in &cluster.nodes {
+        let (client, server) = (&node.pods[0], &node.pods[1]);
+        // Short connections: the client reuses TIME_WAIT ports, the server has room to accept.
+        client.ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
+        client
+            .ns
+            .sysctl("net.ipv4.ip_local_port_range", "1024 60999");
+        server.ns.sysctl("net.core.somaxconn", "4096");
+        server.ns.sysctl("net.ipv4.tcp_max_syn_backlog", "4096");
+        servers.push(nginx(server, workdir)?);
+        halves.push(Half {
+            node,
+            client,
+            direct: format!("http://{}:8080/", server.ip),
+        });
+    }
+    let Ok(halves) = <[Half<'_>; 2]>::try_from(halves) else {
+        bail!("the test bed has two nodes");
+    };
+    let nginx_ips: Vec<(String, String)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.pods[1].ip.to_string(), n.name.clone()))
+        .collect();
+    let bed = Bed {
+        halves,
+        worker: nginx_worker(servers[0].pid()),
+        via: format!("http://{TARGET_IP}/"),
+        // Extra agent arguments for experiments (`TOLLGATE_BENCH_AGENT_ARGS="--xdp-mode off"`).
+        extra_args: std::env::var("TOLLGATE_BENCH_AGENT_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+    };
+    let extra_args: Vec<&str> = bed.extra_args.iter().map(String::as_str).collect();
+    let (h1, h2) = (&bed.halves[0], &bed.halves[1]);
+    let (client, node) = (h1.client, h1.node);
+    let calibration = calibration(
+        &bed,
+        &cluster.write_manifest(&manifest_objects(1, opts.endpoints, &nginx_ips)),
+        opts,
+    )?;
     let mut results = Vec::new();
     for &count in &opts.counts {
         eprintln!("dataplane: {count} services");
-        let source = cluster.write_manifest(&manifest_objects(
-            count,
-            opts.endpoints,
-            &server.ip.to_string(),
-        ));
+        let source = cluster.write_manifest(&manifest_objects(count, opts.endpoints, &nginx_ips));
         let mut r = CountResult {
             services: count,
             limit: Vec::new(),
             tollgate: Vec::new(),
-            tollgate_no_peer: Vec::new(),
             pod_ip_installed: Vec::new(),
             ratio: Ratio::default(),
-            ratio_no_peer: Ratio::default(),
             ratio_pod_ip: Ratio::default(),
+            paired: Paired::default(),
+            paired_pod_ip: Paired::default(),
             tollgate_p99_ms: 0.0,
             limit_p99_ms: 0.0,
             agent_ready_ms: 0.0,
@@ -532,17 +721,12 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
         };
         let mut ready = Vec::new();
         let mut agent_cpu = Vec::new();
-        let no_peer_args: Vec<&str> = extra_args
-            .iter()
-            .copied()
-            .chain(["--socket-lb-peer=false"])
-            .collect();
         for round in 0..opts.rounds {
             // Every run leaves tens of thousands of TIME_WAIT entries for the same server
             // address behind (Tollgate's socket LB connects to the pod IP, like the limit), so
             // a later run starts with a fuller port space: the order reverses every other
             // round so that no run always pays for it.
-            let mut order = [Run::Limit, Run::Tollgate, Run::NoPeer, Run::PodIp];
+            let mut order = [Run::Limit, Run::Tollgate, Run::PodIp];
             if round % 2 == 1 {
                 order.reverse();
             }
@@ -550,14 +734,14 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             for run in order {
                 cleanup(node)?;
                 let w = match run {
-                    Run::Limit => wrk(client, &direct, opts, worker)?,
+                    Run::Limit => wrk(client, &h1.direct, opts, bed.worker)?,
                     Run::Tollgate => {
                         let start = Instant::now();
                         let mut agent = crate::agent::start_agent(node, &source, &extra_args);
                         ready.push(start.elapsed().as_secs_f64() * 1e3);
                         let cpu = || process_usage_of(agent.pid()).map(|(cpu, _)| cpu);
                         let cpu_before = cpu();
-                        let t = wrk(client, &via, opts, worker)?;
+                        let t = wrk(client, &bed.via, opts, bed.worker)?;
                         if let (Some(a), Some(b)) = (cpu_before, cpu()) {
                             agent_cpu.push(b.saturating_sub(a).as_secs_f64() * 1e3);
                         }
@@ -569,14 +753,9 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
                         agent.terminate();
                         t
                     }
-                    Run::NoPeer | Run::PodIp => {
-                        let (args, url) = if run == Run::NoPeer {
-                            (&no_peer_args, &via)
-                        } else {
-                            (&extra_args, &direct)
-                        };
-                        let mut agent = crate::agent::start_agent(node, &source, args);
-                        let w = wrk(client, url, opts, worker);
+                    Run::PodIp => {
+                        let mut agent = crate::agent::start_agent(node, &source, &extra_args);
+                        let w = wrk(client, &h1.direct, opts, bed.worker);
                         agent.terminate();
                         w?
                     }
@@ -586,12 +765,29 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             let mut take = |run| runs.remove(&run).context("every run ran");
             r.limit.push(take(Run::Limit)?);
             r.tollgate.push(take(Run::Tollgate)?);
-            r.tollgate_no_peer.push(take(Run::NoPeer)?);
             r.pod_ip_installed.push(take(Run::PodIp)?);
         }
-        cleanup(node)?;
+        // Paired: the agent on one node, its client to the ClusterIP and (next round) to the
+        // pod IP, while the other node's client runs the limit; then the other way round.
+        for (a, b) in [(h1, h2), (h2, h1)] {
+            bed.cleanup()?;
+            let mut agent = bed.agent(a, &source, &[]);
+            for _ in 0..opts.pairs {
+                r.paired
+                    .push(wrk_pair((a.client, &bed.via), (b.client, &b.direct), opts)?);
+                r.paired_pod_ip.push(wrk_pair(
+                    (a.client, &a.direct),
+                    (b.client, &b.direct),
+                    opts,
+                )?);
+            }
+            agent.terminate();
+        }
+        r.paired.finish(opts.pairs);
+        r.paired_pod_ip.finish(opts.pairs);
+        bed.cleanup()?;
         let mut agent = crate::agent::start_agent(node, &source, &extra_args);
-        r.programs = program_times(client, &via, opts)?;
+        r.programs = program_times(client, &bed.via, opts)?;
         agent.terminate();
         cleanup(node)?;
         // Each run over the same round's limit.
@@ -604,19 +800,24 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<Vec<CountResult>> {
             Ratio::of(&v)
         };
         r.ratio = ratio(&r.tollgate);
-        r.ratio_no_peer = ratio(&r.tollgate_no_peer);
         r.ratio_pod_ip = ratio(&r.pod_ip_installed);
         r.agent_ready_ms = median(&mut ready);
         r.agent_cpu_during_run_ms = median(&mut agent_cpu);
         r.tollgate_p99_ms = median(&mut r.tollgate.iter().map(|w| w.p99_ms).collect::<Vec<_>>());
         r.limit_p99_ms = median(&mut r.limit.iter().map(|w| w.p99_ms).collect::<Vec<_>>());
         eprintln!(
-            "dataplane: {count} services: {:.3} ± {:.3} of the limit, p99 {:.2} ms (limit {:.2} ms)",
-            r.ratio.mean, r.ratio.ci95, r.tollgate_p99_ms, r.limit_p99_ms
+            "dataplane: {count} services: {:.3} ± {:.3} of the limit, p99 {:.2} ms (limit {:.2} ms); paired {:.4} ± {:.4}",
+            r.ratio.mean,
+            r.ratio.ci95,
+            r.tollgate_p99_ms,
+            r.limit_p99_ms,
+            r.paired.ratio.mean,
+            r.paired.ratio.ci95
         );
         results.push(r);
     }
-    Ok(results)
+    drop(servers);
+    Ok((results, calibration))
 }
 
 /// ENLS + writer in this process, on maps pinned in a test-bed bpffs directory.
@@ -633,7 +834,11 @@ fn programming(opts: &Options, maglev: bool) -> anyhow::Result<Programming> {
     writer.set_maglev(maglev);
     let mut enls = Enls::new(EnlsConfig::new("node1"), EnlsMetrics::detached());
     let mut objects = cluster.base_objects();
-    let mut services_objects = manifest_objects(services, opts.endpoints, "10.244.1.11");
+    let mut services_objects = manifest_objects(
+        services,
+        opts.endpoints,
+        &[("10.244.1.11".to_owned(), "node1".to_owned())],
+    );
     if maglev {
         for (i, o) in services_objects
             .iter_mut()
@@ -756,15 +961,17 @@ pub fn run(opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow::Result<Re
     let workdir: PathBuf =
         std::env::temp_dir().join(format!("tg-bench-dataplane-{}", std::process::id()));
     std::fs::create_dir_all(&workdir)?;
-    let counts = traffic(opts, &workdir);
+    let traffic = traffic(opts, &workdir);
     let _ = std::fs::remove_dir_all(&workdir);
+    let (counts, calibration) = traffic?;
     let report = Report {
         machine: super::machine(),
         commit,
         wrk: wrk_version,
-        counts: counts?,
+        counts,
         programming: programming(opts, false)?,
         programming_maglev: programming(opts, true)?,
+        calibration,
     };
     write(&report, opts, out_dir, markdown)?;
     Ok(report)
@@ -793,10 +1000,16 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
             "fraction of the limit",
             &[
                 series("Tollgate", &|c| c.ratio.mean),
-                series("Tollgate, --socket-lb-peer=false", &|c| {
-                    c.ratio_no_peer.mean
-                }),
                 series("pod IP, Tollgate installed", &|c| c.ratio_pod_ip.mean),
+                series("Tollgate, paired (both nodes at once)", &|c| {
+                    c.paired.ratio.mean
+                }),
+                series("pod IP, Tollgate installed, paired", &|c| {
+                    c.paired_pod_ip.ratio.mean
+                }),
+                series("hooks only (programs return at once), paired", &|_| {
+                    r.calibration.hooks_only.ratio.mean
+                }),
                 series("goal 0.97", &|_| 0.97),
                 series("limit", &|_| 1.0),
             ],
@@ -846,20 +1059,21 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
             .tollgate
             .iter()
             .chain(&c.limit)
-            .chain(&c.tollgate_no_peer)
             .chain(&c.pod_ip_installed)
+            .chain(&c.paired.a)
+            .chain(&c.paired.b)
+            .chain(&c.paired_pod_ip.a)
+            .chain(&c.paired_pod_ip.b)
             .map(|w| w.errors)
             .sum();
         rows.push_str(&format!(
-            "| {} | {:.0} | {:.0} | **{:.3}** ± {:.3} | {:.3} | {:.3} ± {:.3} | {:.3} ± {:.3} | {:.2} ms | {:.2} ms | {} | {:.0} ms | {:.1} MiB | {:.0} ms |\n",
+            "| {} | {:.0} | {:.0} | **{:.3}** ± {:.3} | {:.3} | {:.3} ± {:.3} | {:.2} ms | {:.2} ms | {} | {:.0} ms | {:.1} MiB | {:.0} ms |\n",
             c.services,
             rate(&c.limit),
             rate(&c.tollgate),
             c.ratio.mean,
             c.ratio.ci95,
             c.ratio.lower_median,
-            c.ratio_no_peer.mean,
-            c.ratio_no_peer.ci95,
             c.ratio_pod_ip.mean,
             c.ratio_pod_ip.ci95,
             c.limit_p99_ms,
@@ -868,6 +1082,51 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
             c.agent_ready_ms,
             c.agent_peak_rss_mib,
             c.agent_cpu_during_run_ms,
+        ));
+    }
+    let mut paired_rows = String::new();
+    for c in &r.counts {
+        let (p, q) = (&c.paired, &c.paired_pod_ip);
+        let rate = |v: &[Wrk]| {
+            let mut x: Vec<f64> = v.iter().map(|w| w.requests_per_s).collect();
+            median(&mut x)
+        };
+        paired_rows.push_str(&format!(
+            "| {} | {:.0} | {:.0} | **{:.4}** ± {:.4} | {:.4} / {:.4} | {:.4} ± {:.4} | {:.4} / {:.4} |\n",
+            c.services,
+            rate(&p.b),
+            rate(&p.a),
+            p.ratio.mean,
+            p.ratio.ci95,
+            p.a_on_node1.mean,
+            p.a_on_node2.mean,
+            q.ratio.mean,
+            q.ratio.ci95,
+            q.a_on_node1.mean,
+            q.a_on_node2.mean,
+        ));
+    }
+    let mut calibration_rows = String::new();
+    for (what, meaning, p) in [
+        (
+            "limit / limit",
+            "the method itself, nothing installed on either node: the halves are the nodes' own difference, which the mean over both cancels",
+            &r.calibration.same,
+        ),
+        (
+            "hooks only / limit",
+            "the pod-IP traffic through Tollgate's hooks with programs that return at once: what the kernel's hooks cost by themselves, the floor under any program there",
+            &r.calibration.hooks_only,
+        ),
+        (
+            "peer record on / off",
+            "Tollgate with its defaults over Tollgate with `--socket-lb-peer=false`, both to the ClusterIP: what the getpeername record costs",
+            &r.calibration.peer_record,
+        ),
+    ] {
+        calibration_rows.push_str(&format!(
+            "| {what} | **{:.4}** ± {:.4} | {:.4} / {:.4} | {meaning} |\n",
+            p.ratio.mean, p.ratio.ci95, p.a_on_node1.mean, p.a_on_node2.mean,
         ));
     }
     let mut programs = String::from(
@@ -899,27 +1158,50 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
 
 Measured by `cargo xtask bench dataplane` on {machine} (release build of {commit}). A client pod runs
 `{wrk_version}` with `-t1 -c{conns} -d{dur}s -H 'Connection: close'` (every request a new TCP
-connection) against nginx (1 worker, `return 200`) in a second pod on the same node. Each of
-{rounds} rounds per row measures the **limit** — the same traffic to the pod IP with
-nothing installed (`tollgate cleanup`) — and, with the agent started with that many Services (the
-target plus fillers with {eps} endpoints each), the traffic to the target's **ClusterIP**, once
-with the defaults and once with `--socket-lb-peer=false`, and the limit's own traffic (pod IP,
-no Service) with the agent installed — what Tollgate costs traffic it does not translate. The
-order reverses from round to round (each run leaves its TIME_WAIT entries to the next). Ratio:
-the run's rate over the same round's limit, averaged over the rounds, ± the half-width of the
-95 % confidence interval of that mean (Student's t over the rounds: the per-round ratios scatter
-by 1–5 % depending on the machine's state, and back-to-back runs of the limit alone by about 2 %); the lower median of the per-round ratios, what the
-reports before 2026-12-01 gave, is beside it. wrk and nginx share the 2 cores, so the absolute
-rates are this machine's, not a NIC's. CPU per run (medians over every row, in % of one core):
-wrk {lc:.0} % and nginx {ls:.0} % in the limit runs, {tc:.0} % and {ts:.0} % through Tollgate.
-wrk's share includes the kernel work of its system calls, such as delivering its packets to
-nginx; whichever of the two is near 100 % sets the rate, so on this machine per-connection
-work on that side — connect() and its packets — is what the ratios measure.
+connection) against nginx (1 worker, `return 200`) in a second pod on the same node.
 
-| services | limit req/s | Tollgate req/s | ratio (goal ≥ 0.97) | lower median | ratio, `--socket-lb-peer=false` | pod IP, Tollgate installed | limit p99 | Tollgate p99 | errors | agent start → ready | agent peak RSS | agent CPU during the run |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|
+**Sequential** (node1 only; the issue's measurement as written). Each of {rounds} rounds per
+row measures the **limit** — the same traffic to the pod IP with nothing installed
+(`tollgate cleanup`) — and, with the agent started with that many Services (the target plus
+fillers with {eps} endpoints each), the traffic to the target's **ClusterIP**, and the limit's
+own traffic (pod IP, no Service) with the agent installed — what Tollgate costs traffic it does
+not translate. The order reverses from round to round (each run leaves its TIME_WAIT entries
+to the next). Ratio: the run's rate over the same round's limit, averaged over the rounds, ±
+the half-width of the 95 % confidence interval of that mean (Student's t over the rounds); the
+lower median of the per-round ratios, what the reports before 2026-12-01 gave, is beside it.
+The per-round ratios scatter by 1–5 % depending on the machine's state (back-to-back runs of
+the limit alone differ by about 2 %), so a row resolves ± 2–3 % at best. wrk and nginx share
+the 2 cores, so the absolute rates are this machine's, not a NIC's. CPU per run (medians over
+every row, in % of one core): wrk {lc:.0} % and nginx {ls:.0} % in the limit runs, {tc:.0} %
+and {ts:.0} % through Tollgate. wrk's share includes the kernel work of its system calls, such
+as delivering its packets to nginx; whichever of the two is near 100 % sets the rate, so per-
+connection work on that side — connect() and its packets — is what these ratios measure.
+
+| services | limit req/s | Tollgate req/s | ratio (goal ≥ 0.97) | lower median | pod IP, Tollgate installed | limit p99 | Tollgate p99 | errors | agent start → ready | agent peak RSS | agent CPU during the run |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 ![rate](tests/benchmarks/dataplane-rate.svg)
+
+**Paired** (both nodes at once). Node2 is a copy of node1 (a client pod, an nginx pod; the
+target Service has internalTrafficPolicy Local, so each node's pods reach their own nginx
+through the ClusterIP). Each round runs wrk on both nodes at the same time: on one node through
+Tollgate (agent running there, started with that many Services), on the other node the limit
+(nothing installed there). The machine's state, which moves whole runs by several per cent,
+then hits both arms alike and drops out of their ratio; the per-round ratios scatter by about
+0.5–1 %. Both CPUs are busy, so the ratio is the relative CPU cost of a request with both ends
+of the connection counted, which is stricter than the sequential runs, where wrk's side alone
+sets the rate. {pairs} rounds with the agent on node1, then {pairs} with it on node2 (the columns
+"A on node1 / node2"): the nodes' own difference cancels in the mean over both. Each round
+measures the ClusterIP and, in the next wrk pair, the pod IP through the same agent.
+
+| services | limit req/s (paired) | Tollgate req/s (paired) | Tollgate / limit, paired | A on node1 / node2 | pod IP, Tollgate installed / limit, paired | A on node1 / node2 |
+|---|---|---|---|---|---|---|
+{paired_rows}
+Calibration, paired the same way and measured once (target Service alone):
+
+| arms A / B | ratio | A on node1 / node2 | what it shows |
+|---|---|---|---|
+{calibration_rows}
 ![p99](tests/benchmarks/dataplane-p99.svg)
 
 Programming, in process on real pinned maps (ENLS engine + map writer, {svc} Services × {eps}
@@ -944,26 +1226,23 @@ segments other than a bare SYN) from five header fields and one array slot (`tg_
 their sources never had a per-packet flow), without the full parse or the conntrack lookup
 (≈ 19 ns per run under `BPF_PROG_TEST_RUN`, see "Programs: per-packet cost" below).
 
-Where the rest goes: the two Tollgate columns measure the same since the reverse record
-(what lets getpeername() show the service address, as kube-proxy's DNAT does) moved from
-socket storage into the cookie slots (commit 814967b; it had cost connect4 ≈ 0.45 µs); operators
-who do not need it can still turn it off with `--socket-lb-peer=false`. What is left is the
-column "pod IP, Tollgate installed": traffic that is not translated still passes the connect
-and release hooks and, on every packet from a pod, the pod-side TC program. Measured by hand
-(not by this bench) on 2026-11-30 at 89d5cf4 with `perf record -e cpu-clock -a` (a software clock: this
-VM has no hardware counters) over 20-second runs of this bench's traffic: wrk's thread is the
-bottleneck (≈ 97 % of a core while the machine is ≈ 25 % idle, from `/proc/stat`), and the hooks
-cost it ≈ 0.62–0.65 µs of its ≈ 33 µs per request, ≈ 2 %, the same with and without
-translation: the pod-side TC program ≈ 0.32 µs (most of the ten pod packets are handled on
-wrk's CPU), the release hook with its cgroup wrapper ≈ 0.12–0.14, connect4 with its wrapper
-≈ 0.08–0.12, the TCX hook in the receive path ≈ 0.05–0.08, socket-cookie generation
-≈ 0.03. None of it depends on the number of Services. (The pod-side program's body has since
-shrunk from ≈ 22 to ≈ 18.5 ns per packet under `BPF_PROG_TEST_RUN`, commit dd37fdc: ≈ 0.03 µs
-of those 0.32 per request; the rest is the hook around it.) The ratios measured here sit up to
-≈ 3 % below what that 2 % predicts, and the profile cannot say why: a software clock samples
-nothing while interrupts are off (a quarter of wrk's samples land where they are turned back
-on, mostly around waking the other CPU), so that time is not attributed. Single rounds
-scatter by ±3–5 %, and the limit itself moves by ≈ 10 % between hours of this VM.
+Where the rest goes: the paired tables split it. "hooks only / limit" is what the kernel's
+hooks cost with programs that return at once (the cgroup socket hooks, and TCX on every pod
+packet); the gap from there to "pod IP, Tollgate installed" is what Tollgate's programs cost
+traffic they do not translate (the pod-side TC program on every pod packet, the release hook,
+connect4's frontend lookup); the gap from that to the ClusterIP column is what translating
+adds (the backend choice and the reverse record that lets getpeername() show the service
+address, as kube-proxy's DNAT does; "peer record on / off" is that record's share, and
+operators who do not need it can turn it off with `--socket-lb-peer=false`). None of it depends
+on the number of Services. An older profile, by hand (not by this bench) on 2026-11-30 at
+89d5cf4 with `perf record -e cpu-clock -a` (a software clock: this VM has no hardware counters)
+over 20-second sequential runs: wrk's thread is the bottleneck there (≈ 97 % of a core while
+the machine is ≈ 25 % idle), and the hooks cost it ≈ 0.62–0.65 µs of its ≈ 33 µs per request,
+the same with and without translation: the pod-side TC program ≈ 0.32 µs (most of the ten pod
+packets are handled on wrk's CPU), the release hook with its cgroup wrapper ≈ 0.12–0.14,
+connect4 with its wrapper ≈ 0.08–0.12, the TCX hook in the receive path ≈ 0.05–0.08,
+socket-cookie generation ≈ 0.03. A software clock samples nothing while interrupts are off,
+so such a profile under-counts; the paired runs measure the whole cost instead.
 
 Kernel program time per request, from one more Tollgate run per row with the kernel's BPF
 run-time statistics on (`BPF_ENABLE_STATS`, held only for that run). Each program run then costs
@@ -984,6 +1263,7 @@ Raw data: `tests/benchmarks/dataplane.json`."#,
         conns = opts.connections,
         dur = opts.duration_s,
         rounds = opts.rounds,
+        pairs = opts.pairs,
         eps = opts.endpoints,
         svc = p.services,
         prog = programming_rows(p) + &programming_rows(m),

@@ -3,6 +3,7 @@
 
 pub mod dataplane;
 pub mod enls;
+pub mod floor;
 pub mod metadata;
 pub mod plot;
 pub mod programs;

@@ -43,9 +43,12 @@ enum Suite {
         /// Seconds per wrk run.
         #[arg(long, default_value_t = bench::dataplane::Options::default().duration_s)]
         duration: u64,
-        /// Interleaved limit/Tollgate pairs per service count.
+        /// Sequential rounds (limit, Tollgate, pod IP with Tollgate installed) per service count.
         #[arg(long, default_value_t = bench::dataplane::Options::default().rounds)]
         rounds: usize,
+        /// Paired rounds (both nodes at once) per comparison and orientation.
+        #[arg(long, default_value_t = bench::dataplane::Options::default().pairs)]
+        pairs: usize,
     },
     /// Per-packet cost of the TC and XDP programs (BPF_PROG_TEST_RUN), optionally beside
     /// other builds' kernel objects.
@@ -92,12 +95,14 @@ fn main() -> anyhow::Result<()> {
             services,
             duration,
             rounds,
+            pairs,
         } => {
             tollgate_tests::require_root();
             let opts = bench::dataplane::Options {
                 counts: services,
                 duration_s: duration,
                 rounds,
+                pairs,
                 ..Default::default()
             };
             let report = bench::dataplane::run(&opts, &cli.out, &cli.markdown)?;
