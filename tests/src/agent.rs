@@ -16,6 +16,17 @@ pub fn start_agent(node: &Node, source: &str, extra: &[&str]) -> BgProcess {
 
 /// Like [`start_agent`], waiting for `needle` in the log instead of readiness.
 pub fn start_agent_until(node: &Node, source: &str, extra: &[&str], needle: &str) -> BgProcess {
+    start_agent_from(&tollgate_bin(), node, source, extra, needle)
+}
+
+/// Like [`start_agent_until`], running the agent binary at `bin` (another build, say).
+pub fn start_agent_from(
+    bin: &std::path::Path,
+    node: &Node,
+    source: &str,
+    extra: &[&str],
+    needle: &str,
+) -> BgProcess {
     let cgroup_dir = node
         .cgroup
         .parent()
@@ -31,7 +42,7 @@ pub fn start_agent_until(node: &Node, source: &str, extra: &[&str], needle: &str
         !extra.contains(&"--cgroup"),
         "the test bed chooses the agent's cgroup"
     );
-    let mut cmd = Command::new(tollgate_bin());
+    let mut cmd = Command::new(bin);
     cmd.args(["run", "--node", &node.name, "--source", source])
         .args(["--uplinks", "eth0", "--pod-interfaces", "veth*"])
         .args(["--file-poll-ms", "100"])

@@ -513,6 +513,10 @@ struct Bed<'a> {
     /// node's nginx through it).
     via: String,
     extra_args: Vec<String>,
+    /// The nginx pods' `(address, node)`, for the target's EndpointSlice.
+    nginx: Vec<(String, String)>,
+    /// The nginx processes (stopped when the bed is dropped).
+    _servers: Vec<BgProcess>,
 }
 
 impl Bed<'_> {
@@ -596,45 +600,157 @@ pub struct Calibration {
     pub peer_record: Paired,
 }
 
+/// One arm of a paired comparison: what runs on its node, and where its client sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arm {
+    /// Nothing installed; to the nginx pod's IP.
+    Limit,
+    /// The floor (Tollgate's hooks, programs that return at once); to the pod IP.
+    Floor,
+    /// The agent (this build's, or the binary `bin`) with `args`; to the target's ClusterIP
+    /// (`service`) or to the pod IP.
+    Agent {
+        service: bool,
+        bin: Option<PathBuf>,
+        args: Vec<String>,
+    },
+}
+
+impl std::str::FromStr for Arm {
+    type Err = String;
+
+    /// `limit`, `floor`, or `service` / `pod-ip` followed by `,bin=PATH` and `,arg=ARG`
+    /// (repeatable): `service,bin=/tmp/old-tollgate,arg=--socket-lb-peer=false`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let kind = parts.next().unwrap_or_default();
+        let service = match kind {
+            "limit" | "floor" if s.contains(',') => {
+                return Err(format!("{kind} takes no options: {s:?}"));
+            }
+            "limit" => return Ok(Self::Limit),
+            "floor" => return Ok(Self::Floor),
+            "service" => true,
+            "pod-ip" => false,
+            _ => {
+                return Err(format!(
+                    "{kind:?}: an arm is limit, floor, service or pod-ip"
+                ));
+            }
+        };
+        let (mut bin, mut args) = (None, Vec::new());
+        for part in parts {
+            if let Some(path) = part.strip_prefix("bin=") {
+                bin = Some(PathBuf::from(path));
+            } else if let Some(arg) = part.strip_prefix("arg=") {
+                args.push(arg.to_owned());
+            } else {
+                return Err(format!("{part:?}: expected bin=PATH or arg=ARG"));
+            }
+        }
+        Ok(Self::Agent { service, bin, args })
+    }
+}
+
+/// What an arm left running; dropping it removes it.
+#[derive(Default)]
+struct Installed {
+    _floor: Option<Floor>,
+    _agent: Option<BgProcess>,
+}
+
+impl Bed<'_> {
+    /// Installs `arm` on `half`'s node; returns what runs there and the client's URL.
+    fn install(
+        &self,
+        arm: &Arm,
+        half: &Half<'_>,
+        source: &str,
+    ) -> anyhow::Result<(Installed, String)> {
+        Ok(match arm {
+            Arm::Limit => (Installed::default(), half.direct.clone()),
+            Arm::Floor => (
+                Installed {
+                    _floor: Some(Floor::attach(half.node)?),
+                    _agent: None,
+                },
+                half.direct.clone(),
+            ),
+            Arm::Agent { service, bin, args } => {
+                let args: Vec<&str> = self
+                    .extra_args
+                    .iter()
+                    .chain(args)
+                    .map(String::as_str)
+                    .collect();
+                let bin = bin.clone().unwrap_or_else(tollgate_bin);
+                let agent = crate::agent::start_agent_from(
+                    &bin,
+                    half.node,
+                    source,
+                    &args,
+                    "tollgate ready",
+                );
+                let url = if *service {
+                    self.via.clone()
+                } else {
+                    half.direct.clone()
+                };
+                (
+                    Installed {
+                        _floor: None,
+                        _agent: Some(agent),
+                    },
+                    url,
+                )
+            }
+        })
+    }
+
+    /// Paired rounds of `a` against `b`: `rounds` with `a` on node1, then `rounds` with it on
+    /// node2.
+    fn compare(
+        &self,
+        a: &Arm,
+        b: &Arm,
+        source: &str,
+        rounds: usize,
+        opts: &Options,
+    ) -> anyhow::Result<Paired> {
+        let mut p = Paired::default();
+        let [h1, h2] = &self.halves;
+        for (x, y) in [(h1, h2), (h2, h1)] {
+            self.cleanup()?;
+            let (on_x, url_x) = self.install(a, x, source)?;
+            let (on_y, url_y) = self.install(b, y, source)?;
+            for _ in 0..rounds {
+                p.push(wrk_pair((x.client, &url_x), (y.client, &url_y), opts)?);
+            }
+            drop((on_x, on_y));
+        }
+        self.cleanup()?;
+        p.finish(rounds);
+        Ok(p)
+    }
+}
+
 fn calibration(bed: &Bed<'_>, source: &str, opts: &Options) -> anyhow::Result<Calibration> {
-    let mut c = Calibration::default();
-    let [h1, h2] = &bed.halves;
-    bed.cleanup()?;
-    for (a, b) in [(h1, h2), (h2, h1)] {
-        for _ in 0..opts.pairs {
-            c.same.push(wrk_pair(
-                (a.client, &a.direct),
-                (b.client, &b.direct),
-                opts,
-            )?);
-        }
-    }
-    c.same.finish(opts.pairs);
-    for (a, b) in [(h1, h2), (h2, h1)] {
-        let floor = Floor::attach(a.node)?;
-        for _ in 0..opts.pairs {
-            c.hooks_only.push(wrk_pair(
-                (a.client, &a.direct),
-                (b.client, &b.direct),
-                opts,
-            )?);
-        }
-        drop(floor);
-    }
-    c.hooks_only.finish(opts.pairs);
-    for (a, b) in [(h1, h2), (h2, h1)] {
-        bed.cleanup()?;
-        let mut with = bed.agent(a, source, &[]);
-        let mut without = bed.agent(b, source, &["--socket-lb-peer=false"]);
-        for _ in 0..opts.pairs {
-            c.peer_record
-                .push(wrk_pair((a.client, &bed.via), (b.client, &bed.via), opts)?);
-        }
-        with.terminate();
-        without.terminate();
-    }
-    c.peer_record.finish(opts.pairs);
-    bed.cleanup()?;
+    let service = |args: &[&str]| Arm::Agent {
+        service: true,
+        bin: None,
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+    };
+    let c = Calibration {
+        same: bed.compare(&Arm::Limit, &Arm::Limit, source, opts.pairs, opts)?,
+        hooks_only: bed.compare(&Arm::Floor, &Arm::Limit, source, opts.pairs, opts)?,
+        peer_record: bed.compare(
+            &service(&[]),
+            &service(&["--socket-lb-peer=false"]),
+            source,
+            opts.pairs,
+            opts,
+        )?,
+    };
     for (name, p) in [
         ("limit / limit", &c.same),
         ("hooks only / limit", &c.hooks_only),
@@ -648,12 +764,34 @@ fn calibration(bed: &Bed<'_>, source: &str, opts: &Options) -> anyhow::Result<Ca
     Ok(c)
 }
 
-fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<(Vec<CountResult>, Calibration)> {
+/// `tollgate-bench paired`: arm `a` against arm `b`, paired (see [`Paired`]), with the target
+/// plus `services - 1` fillers; for comparing builds or flags end to end.
+pub fn paired(a: &Arm, b: &Arm, services: usize, opts: &Options) -> anyhow::Result<Paired> {
+    let workdir: PathBuf =
+        std::env::temp_dir().join(format!("tg-bench-paired-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir)?;
     let cluster = Cluster::new(&ClusterSpec {
         pods_per_node: vec![2, 2],
         cloud: false,
         ..Default::default()
     });
+    let result = set_up(&cluster, &workdir).and_then(|bed| {
+        let source =
+            cluster.write_manifest(&manifest_objects(services, opts.endpoints, &bed.nginx));
+        bed.compare(a, b, &source, opts.pairs, opts)
+    });
+    let _ = std::fs::remove_dir_all(&workdir);
+    let p = result?;
+    eprintln!(
+        "paired: {:.4} ± {:.4} (A on node1 {:.4}, on node2 {:.4})",
+        p.ratio.mean, p.ratio.ci95, p.a_on_node1.mean, p.a_on_node2.mean
+    );
+    Ok(p)
+}
+
+/// Sets the test bed up on `cluster` (two nodes of two pods): nginx in each node's second
+/// pod, tuned for short connections.
+fn set_up<'a>(cluster: &'a Cluster, workdir: &Path) -> anyhow::Result<Bed<'a>> {
     let mut servers = Vec::new();
     let mut halves = Vec::new();
     for node in &cluster.nodes {
@@ -675,12 +813,12 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<(Vec<CountResult>, 
     let Ok(halves) = <[Half<'_>; 2]>::try_from(halves) else {
         bail!("the test bed has two nodes");
     };
-    let nginx_ips: Vec<(String, String)> = cluster
-        .nodes
-        .iter()
-        .map(|n| (n.pods[1].ip.to_string(), n.name.clone()))
-        .collect();
     let bed = Bed {
+        nginx: cluster
+            .nodes
+            .iter()
+            .map(|n| (n.pods[1].ip.to_string(), n.name.clone()))
+            .collect(),
         halves,
         worker: nginx_worker(servers[0].pid()),
         via: format!("http://{TARGET_IP}/"),
@@ -690,19 +828,30 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<(Vec<CountResult>, 
             .split_whitespace()
             .map(str::to_owned)
             .collect(),
+        _servers: servers,
     };
+    Ok(bed)
+}
+
+fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<(Vec<CountResult>, Calibration)> {
+    let cluster = Cluster::new(&ClusterSpec {
+        pods_per_node: vec![2, 2],
+        cloud: false,
+        ..Default::default()
+    });
+    let bed = set_up(&cluster, workdir)?;
     let extra_args: Vec<&str> = bed.extra_args.iter().map(String::as_str).collect();
     let (h1, h2) = (&bed.halves[0], &bed.halves[1]);
     let (client, node) = (h1.client, h1.node);
     let calibration = calibration(
         &bed,
-        &cluster.write_manifest(&manifest_objects(1, opts.endpoints, &nginx_ips)),
+        &cluster.write_manifest(&manifest_objects(1, opts.endpoints, &bed.nginx)),
         opts,
     )?;
     let mut results = Vec::new();
     for &count in &opts.counts {
         eprintln!("dataplane: {count} services");
-        let source = cluster.write_manifest(&manifest_objects(count, opts.endpoints, &nginx_ips));
+        let source = cluster.write_manifest(&manifest_objects(count, opts.endpoints, &bed.nginx));
         let mut r = CountResult {
             services: count,
             limit: Vec::new(),
@@ -816,7 +965,6 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<(Vec<CountResult>, 
         );
         results.push(r);
     }
-    drop(servers);
     Ok((results, calibration))
 }
 
@@ -1275,6 +1423,31 @@ Raw data: `tests/benchmarks/dataplane.json`."#,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arms_parse_with_their_binary_and_arguments_and_reject_the_rest() {
+        assert_eq!("limit".parse::<Arm>(), Ok(Arm::Limit));
+        assert_eq!("floor".parse::<Arm>(), Ok(Arm::Floor));
+        assert_eq!(
+            "service,bin=/tmp/t,arg=--socket-lb-peer=false,arg=--xdp-mode=off".parse::<Arm>(),
+            Ok(Arm::Agent {
+                service: true,
+                bin: Some(PathBuf::from("/tmp/t")),
+                args: vec!["--socket-lb-peer=false".into(), "--xdp-mode=off".into()],
+            })
+        );
+        assert_eq!(
+            "pod-ip".parse::<Arm>(),
+            Ok(Arm::Agent {
+                service: false,
+                bin: None,
+                args: vec![],
+            })
+        );
+        for bad in ["", "svc", "limit,arg=x", "service,foo", "pod-ip,bin"] {
+            assert!(bad.parse::<Arm>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn ratio_is_the_mean_with_its_confidence_interval_and_the_lower_median() {

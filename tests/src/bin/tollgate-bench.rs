@@ -50,6 +50,27 @@ enum Suite {
         #[arg(long, default_value_t = bench::dataplane::Options::default().pairs)]
         pairs: usize,
     },
+    /// Two arms at the same time, one on each node, swapped halfway: the ratio of their
+    /// request rates to ± 0.3–0.5 % (e.g. a build against another end to end). Prints the
+    /// result as JSON; writes nothing else.
+    Paired {
+        /// Arm A: `limit`, `floor`, or `service` / `pod-ip` with `,bin=PATH` and `,arg=ARG`
+        /// (repeatable), e.g. `service,bin=/tmp/old/tollgate,arg=--socket-lb-peer=false`.
+        #[arg(long)]
+        a: bench::dataplane::Arm,
+        /// Arm B, as arm A.
+        #[arg(long, default_value = "limit")]
+        b: bench::dataplane::Arm,
+        /// Services (the target plus fillers).
+        #[arg(long, default_value_t = 1)]
+        services: usize,
+        /// Rounds per orientation.
+        #[arg(long, default_value_t = 12)]
+        rounds: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+    },
     /// Per-packet cost of the TC and XDP programs (BPF_PROG_TEST_RUN), optionally beside
     /// other builds' kernel objects.
     Programs {
@@ -107,6 +128,22 @@ fn main() -> anyhow::Result<()> {
             };
             let report = bench::dataplane::run(&opts, &cli.out, &cli.markdown)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Suite::Paired {
+            a,
+            b,
+            services,
+            rounds,
+            duration,
+        } => {
+            tollgate_tests::require_root();
+            let opts = bench::dataplane::Options {
+                duration_s: duration,
+                pairs: rounds,
+                ..Default::default()
+            };
+            let p = bench::dataplane::paired(&a, &b, services, &opts)?;
+            println!("{}", serde_json::to_string_pretty(&p)?);
         }
         Suite::Programs { object, repeat } => {
             tollgate_tests::require_root();
