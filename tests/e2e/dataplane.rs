@@ -1346,18 +1346,7 @@ fn bench_floor_attaches_the_agents_hooks_and_passes_traffic() {
     });
     let node = cluster.node("node1");
     let server = cluster.pod("n1p2");
-    let mut cmd = std::process::Command::new(tollgate_tests::tools::testbed_bin());
-    cmd.args([
-        "serve",
-        "--name",
-        "n1p2",
-        "--tcp",
-        "[::]:8080",
-        "--udp",
-        "[::]:5353",
-    ]);
-    let mut serving = server.spawn("serve", cmd);
-    serving.wait_for_log("serving", Duration::from_secs(5));
+    let _serving = scenario::serve(server, "[::]:8080", "[::]:5353");
     let hooks = || {
         let shown = tollgate_tests::run(
             "bpftool",

@@ -170,19 +170,7 @@ impl Scenario {
         let mut servers = Vec::new();
         for node in &cluster.nodes {
             for pod in &node.pods {
-                let mut cmd = Command::new(testbed_bin());
-                cmd.args([
-                    "serve",
-                    "--name",
-                    &pod.name,
-                    "--tcp",
-                    "[::]:8080,[::]:8081",
-                    "--udp",
-                    "[::]:5353",
-                ]);
-                let mut server = pod.spawn("serve", cmd);
-                server.wait_for_log("serving", Duration::from_secs(5));
-                servers.push(server);
+                servers.push(serve(pod, "[::]:8080,[::]:8081", "[::]:5353"));
             }
         }
         let objects = objects(&cluster);
@@ -372,6 +360,16 @@ impl Default for Scenario {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Starts the test-bed server in `pod` (TCP on `tcp`, UDP on `udp`, comma-separated
+/// addresses; it answers with the pod's name) and waits until it serves.
+pub fn serve(pod: &Pod, tcp: &str, udp: &str) -> BgProcess {
+    let mut cmd = Command::new(testbed_bin());
+    cmd.args(["serve", "--name", &pod.name, "--tcp", tcp, "--udp", udp]);
+    let mut server = pod.spawn("serve", cmd);
+    server.wait_for_log("serving", Duration::from_secs(5));
+    server
 }
 
 /// `ip:port` of a pod's TCP server (8080).

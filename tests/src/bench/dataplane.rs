@@ -495,6 +495,11 @@ fn median(v: &mut [f64]) -> f64 {
     summarize(v).p50
 }
 
+/// The median request rate of some runs.
+fn rate(runs: &[Wrk]) -> f64 {
+    median(&mut runs.iter().map(|w| w.requests_per_s).collect::<Vec<_>>())
+}
+
 /// One node's half of the test bed: a client pod and an nginx pod.
 struct Half<'a> {
     node: &'a crate::Node,
@@ -1199,10 +1204,6 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
     )?;
     let mut rows = String::new();
     for c in &r.counts {
-        let rate = |v: &[Wrk]| {
-            let mut x: Vec<f64> = v.iter().map(|w| w.requests_per_s).collect();
-            median(&mut x)
-        };
         let errors: u64 = c
             .tollgate
             .iter()
@@ -1235,10 +1236,6 @@ fn write(r: &Report, opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow:
     let mut paired_rows = String::new();
     for c in &r.counts {
         let (p, q) = (&c.paired, &c.paired_pod_ip);
-        let rate = |v: &[Wrk]| {
-            let mut x: Vec<f64> = v.iter().map(|w| w.requests_per_s).collect();
-            median(&mut x)
-        };
         paired_rows.push_str(&format!(
             "| {} | {:.0} | {:.0} | **{:.4}** ± {:.4} | {:.4} / {:.4} | {:.4} ± {:.4} | {:.4} / {:.4} |\n",
             c.services,

@@ -112,16 +112,11 @@ fn main() -> anyhow::Result<()> {
     let mut servers: Vec<BgProcess> = Vec::new();
     for node in &cluster.nodes {
         for pod in &node.pods {
-            let mut cmd = Command::new(testbed_bin());
-            cmd.args(["serve", "--name", &pod.name]).args([
-                "--tcp",
+            servers.push(tollgate_tests::scenario::serve(
+                pod,
                 "[::]:8080",
-                "--udp",
                 "[::]:5353",
-            ]);
-            let mut server = pod.spawn("serve", cmd);
-            server.wait_for_log("serving", Duration::from_secs(5));
-            servers.push(server);
+            ));
         }
     }
     println!("every pod serves HTTP on :8080 and UDP on :5353");
