@@ -125,7 +125,8 @@ pub struct Wrk {
     pub p99_ms: f64,
     pub errors: u64,
     pub requests: u64,
-    /// CPU wrk used, in % of one core over the run.
+    /// CPU wrk used, in % of one core over the run (0 when not measured: paired runs, whose
+    /// two wrk processes finish together).
     pub client_cpu_pct: f64,
     /// CPU the nginx worker used, in % of one core over the run (0 when not measured).
     pub server_cpu_pct: f64,
@@ -525,14 +526,23 @@ struct Bed<'a> {
 }
 
 impl Bed<'_> {
-    fn agent(&self, half: &Half<'_>, source: &str, extra: &[&str]) -> BgProcess {
+    /// Starts the agent (`bin`, or this build's) on `half`'s node with the bench's extra
+    /// arguments and `extra`.
+    fn agent(
+        &self,
+        bin: Option<&Path>,
+        half: &Half<'_>,
+        source: &str,
+        extra: &[&str],
+    ) -> BgProcess {
         let args: Vec<&str> = self
             .extra_args
             .iter()
             .map(String::as_str)
             .chain(extra.iter().copied())
             .collect();
-        crate::agent::start_agent(half.node, source, &args)
+        let bin = bin.map_or_else(tollgate_bin, Path::to_path_buf);
+        crate::agent::start_agent_from(&bin, half.node, source, &args, "tollgate ready")
     }
 
     fn cleanup(&self) -> anyhow::Result<()> {
@@ -553,7 +563,12 @@ fn wrk_pair(a: (&Pod, &str), b: (&Pod, &str), opts: &Options) -> anyhow::Result<
             h.join()
                 .map_err(|_| anyhow::anyhow!("a wrk thread panicked"))?
         };
-        Ok((join(ha)?, join(hb)?))
+        // The children's CPU time cannot be told apart between two concurrent wrk runs.
+        let unmeasured = |w: Wrk| Wrk {
+            client_cpu_pct: 0.0,
+            ..w
+        };
+        Ok((unmeasured(join(ha)?), unmeasured(join(hb)?)))
     })
 }
 
@@ -682,20 +697,8 @@ impl Bed<'_> {
                 half.direct.clone(),
             ),
             Arm::Agent { service, bin, args } => {
-                let args: Vec<&str> = self
-                    .extra_args
-                    .iter()
-                    .chain(args)
-                    .map(String::as_str)
-                    .collect();
-                let bin = bin.clone().unwrap_or_else(tollgate_bin);
-                let agent = crate::agent::start_agent_from(
-                    &bin,
-                    half.node,
-                    source,
-                    &args,
-                    "tollgate ready",
-                );
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let agent = self.agent(bin.as_deref(), half, source, &args);
                 let url = if *service {
                     self.via.clone()
                 } else {
@@ -925,7 +928,7 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<(Vec<CountResult>, 
         // pod IP, while the other node's client runs the limit; then the other way round.
         for (a, b) in [(h1, h2), (h2, h1)] {
             bed.cleanup()?;
-            let mut agent = bed.agent(a, &source, &[]);
+            let mut agent = bed.agent(None, a, &source, &[]);
             for _ in 0..opts.pairs {
                 r.paired
                     .push(wrk_pair((a.client, &bed.via), (b.client, &b.direct), opts)?);
