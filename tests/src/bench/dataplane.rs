@@ -1340,7 +1340,11 @@ then hits both arms alike and drops out of their ratio; the per-round ratios sca
 of the connection counted, which is stricter than the sequential runs, where wrk's side alone
 sets the rate. {pairs} rounds with the agent on node1, then {pairs} with it on node2 (the columns
 "A on node1 / node2"): the nodes' own difference cancels in the mean over both. Each round
-measures the ClusterIP and, in the next wrk pair, the pod IP through the same agent.
+measures the ClusterIP and, in the next wrk pair, the pod IP through the same agent. Per arm,
+the paired rates come out higher than a sequential run's, not half of it: a sequential run
+leaves the machine ≈ 25 % idle, and on this VM going idle and being woken again (halt exits,
+interrupts between the CPUs) is probably what costs the difference; with both CPUs always busy
+it goes away.
 
 | services | limit req/s (paired) | Tollgate req/s (paired) | Tollgate / limit, paired | A on node1 / node2 | pod IP, Tollgate installed / limit, paired | A on node1 / node2 |
 |---|---|---|---|---|---|---|
