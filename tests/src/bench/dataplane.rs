@@ -162,10 +162,9 @@ pub struct CountResult {
     pub programs: Vec<ProgramTime>,
 }
 
-/// A run's rate over the same round's limit, over the rounds. The mean is the estimate; the
-/// per-round ratios scatter by 1–5 % (machine noise that pairing within a round does not
-/// remove: back-to-back runs of the limit alone differ by about 2 %), so its 95 % confidence
-/// interval says what a row can resolve.
+/// Per-round ratios (a run's rate over another's), over the rounds. The mean is the estimate;
+/// the rounds scatter (`sd`: machine noise), so its 95 % confidence interval says what a row
+/// can resolve.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Ratio {
     pub mean: f64,
@@ -173,6 +172,8 @@ pub struct Ratio {
     pub ci95: f64,
     /// Lower median of the per-round ratios (the estimate of reports before 2026-12-01).
     pub lower_median: f64,
+    /// Standard deviation of the per-round ratios (0 with fewer than two rounds).
+    pub sd: f64,
 }
 
 impl Ratio {
@@ -182,11 +183,15 @@ impl Ratio {
             return Self::default();
         }
         let mean = per_round.iter().sum::<f64>() / n as f64;
+        let sd = if n < 2 {
+            0.0
+        } else {
+            (per_round.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        };
         let ci95 = if n < 2 {
             f64::INFINITY
         } else {
-            let var = per_round.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-            t975(n - 1) * (var / n as f64).sqrt()
+            t975(n - 1) * sd / (n as f64).sqrt()
         };
         let mut sorted = per_round.to_vec();
         sorted.sort_by(|a, b| a.total_cmp(b));
@@ -194,6 +199,7 @@ impl Ratio {
             mean,
             ci95,
             lower_median: sorted[(n - 1) / 2],
+            sd,
         }
     }
 }
@@ -496,6 +502,18 @@ fn median(v: &mut [f64]) -> f64 {
     summarize(v).p50
 }
 
+/// "lo–hi %": the range of the ratios' per-round standard deviations.
+fn sd_range(ratios: impl Iterator<Item = Ratio>) -> String {
+    let (lo, hi) = ratios.fold((f64::INFINITY, 0.0_f64), |(lo, hi), r| {
+        (lo.min(r.sd), hi.max(r.sd))
+    });
+    if lo.is_finite() {
+        format!("{:.1}–{:.1} %", lo * 100.0, hi * 100.0)
+    } else {
+        "unknown (no rounds)".to_owned()
+    }
+}
+
 /// The median request rate of some runs.
 fn rate(runs: &[Wrk]) -> f64 {
     median(&mut runs.iter().map(|w| w.requests_per_s).collect::<Vec<_>>())
@@ -577,7 +595,8 @@ fn wrk_pair(a: (&Pod, &str), b: (&Pod, &str), opts: &Options) -> anyhow::Result<
 /// have arm A on node1, half on node2, so the nodes' own difference cancels in the mean.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Paired {
-    /// Arm A's rate over arm B's, per round (A on node1 first, then on node2).
+    /// Arm A's rate over arm B's, per round (A on node1 first, then on node2), from `a` and
+    /// `b` (by [`Paired::finish`]).
     pub per_round: Vec<f64>,
     /// Over every round: the estimate.
     pub ratio: Ratio,
@@ -590,14 +609,18 @@ pub struct Paired {
 
 impl Paired {
     fn push(&mut self, (a, b): (Wrk, Wrk)) {
-        self.per_round
-            .push(a.requests_per_s / b.requests_per_s.max(1.0));
         self.a.push(a);
         self.b.push(b);
     }
 
     /// Call after the A-on-node1 rounds (`split` of them) and the A-on-node2 ones.
     fn finish(&mut self, split: usize) {
+        self.per_round = self
+            .a
+            .iter()
+            .zip(&self.b)
+            .map(|(a, b)| a.requests_per_s / b.requests_per_s.max(1.0))
+            .collect();
         self.ratio = Ratio::of(&self.per_round);
         let (first, second) = self.per_round.split_at(split.min(self.per_round.len()));
         self.a_on_node1 = Ratio::of(first);
@@ -848,7 +871,6 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<(Vec<CountResult>, 
         ..Default::default()
     });
     let bed = set_up(&cluster, workdir)?;
-    let extra_args: Vec<&str> = bed.extra_args.iter().map(String::as_str).collect();
     let (h1, h2) = (&bed.halves[0], &bed.halves[1]);
     let (client, node) = (h1.client, h1.node);
     let calibration = calibration(
@@ -894,7 +916,7 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<(Vec<CountResult>, 
                     Run::Limit => wrk(client, &h1.direct, opts, bed.worker)?,
                     Run::Tollgate => {
                         let start = Instant::now();
-                        let mut agent = crate::agent::start_agent(node, &source, &extra_args);
+                        let mut agent = bed.agent(None, h1, &source, &[]);
                         ready.push(start.elapsed().as_secs_f64() * 1e3);
                         let cpu = || process_usage_of(agent.pid()).map(|(cpu, _)| cpu);
                         let cpu_before = cpu();
@@ -911,7 +933,7 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<(Vec<CountResult>, 
                         t
                     }
                     Run::PodIp => {
-                        let mut agent = crate::agent::start_agent(node, &source, &extra_args);
+                        let mut agent = bed.agent(None, h1, &source, &[]);
                         let w = wrk(client, &h1.direct, opts, bed.worker);
                         agent.terminate();
                         w?
@@ -943,7 +965,7 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<(Vec<CountResult>, 
         r.paired.finish(opts.pairs);
         r.paired_pod_ip.finish(opts.pairs);
         bed.cleanup()?;
-        let mut agent = crate::agent::start_agent(node, &source, &extra_args);
+        let mut agent = bed.agent(None, h1, &source, &[]);
         r.programs = program_times(client, &bed.via, opts)?;
         agent.terminate();
         cleanup(node)?;
@@ -1317,8 +1339,9 @@ not translate. The order reverses from round to round (each run leaves its TIME_
 to the next). Ratio: the run's rate over the same round's limit, averaged over the rounds, ±
 the half-width of the 95 % confidence interval of that mean (Student's t over the rounds); the
 lower median of the per-round ratios, what the reports before 2026-12-01 gave, is beside it.
-The per-round ratios scatter by 1–5 % depending on the machine's state (back-to-back runs of
-the limit alone differ by about 2 %), so a row resolves ± 2–3 % at best. wrk and nginx share
+The per-round ratios' standard deviation is {seq_sd} in this run (1–5 % in earlier runs,
+depending on the machine's state; back-to-back runs of the limit alone differ by about 2 %),
+which is what bounds a row's confidence interval. wrk and nginx share
 the 2 cores, so the absolute rates are this machine's, not a NIC's. CPU per run (medians over
 every row, in % of one core): wrk {lc:.0} % and nginx {ls:.0} % in the limit runs, {tc:.0} %
 and {ts:.0} % through Tollgate. wrk's share includes the kernel work of its system calls, such
@@ -1335,14 +1358,14 @@ target Service has internalTrafficPolicy Local, so each node's pods reach their 
 through the ClusterIP). Each round runs wrk on both nodes at the same time: on one node through
 Tollgate (agent running there, started with that many Services), on the other node the limit
 (nothing installed there). The machine's state, which moves whole runs by several per cent,
-then hits both arms alike and drops out of their ratio; the per-round ratios scatter by about
-0.5–1 %. Both CPUs are busy, so the ratio is the relative CPU cost of a request with both ends
+then hits both arms alike and drops out of their ratio: the per-round ratios' standard
+deviation is {paired_sd} in this run (calibration included). Both CPUs are busy, so the ratio is the relative CPU cost of a request with both ends
 of the connection counted, which is stricter than the sequential runs, where wrk's side alone
 sets the rate. {pairs} rounds with the agent on node1, then {pairs} with it on node2 (the columns
 "A on node1 / node2"): the nodes' own difference cancels in the mean over both. Each round
 measures the ClusterIP and, in the next wrk pair, the pod IP through the same agent. Per arm,
-the paired rates come out higher than a sequential run's, not half of it: a sequential run
-leaves the machine ≈ 25 % idle, and on this VM going idle and being woken again (halt exits,
+the paired rates come out higher than a sequential run's, not half of it: in a sequential run
+wrk and nginx together use {busy:.0} % of the two cores' 200 % (limit runs), and on this VM going idle and being woken again (halt exits,
 interrupts between the CPUs) is probably what costs the difference; with both CPUs always busy
 it goes away.
 
@@ -1411,6 +1434,18 @@ Raw data: `tests/benchmarks/dataplane.json`."#,
         ls = cpu(&|c| &c.limit, &|w| w.server_cpu_pct),
         tc = cpu(&|c| &c.tollgate, &|w| w.client_cpu_pct),
         ts = cpu(&|c| &c.tollgate, &|w| w.server_cpu_pct),
+        busy = cpu(&|c| &c.limit, &|w| w.client_cpu_pct + w.server_cpu_pct),
+        seq_sd = sd_range(r.counts.iter().flat_map(|c| [c.ratio, c.ratio_pod_ip])),
+        paired_sd = sd_range(
+            r.counts
+                .iter()
+                .flat_map(|c| [c.paired.ratio, c.paired_pod_ip.ratio])
+                .chain([
+                    r.calibration.same.ratio,
+                    r.calibration.hooks_only.ratio,
+                    r.calibration.peer_record.ratio,
+                ])
+        ),
         wrk_version = if r.wrk.is_empty() { "wrk" } else { &r.wrk },
         conns = opts.connections,
         dur = opts.duration_s,
@@ -1464,6 +1499,7 @@ mod tests {
             r.ci95
         );
         assert!((r.lower_median - 0.98).abs() < 1e-9);
+        assert!((r.sd - 0.016_330).abs() < 1e-6, "{}", r.sd);
         let r = Ratio::of(&[0.95, 0.99]);
         assert!((r.lower_median - 0.95).abs() < 1e-9);
         assert!(Ratio::of(&[0.97]).ci95.is_infinite());
