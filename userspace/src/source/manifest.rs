@@ -50,7 +50,6 @@ fn document_lines(text: &str) -> Vec<usize> {
 fn typed<T: DeserializeOwned>(
     value: serde_json::Value,
     document: usize,
-    line: usize,
     kind: &str,
 ) -> Result<T, ManifestError> {
     let name = value
@@ -60,7 +59,7 @@ fn typed<T: DeserializeOwned>(
         .to_owned();
     serde_json::from_value(value).map_err(|e| ManifestError::Object {
         document,
-        line,
+        line: 0,
         kind: kind.to_owned(),
         name,
         error: e.to_string(),
@@ -84,72 +83,122 @@ fn options(text: &str) -> serde_saphyr::Options {
 }
 
 /// Parses every object of the kinds the ENLS uses. Any error rejects the whole text (the
-/// caller keeps its last good state).
+/// caller keeps its last good state); a syntax error anywhere is reported before an object's.
 pub fn parse(text: &str) -> Result<Vec<Object>, ManifestError> {
-    let docs: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple_with_options(text, options(text))
-            .map_err(|e| ManifestError::Syntax(e.to_string()))?;
-    let lines = document_lines(text);
-    let mut out = Vec::new();
-    for (i, doc) in docs.into_iter().enumerate() {
-        let document = i + 1;
-        let line = lines.get(i).copied().unwrap_or(1);
-        if doc.is_null() {
-            continue;
+    let objects: Objects =
+        serde_saphyr::from_str_multiple_with_options::<serde_json::Value, Objects>(
+            text,
+            options(text),
+        )
+        .map_err(|e| ManifestError::Syntax(e.to_string()))?;
+    match objects.error {
+        Some(mut error) => {
+            let lines = document_lines(text);
+            error.set_line(|document| lines.get(document - 1).copied().unwrap_or(1));
+            Err(error)
         }
-        let kind = doc
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .unwrap_or("")
-            .to_owned();
-        if kind.is_empty() {
-            return Err(ManifestError::Document {
-                document,
-                line,
-                error: "no `kind`".into(),
-            });
+        None => Ok(objects.out),
+    }
+}
+
+impl ManifestError {
+    /// Fills in the first line of the error's document (unknown while the parser streams).
+    fn set_line(&mut self, line_of: impl Fn(usize) -> usize) {
+        match self {
+            Self::Object { document, line, .. } | Self::Document { document, line, .. } => {
+                *line = line_of(*document);
+            }
+            Self::Syntax(_) => {}
         }
-        let items = if kind.ends_with("List") {
-            match doc.get("items") {
-                Some(serde_json::Value::Array(items)) => items.clone(),
+    }
+}
+
+/// The objects of the documents so far, converted one document at a time as the parser
+/// yields it: only one document's tree is in memory at once (all of a 10,000-Service
+/// manifest's trees together took ≈ 200 MB). After the first error the rest is only parsed.
+#[derive(Default)]
+struct Objects {
+    out: Vec<Object>,
+    documents: usize,
+    error: Option<ManifestError>,
+}
+
+impl Extend<serde_json::Value> for Objects {
+    fn extend<I: IntoIterator<Item = serde_json::Value>>(&mut self, docs: I) {
+        for doc in docs {
+            self.documents += 1;
+            if self.error.is_none()
+                && let Err(error) = objects_of(doc, self.documents, &mut self.out)
+            {
+                self.error = Some(error);
+            }
+        }
+    }
+}
+
+/// The objects of one document (one object, or a `List`'s items) into `out`; the error's
+/// line is filled in by [`parse`].
+fn objects_of(
+    doc: serde_json::Value,
+    document: usize,
+    out: &mut Vec<Object>,
+) -> Result<(), ManifestError> {
+    if doc.is_null() {
+        return Ok(());
+    }
+    let kind = doc
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_owned();
+    if kind.is_empty() {
+        return Err(ManifestError::Document {
+            document,
+            line: 0,
+            error: "no `kind`".into(),
+        });
+    }
+    let items = if kind.ends_with("List") {
+        match doc {
+            serde_json::Value::Object(mut map) => match map.remove("items") {
+                Some(serde_json::Value::Array(items)) => items,
                 Some(serde_json::Value::Null) | None => Vec::new(),
                 Some(_) => {
                     return Err(ManifestError::Document {
                         document,
-                        line,
+                        line: 0,
                         error: format!("{kind}.items is not a list"),
                     });
                 }
-            }
-        } else {
-            vec![doc]
-        };
-        let list_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
-        for item in items {
-            let kind = item
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .or(list_kind)
-                .unwrap_or("")
-                .to_owned();
-            let object = match kind.as_str() {
-                "Service" => {
-                    Object::Service(Box::new(typed::<Service>(item, document, line, &kind)?))
-                }
-                "EndpointSlice" => Object::EndpointSlice(Box::new(typed::<EndpointSlice>(
-                    item, document, line, &kind,
-                )?)),
-                "Node" => Object::Node(Box::new(typed::<Node>(item, document, line, &kind)?)),
-                "Pod" => Object::Pod(Box::new(typed::<Pod>(item, document, line, &kind)?)),
-                other => {
-                    tracing::debug!(kind = other, document, "manifest: ignoring kind");
-                    continue;
-                }
-            };
-            out.push(object);
+            },
+            _ => Vec::new(),
         }
+    } else {
+        vec![doc]
+    };
+    let list_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+    for item in items {
+        let kind = item
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .or(list_kind)
+            .unwrap_or("")
+            .to_owned();
+        let object = match kind.as_str() {
+            "Service" => Object::Service(Box::new(typed::<Service>(item, document, &kind)?)),
+            "EndpointSlice" => {
+                Object::EndpointSlice(Box::new(typed::<EndpointSlice>(item, document, &kind)?))
+            }
+            "Node" => Object::Node(Box::new(typed::<Node>(item, document, &kind)?)),
+            "Pod" => Object::Pod(Box::new(typed::<Pod>(item, document, &kind)?)),
+            other => {
+                tracing::debug!(kind = other, document, "manifest: ignoring kind");
+                continue;
+            }
+        };
+        out.push(object);
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -225,5 +274,14 @@ items:
             err.contains("line"),
             "syntax errors carry a position: {err}"
         );
+
+        // Documents are converted as they are parsed: an object's error in document 1 still
+        // gives way to a syntax error further on, and the third document's line is its own.
+        let text = "kind: Service\nmetadata: {name: a}\nspec: {ports: [{port: eighty}]}\n---\nkind: [unclosed\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("not valid YAML"), "{err}");
+        let text = "kind: ServiceList\nitems: []\n---\n# two\nkind: Pod\nmetadata: {name: p}\n---\nkind: Node\nmetadata: {name: [n]}\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("document 3 (from line 8)"), "{err}");
     }
 }
