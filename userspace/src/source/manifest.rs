@@ -29,20 +29,34 @@ pub enum ManifestError {
     },
 }
 
-/// First line (1-based) of each YAML document in `text`.
+/// First line (1-based) of each YAML document in `text` that has content: the parser yields
+/// only those (it skips empty documents), so the n-th of them is the parser's n-th. A document
+/// starts on the line after its `---`, or on that line when content follows the marker.
 fn document_lines(text: &str) -> Vec<usize> {
-    let mut starts = vec![1];
-    let mut first_content_seen = false;
+    let mut starts = Vec::new();
+    let mut start = 1;
+    let mut has_content = false;
     for (i, line) in text.lines().enumerate() {
-        if line.starts_with("---") {
-            if first_content_seen {
-                starts.push(i + 2);
-            } else {
-                starts[0] = i + 2;
+        let after_marker = line
+            .strip_prefix("---")
+            .filter(|rest| rest.is_empty() || rest.starts_with([' ', '\t']));
+        if after_marker.is_some() {
+            if has_content {
+                starts.push(start);
             }
-        } else if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
-            first_content_seen = true;
+            start = i + 2;
+            has_content = false;
         }
+        let content = after_marker.unwrap_or(line).trim();
+        if !has_content && !content.is_empty() && !content.starts_with('#') {
+            has_content = true;
+            if after_marker.is_some() {
+                start = i + 1;
+            }
+        }
+    }
+    if has_content {
+        starts.push(start);
     }
     starts
 }
@@ -283,5 +297,15 @@ items:
         let text = "kind: ServiceList\nitems: []\n---\n# two\nkind: Pod\nmetadata: {name: p}\n---\nkind: Node\nmetadata: {name: [n]}\n";
         let err = parse(text).unwrap_err().to_string();
         assert!(err.contains("document 3 (from line 8)"), "{err}");
+
+        // Empty documents (which the parser skips) do not shift the count or the line; nor
+        // does content on a marker's line.
+        let text = "kind: Service\nmetadata: {name: a}\n---\n---\n# empty\n---\nkind: Service\nmetadata: {name: b}\nspec: {ports: [{port: eighty}]}\n--- {kind: Service, metadata: {name: c}, spec: {ports: [{port: x}]}}\n";
+        assert_eq!(document_lines(text), [1, 7, 10]);
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("document 2 (from line 7)"), "{err}");
+        let text = "kind: Service\nmetadata: {name: a}\n--- {kind: Service, metadata: {name: c}, spec: {ports: [{port: x}]}}\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("document 2 (from line 3)"), "{err}");
     }
 }
