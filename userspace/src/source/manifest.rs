@@ -29,35 +29,47 @@ pub enum ManifestError {
     },
 }
 
-/// First line (1-based) of each YAML document in `text` that has content: the parser yields
-/// only those (it skips empty documents), so the n-th of them is the parser's n-th. A document
-/// starts on the line after its `---`, or on that line when content follows the marker.
+/// First line (1-based) of each YAML document in `text` that the parser yields: it skips
+/// empty documents and those that are only a null (`~`, `null`), so the n-th here is the
+/// parser's n-th. A document starts on the line after its `---`, or on that line when content
+/// follows the marker.
 fn document_lines(text: &str) -> Vec<usize> {
     let mut starts = Vec::new();
     let mut start = 1;
-    let mut has_content = false;
+    // The document's content lines so far, and whether the only one is a null.
+    let mut content_lines = 0;
+    let mut only_null = false;
+    let mut close = |start: usize, content_lines: usize, only_null: bool| {
+        if content_lines > 1 || (content_lines == 1 && !only_null) {
+            starts.push(start);
+        }
+    };
     for (i, line) in text.lines().enumerate() {
         let after_marker = line
             .strip_prefix("---")
             .filter(|rest| rest.is_empty() || rest.starts_with([' ', '\t']));
         if after_marker.is_some() {
-            if has_content {
-                starts.push(start);
-            }
+            close(start, content_lines, only_null);
             start = i + 2;
-            has_content = false;
+            content_lines = 0;
         }
-        let content = after_marker.unwrap_or(line).trim();
-        if !has_content && !content.is_empty() && !content.starts_with('#') {
-            has_content = true;
+        let content = after_marker.unwrap_or(line);
+        let content = content
+            .split_once(" #")
+            .map_or(content, |(before, _)| before)
+            .trim();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        if content_lines == 0 {
+            only_null = matches!(content, "~" | "null" | "Null" | "NULL");
             if after_marker.is_some() {
                 start = i + 1;
             }
         }
+        content_lines += 1;
     }
-    if has_content {
-        starts.push(start);
-    }
+    close(start, content_lines, only_null);
     starts
 }
 
@@ -302,6 +314,10 @@ items:
         // does content on a marker's line.
         let text = "kind: Service\nmetadata: {name: a}\n---\n---\n# empty\n---\nkind: Service\nmetadata: {name: b}\nspec: {ports: [{port: eighty}]}\n--- {kind: Service, metadata: {name: c}, spec: {ports: [{port: x}]}}\n";
         assert_eq!(document_lines(text), [1, 7, 10]);
+        let text = "kind: Service\nmetadata: {name: a}\n--- ~\n---\nnull # none\n---\nkind: Service\nmetadata: {name: b}\nspec: {ports: [{port: eighty}]}\n";
+        assert_eq!(document_lines(text), [1, 7]);
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("document 2 (from line 7)"), "{err}");
         let err = parse(text).unwrap_err().to_string();
         assert!(err.contains("document 2 (from line 7)"), "{err}");
         let text = "kind: Service\nmetadata: {name: a}\n--- {kind: Service, metadata: {name: c}, spec: {ports: [{port: x}]}}\n";
