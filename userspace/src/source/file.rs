@@ -52,7 +52,15 @@ pub fn start(path: PathBuf, poll: Duration, tx: mpsc::Sender<SourceEvent>) -> Jo
             let current = stamp(&path).ok();
             if current.is_none() || current != last_stamp {
                 last_stamp = current;
-                match load(&path) {
+                // Off the runtime's threads: a cluster-sized file takes seconds to parse, and
+                // the agent's other tasks (health, metrics, the metadata proxy) share them.
+                let loaded = {
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || load(&path))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("reading failed: {e}")))
+                };
+                match loaded {
                     Ok((hash, events)) => {
                         last_error = None;
                         if last_hash != Some(hash) {
@@ -84,4 +92,68 @@ pub fn start(path: PathBuf, poll: Duration, tx: mpsc::Sender<SourceEvent>) -> Jo
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt as _, sync::mpsc as std_mpsc};
+
+    use super::*;
+
+    /// The file is read and parsed off the runtime's thread. The proof is a FIFO, whose read
+    /// waits for its writer, and a writer that starts only when a task on the runtime (a
+    /// current-thread runtime: one thread) gets to run. A read on the runtime's thread would
+    /// never let that task run.
+    #[test]
+    fn the_file_is_read_off_the_runtime_thread() {
+        let dir = std::env::temp_dir().join(format!("tollgate-file-src-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("manifest.yaml");
+        let _ = std::fs::remove_file(&fifo);
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+
+        let (go_tx, go_rx) = std_mpsc::channel::<()>();
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                if go_rx.recv().is_ok() {
+                    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: d}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n";
+                    std::fs::write(&fifo, text).unwrap();
+                }
+            })
+        };
+        let (done_tx, done_rx) = std_mpsc::channel();
+        let scenario = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let events = rt.block_on(async move {
+                let (tx, mut rx) = mpsc::channel(64);
+                let _source = start(fifo, Duration::from_secs(3600), tx);
+                // The source's first poll starts the read; only then may the writer go.
+                tokio::task::yield_now().await;
+                tokio::spawn(async move { go_tx.send(()) });
+                let mut applied = 0;
+                while let Some(event) = rx.recv().await {
+                    match event {
+                        SourceEvent::Apply(_) => applied += 1,
+                        SourceEvent::ListDone(_) if applied > 0 => break,
+                        _ => {}
+                    }
+                }
+                applied
+            });
+            let _ = done_tx.send(events);
+        });
+        let applied = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the runtime's only thread was blocked by the file read");
+        assert_eq!(applied, 1);
+        scenario.join().unwrap();
+        writer.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
