@@ -185,19 +185,17 @@ fn objects_of(
         });
     }
     let items = if kind.ends_with("List") {
-        match doc {
-            serde_json::Value::Object(mut map) => match map.remove("items") {
-                Some(serde_json::Value::Array(items)) => items,
-                Some(serde_json::Value::Null) | None => Vec::new(),
-                Some(_) => {
-                    return Err(ManifestError::Document {
-                        document,
-                        line: 0,
-                        error: format!("{kind}.items is not a list"),
-                    });
-                }
-            },
-            _ => Vec::new(),
+        let mut doc = doc;
+        match doc.get_mut("items").map(serde_json::Value::take) {
+            Some(serde_json::Value::Array(items)) => items,
+            Some(serde_json::Value::Null) | None => Vec::new(),
+            Some(_) => {
+                return Err(ManifestError::Document {
+                    document,
+                    line: 0,
+                    error: format!("{kind}.items is not a list"),
+                });
+            }
         }
     } else {
         vec![doc]
@@ -314,10 +312,17 @@ items:
         // does content on a marker's line.
         let text = "kind: Service\nmetadata: {name: a}\n---\n---\n# empty\n---\nkind: Service\nmetadata: {name: b}\nspec: {ports: [{port: eighty}]}\n--- {kind: Service, metadata: {name: c}, spec: {ports: [{port: x}]}}\n";
         assert_eq!(document_lines(text), [1, 7, 10]);
-        let text = "kind: Service\nmetadata: {name: a}\n--- ~\n---\nnull # none\n---\nkind: Service\nmetadata: {name: b}\nspec: {ports: [{port: eighty}]}\n";
-        assert_eq!(document_lines(text), [1, 7]);
         let err = parse(text).unwrap_err().to_string();
         assert!(err.contains("document 2 (from line 7)"), "{err}");
+        let text = "kind: Service\nmetadata: {name: a}\n---\nkind: PodList\nitems: {a: 1}\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains("document 2 (from line 4): PodList.items is not a list"),
+            "{err}"
+        );
+        // Nor do documents that are only a null, which the parser skips too.
+        let text = "kind: Service\nmetadata: {name: a}\n--- ~\n---\nnull # none\n---\nkind: Service\nmetadata: {name: b}\nspec: {ports: [{port: eighty}]}\n";
+        assert_eq!(document_lines(text), [1, 7]);
         let err = parse(text).unwrap_err().to_string();
         assert!(err.contains("document 2 (from line 7)"), "{err}");
         let text = "kind: Service\nmetadata: {name: a}\n--- {kind: Service, metadata: {name: c}, spec: {ports: [{port: x}]}}\n";
