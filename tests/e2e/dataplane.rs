@@ -1411,3 +1411,87 @@ fn bench_floor_attaches_the_agents_hooks_and_passes_traffic() {
         hooks().is_empty().then_some(())
     });
 }
+
+/// The programmer writes the maps on a thread of its own: a complete state is programmed while
+/// the runtime's only thread is held by a task that never yields (with programming as a task
+/// on the runtime, nothing would be written and this times out).
+#[test]
+fn the_programmer_writes_the_maps_off_the_runtime_threads() {
+    use std::{sync::Arc, time::Instant};
+    use tollgate::{
+        admin::Health,
+        dataplane::{
+            Dataplane,
+            lbmaps::LbMaps,
+            program::{DataplaneMetrics, NodeSettings, Programmer},
+            writer::Writer,
+        },
+        enls::{
+            Enls, EnlsConfig, Object, SourceEvent,
+            ingest::Kind,
+            metrics::{EnlsMetrics, ProgrammingMetrics},
+        },
+    };
+    let prefix = tollgate_tests::Prefix::new();
+    let bpffs = tollgate_tests::BpffsDir::new(&prefix.child("programmer"));
+    let dp = Dataplane::load(bpffs.path(), &Default::default()).unwrap();
+    let mut enls = Enls::new(EnlsConfig::new("node1"), EnlsMetrics::detached());
+    for k in Kind::ALL {
+        enls.handle(SourceEvent::ListBegin(k));
+    }
+    let service = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.7.7", "ports": [{"port": 80}]}
+    });
+    enls.handle(SourceEvent::Apply(Object::Service(Box::new(
+        serde_json::from_value(service).unwrap(),
+    ))));
+    for k in Kind::ALL {
+        enls.handle(SourceEvent::ListDone(k));
+    }
+    let update = enls.sync().expect("a complete state");
+    assert!(update.initial && update.services.len() == 1, "{update:?}");
+
+    let health = Health::detached(Duration::from_secs(60));
+    let (purges, _purge_rx) = tokio::sync::mpsc::unbounded_channel();
+    let programmer = Programmer {
+        writer: Writer::new(LbMaps::open(dp.pins()).unwrap()),
+        settings: NodeSettings {
+            host_netns_cookie: 0,
+            snat_ports: (30_000, 31_000),
+            uplink_addresses: vec![],
+            metadata: None,
+            tcp_peer: true,
+        },
+        health,
+        programming: ProgrammingMetrics::detached(),
+        metrics: DataplaneMetrics::detached(),
+        purges,
+    };
+    let maps = LbMaps::open(dp.pins()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let stopped = programmer.spawn(rx, "(test)".into()).unwrap();
+        tx.send(Arc::new(update)).await.unwrap();
+        // Hold the runtime's only thread, without an await, until the service is written.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while maps.svc.keys().count() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "nothing programmed while the runtime's only thread was held"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The programmer stops when the ENLS does.
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(30), stopped)
+            .await
+            .expect("the programmer stops when its updates end")
+            .unwrap_err();
+    });
+}

@@ -63,6 +63,11 @@ impl Health {
         h
     }
 
+    /// Not registered anywhere (tests, tools).
+    pub fn detached(timeout: Duration) -> Self {
+        Self::register(&mut Registry::default(), timeout)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

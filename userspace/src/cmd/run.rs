@@ -1,7 +1,7 @@
 //! `tollgate run`: the node agent.
 //!
 //! ```text
-//! source ──events──▶ ENLS ──updates──▶ programmer (maps) ──purges──▶ purge task
+//! source ──events──▶ ENLS ──updates──▶ programmer (maps; own thread) ──purges──▶ purge task
 //!                      └── status ──▶ admin (/metrics, /healthz, /livez), --stats
 //! interfaces (rtnetlink) ──▶ attach TC to pod-facing interfaces as they appear
 //! ```
@@ -393,10 +393,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     // A failed watch drops the sender (and has logged why): go on without it.
     let _ = listed_rx.await;
-    let programming_task = tokio::spawn(programmer.run(updates_rx, note));
+    let programmer_stopped = programmer
+        .spawn(updates_rx, note)
+        .context("starting the programmer thread")?;
     tokio::select! {
         r = crate::signals::terminated() => r?,
-        _ = programming_task => bail!("the node-local state stopped"),
+        _ = programmer_stopped => bail!("the node-local state stopped"),
     }
     drop(attacher);
     tracing::info!("terminating; programs stay attached through their pinned links");

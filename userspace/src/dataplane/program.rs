@@ -1,5 +1,5 @@
-//! The task that programs ENLS updates into the maps, keeps the node-wide config entry right,
-//! reports health and metrics, and hands stale flows to the purge task.
+//! The programmer: programs ENLS updates into the maps on its own thread, keeps the node-wide
+//! config entry right, reports health and metrics, and hands stale flows to the purge task.
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Instant};
 
@@ -7,7 +7,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tollgate_common::lb::{config::Config, md_mode};
 
 use super::{
@@ -211,8 +211,29 @@ pub struct Programmer {
 }
 
 impl Programmer {
+    /// Programs updates on a thread of its own until the ENLS stops (the receiver completes
+    /// then, or if programming panicked). Map writes are blocking system calls, and a
+    /// complete state takes from tenths of a second (10,000 Services) to over a second (with
+    /// Maglev tables): on a thread of its own that never holds up the runtime's threads, which
+    /// health, metrics and the metadata proxy share.
+    pub fn spawn(
+        self,
+        updates: mpsc::Receiver<Arc<Update>>,
+        ready_note: String,
+    ) -> std::io::Result<oneshot::Receiver<()>> {
+        let (stopped_tx, stopped_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("tg-programmer".into())
+            .spawn(move || {
+                // Dropped when the loop ends, also by a panic: the receiver then completes.
+                let _stopped = stopped_tx;
+                self.run(updates, ready_note);
+            })?;
+        Ok(stopped_rx)
+    }
+
     /// Programs updates until the ENLS stops. Logs "tollgate ready" after the first one.
-    pub async fn run(mut self, mut updates: mpsc::Receiver<Arc<Update>>, ready_note: String) {
+    fn run(mut self, mut updates: mpsc::Receiver<Arc<Update>>, ready_note: String) {
         let mut node: Option<NodeInfo> = None;
         let mut ready = false;
         // Services whose latest state could not be written (a full map): they keep their
@@ -220,7 +241,7 @@ impl Programmer {
         // service's removal is used without waiting for this one to change.
         let mut pending: BTreeMap<ObjKey, ServiceChange> = BTreeMap::new();
         self.writer.adopt();
-        while let Some(update) = updates.recv().await {
+        while let Some(update) = updates.blocking_recv() {
             let start = Instant::now();
             if let Some(n) = &update.node {
                 self.writer.set_node(n);
