@@ -159,3 +159,60 @@ fn reloads_on_change_and_keeps_the_last_good_state_on_errors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `tollgate enls` without `--watch`: the whole state once, as the watch's first update has
+/// it; a file that does not parse is an error that says where, and a missing one says so.
+#[test]
+fn prints_the_state_once_and_refuses_a_broken_file() {
+    let dir = std::env::temp_dir().join(format!("tg-file-once-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cluster.yaml");
+    let once = |path: &std::path::Path| {
+        Command::new(tollgate_bin())
+            .args(["enls", "--node", "node1", "--source"])
+            .arg(format!("file:{}", path.display()))
+            .output()
+            .unwrap()
+    };
+    write(&path, &manifest(&["10.244.2.11"]));
+    let out = once(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state["node"], "node1");
+    assert_eq!(state["revision"], 1);
+    assert_eq!(
+        state["node_info"]["addresses"],
+        serde_json::json!(["192.168.77.11"]),
+        "{state}"
+    );
+    let services = state["services"].as_array().unwrap();
+    let names: Vec<&str> = services
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["db", "web"], "{state}");
+    assert_eq!(
+        services[1]["ports"][0]["internal_endpoints"],
+        serde_json::json!(["10.244.2.11:8080"])
+    );
+
+    write(
+        &path,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web\n",
+    );
+    let out = once(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a broken file is an error");
+    assert!(
+        stderr.contains(&path.display().to_string()) && stderr.contains("line"),
+        "the error names the file and where: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing printed");
+
+    let out = once(&dir.join("missing.yaml"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot read"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -44,11 +44,24 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    // A file that does not parse is an error here (there is no last good state to keep).
+    // A file printed once is read and parsed once, here, and fed to the engine directly; a
+    // file that does not parse is an error (there is no last good state to keep).
     if let SourceSpec::File(path) = &args.enls.source
         && !args.watch
     {
-        source::file::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let path = path.clone();
+        let (_, events) = tokio::task::spawn_blocking(move || {
+            source::file::load(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        })
+        .await??;
+        let mut engine = Enls::new(args.enls.enls_config(), EnlsMetrics::detached());
+        for event in events {
+            engine.handle(event);
+        }
+        let first = engine
+            .sync()
+            .context("the manifest did not give a complete state")?;
+        return print_snapshot(&args.enls.node, &first);
     }
     let engine = Enls::new(args.enls.enls_config(), EnlsMetrics::detached());
     let (events_tx, events_rx) = mpsc::channel(256);
@@ -73,19 +86,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("the source stopped before the state was complete");
     };
     if !args.watch {
-        // The first update carries every service; print the full snapshot.
-        let mut snapshot = json!({
-            "node": args.enls.node,
-            "revision": first.revision,
-            "services": first.services.iter().filter_map(|c| c.new.clone()).collect::<Vec<_>>(),
-            "pods": first.pods.iter().filter_map(|c| c.new.clone()).collect::<Vec<_>>(),
-        });
-        if let Some(node) = &first.node {
-            snapshot["node_info"] = serde_json::to_value(node)?;
-        }
-        println!("{}", serde_json::to_string_pretty(&snapshot)?);
         engine_task.abort();
-        return Ok(());
+        return print_snapshot(&args.enls.node, &first);
     }
     let programming = ProgrammingMetrics::detached();
     let mut next = Some(first);
@@ -108,6 +110,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ = crate::signals::terminated() => None,
         };
     }
+    Ok(())
+}
+
+/// The full state of the first update (it carries every service), pretty-printed.
+fn print_snapshot(node: &str, first: &Update) -> anyhow::Result<()> {
+    let mut snapshot = json!({
+        "node": node,
+        "revision": first.revision,
+        "services": first.services.iter().filter_map(|c| c.new.clone()).collect::<Vec<_>>(),
+        "pods": first.pods.iter().filter_map(|c| c.new.clone()).collect::<Vec<_>>(),
+    });
+    if let Some(info) = &first.node {
+        snapshot["node_info"] = serde_json::to_value(info)?;
+    }
+    println!("{}", serde_json::to_string_pretty(&snapshot)?);
     Ok(())
 }
 
