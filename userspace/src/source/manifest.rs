@@ -73,23 +73,52 @@ fn document_lines(text: &str) -> Vec<usize> {
     starts
 }
 
-fn typed<T: DeserializeOwned>(
-    value: serde_json::Value,
-    document: usize,
-    kind: &str,
-) -> Result<T, ManifestError> {
+/// An object that did not convert: its kind, name and the reason (the document and line are
+/// added by [`objects_of`] and [`parse`]).
+#[derive(Debug)]
+struct ItemError {
+    kind: String,
+    name: String,
+    error: String,
+}
+
+impl ItemError {
+    fn at(self, document: usize) -> ManifestError {
+        ManifestError::Object {
+            document,
+            line: 0,
+            kind: self.kind,
+            name: self.name,
+            error: self.error,
+        }
+    }
+}
+
+fn typed<T: DeserializeOwned>(value: serde_json::Value, kind: &str) -> Result<T, ItemError> {
     let name = value
         .pointer("/metadata/name")
         .and_then(|n| n.as_str())
         .unwrap_or("")
         .to_owned();
-    serde_json::from_value(value).map_err(|e| ManifestError::Object {
-        document,
-        line: 0,
+    serde_json::from_value(value).map_err(|e| ItemError {
         kind: kind.to_owned(),
         name,
         error: e.to_string(),
     })
+}
+
+/// One object of `kind`; `None` for kinds the ENLS does not use.
+fn convert(item: serde_json::Value, kind: &str) -> Result<Option<Object>, ItemError> {
+    Ok(Some(match kind {
+        "Service" => Object::Service(Box::new(typed::<Service>(item, kind)?)),
+        "EndpointSlice" => Object::EndpointSlice(Box::new(typed::<EndpointSlice>(item, kind)?)),
+        "Node" => Object::Node(Box::new(typed::<Node>(item, kind)?)),
+        "Pod" => Object::Pod(Box::new(typed::<Pod>(item, kind)?)),
+        other => {
+            tracing::debug!(kind = other, "manifest: ignoring kind");
+            return Ok(None);
+        }
+    }))
 }
 
 /// The parser's budget, scaled to the input: a cluster's worth of objects (10,000 Services
@@ -115,11 +144,8 @@ pub fn parse(text: &str) -> Result<Vec<Object>, ManifestError> {
         return parsed;
     }
     let objects: Objects =
-        serde_saphyr::from_str_multiple_with_options::<serde_json::Value, Objects>(
-            text,
-            options(text),
-        )
-        .map_err(|e| ManifestError::Syntax(e.to_string()))?;
+        serde_saphyr::from_str_multiple_with_options::<Doc, Objects>(text, options(text))
+            .map_err(|e| ManifestError::Syntax(e.to_string()))?;
     match objects.error {
         Some(mut error) => {
             let lines = document_lines(text);
@@ -141,7 +167,7 @@ fn parse_json(text: &str) -> Option<Result<Vec<Object>, ManifestError>> {
     }
     let mut objects = Objects::default();
     let mut starts = Vec::new();
-    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Doc>();
     loop {
         let from = stream.byte_offset();
         match stream.next() {
@@ -180,8 +206,9 @@ impl ManifestError {
 }
 
 /// The objects of the documents so far, converted one document at a time as the parser
-/// yields it: only one document's tree is in memory at once (all of a 10,000-Service
-/// manifest's trees together took ≈ 200 MB). After the first error the rest is only parsed.
+/// yields it, and a `List`'s items one at a time (see [`Doc`]): only one object's tree is in
+/// memory at once (all of a 10,000-Service manifest's trees together took ≈ 200 MB, and the
+/// allocator kept most of it). After the first error the rest is only parsed.
 #[derive(Default)]
 struct Objects {
     out: Vec<Object>,
@@ -189,8 +216,8 @@ struct Objects {
     error: Option<ManifestError>,
 }
 
-impl Extend<serde_json::Value> for Objects {
-    fn extend<I: IntoIterator<Item = serde_json::Value>>(&mut self, docs: I) {
+impl Extend<Doc> for Objects {
+    fn extend<I: IntoIterator<Item = Doc>>(&mut self, docs: I) {
         for doc in docs {
             self.documents += 1;
             if self.error.is_none()
@@ -202,65 +229,187 @@ impl Extend<serde_json::Value> for Objects {
     }
 }
 
-/// The objects of one document (one object, or a `List`'s items) into `out`; the error's
-/// line is filled in by [`parse`].
-fn objects_of(
-    doc: serde_json::Value,
-    document: usize,
-    out: &mut Vec<Object>,
-) -> Result<(), ManifestError> {
-    if doc.is_null() {
-        return Ok(());
-    }
-    let kind = doc
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .unwrap_or("")
-        .to_owned();
-    if kind.is_empty() {
-        return Err(ManifestError::Document {
-            document,
-            line: 0,
-            error: "no `kind`".into(),
-        });
-    }
-    let items = if kind.ends_with("List") {
-        let mut doc = doc;
-        match doc.get_mut("items").map(serde_json::Value::take) {
-            Some(serde_json::Value::Array(items)) => items,
-            Some(serde_json::Value::Null) | None => Vec::new(),
-            Some(_) => {
-                return Err(ManifestError::Document {
-                    document,
-                    line: 0,
-                    error: format!("{kind}.items is not a list"),
-                });
+/// One document. A mapping keeps its fields as a tree, except `items`, whose elements are
+/// converted as they are parsed when they name their kind (as in `kubectl get -o json`);
+/// whether they are used is decided at the end, when the document's own kind is known (a
+/// mapping's keys come in any order, and kubectl prints `items` before `kind`).
+enum Doc {
+    Null,
+    /// A scalar or a sequence.
+    NotAMapping,
+    Mapping {
+        fields: serde_json::Map<String, serde_json::Value>,
+        items: Option<Items>,
+    },
+}
+
+enum Items {
+    List(Vec<Item>),
+    NotAList,
+}
+
+enum Item {
+    /// An element with its own `kind`, converted while parsing (`None`: a kind not used).
+    Converted(Result<Option<Object>, ItemError>),
+    /// An element without one (a typed list's, such as `ServiceList`): converted at the end.
+    Untyped(serde_json::Value),
+}
+
+impl<'de> serde::Deserialize<'de> for Doc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Doc;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a Kubernetes object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Doc, A::Error> {
+                let mut fields = serde_json::Map::new();
+                let mut items = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "items" {
+                        items = Some(map.next_value::<Items>()?);
+                    } else {
+                        fields.insert(key, map.next_value()?);
+                    }
+                }
+                Ok(Doc::Mapping { fields, items })
+            }
+            fn visit_unit<E>(self) -> Result<Doc, E> {
+                Ok(Doc::Null)
+            }
+            fn visit_none<E>(self) -> Result<Doc, E> {
+                Ok(Doc::Null)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Doc, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Doc::NotAMapping)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Doc, E> {
+                Ok(Doc::NotAMapping)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Doc, E> {
+                Ok(Doc::NotAMapping)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Doc, E> {
+                Ok(Doc::NotAMapping)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Doc, E> {
+                Ok(Doc::NotAMapping)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Doc, E> {
+                Ok(Doc::NotAMapping)
             }
         }
-    } else {
-        vec![doc]
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Items {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Items;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of objects")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Items, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<serde_json::Value>()? {
+                    items.push(match item.get("kind").and_then(|k| k.as_str()) {
+                        Some(kind) => {
+                            let kind = kind.to_owned();
+                            Item::Converted(convert(item, &kind))
+                        }
+                        None => Item::Untyped(item),
+                    });
+                }
+                Ok(Items::List(items))
+            }
+            fn visit_unit<E>(self) -> Result<Items, E> {
+                Ok(Items::List(Vec::new()))
+            }
+            fn visit_none<E>(self) -> Result<Items, E> {
+                Ok(Items::List(Vec::new()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Items, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Items::NotAList)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Items, E> {
+                Ok(Items::NotAList)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Items, E> {
+                Ok(Items::NotAList)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Items, E> {
+                Ok(Items::NotAList)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Items, E> {
+                Ok(Items::NotAList)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Items, E> {
+                Ok(Items::NotAList)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The objects of one document (one object, or a `List`'s items) into `out`; the error's
+/// line is filled in by [`parse`].
+fn objects_of(doc: Doc, document: usize, out: &mut Vec<Object>) -> Result<(), ManifestError> {
+    let no_kind = || ManifestError::Document {
+        document,
+        line: 0,
+        error: "no `kind`".into(),
     };
-    let list_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+    let (mut fields, items) = match doc {
+        Doc::Null => return Ok(()),
+        Doc::NotAMapping => return Err(no_kind()),
+        Doc::Mapping { fields, items } => (fields, items),
+    };
+    let kind = match fields.get("kind").and_then(|k| k.as_str()) {
+        Some(kind) if !kind.is_empty() => kind.to_owned(),
+        _ => return Err(no_kind()),
+    };
+    let Some(list_kind) = kind.strip_suffix("List") else {
+        // One object (an `items` field means nothing to the kinds used, and is dropped).
+        let object = convert(
+            serde_json::Value::Object(std::mem::take(&mut fields)),
+            &kind,
+        )
+        .map_err(|e| e.at(document))?;
+        out.extend(object);
+        return Ok(());
+    };
+    let items = match items {
+        Some(Items::List(items)) => items,
+        None => Vec::new(),
+        Some(Items::NotAList) => {
+            return Err(ManifestError::Document {
+                document,
+                line: 0,
+                error: format!("{kind}.items is not a list"),
+            });
+        }
+    };
     for item in items {
-        let kind = item
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .or(list_kind)
-            .unwrap_or("")
-            .to_owned();
-        let object = match kind.as_str() {
-            "Service" => Object::Service(Box::new(typed::<Service>(item, document, &kind)?)),
-            "EndpointSlice" => {
-                Object::EndpointSlice(Box::new(typed::<EndpointSlice>(item, document, &kind)?))
-            }
-            "Node" => Object::Node(Box::new(typed::<Node>(item, document, &kind)?)),
-            "Pod" => Object::Pod(Box::new(typed::<Pod>(item, document, &kind)?)),
-            other => {
-                tracing::debug!(kind = other, document, "manifest: ignoring kind");
-                continue;
-            }
+        let object = match item {
+            Item::Converted(object) => object,
+            // A `List`'s untyped items name no kind: ignored, as an unknown kind.
+            Item::Untyped(item) => convert(item, list_kind),
         };
-        out.push(object);
+        out.extend(object.map_err(|e| e.at(document))?);
     }
     Ok(())
 }
