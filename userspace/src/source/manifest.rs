@@ -157,7 +157,7 @@ pub fn parse(text: &str) -> Result<Vec<Object>, ManifestError> {
 }
 
 /// JSON text (an object, a `List` as `kubectl get -o json` prints it, or objects one after
-/// another) through serde_json, many times faster than the YAML parser on a cluster-sized
+/// another) through serde_json, several times faster than the YAML parser on a cluster-sized
 /// file. `None` when the text is not JSON: the YAML parser then reads it (flow-style YAML
 /// also starts with `{`) and reports any syntax error.
 fn parse_json(text: &str) -> Option<Result<Vec<Object>, ManifestError>> {
@@ -255,6 +255,27 @@ enum Item {
     Untyped(serde_json::Value),
 }
 
+/// A visitor's answer to any scalar.
+macro_rules! scalars_are {
+    ($ty:ty, $value:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<$ty, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<$ty, E> {
+            Ok($value)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<$ty, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<$ty, E> {
+            Ok($value)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<$ty, E> {
+            Ok($value)
+        }
+    };
+}
+
 impl<'de> serde::Deserialize<'de> for Doc {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -285,21 +306,7 @@ impl<'de> serde::Deserialize<'de> for Doc {
                 while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
                 Ok(Doc::NotAMapping)
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Doc, E> {
-                Ok(Doc::NotAMapping)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Doc, E> {
-                Ok(Doc::NotAMapping)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Doc, E> {
-                Ok(Doc::NotAMapping)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Doc, E> {
-                Ok(Doc::NotAMapping)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Doc, E> {
-                Ok(Doc::NotAMapping)
-            }
+            scalars_are!(Doc, Doc::NotAMapping);
         }
         d.deserialize_any(V)
     }
@@ -345,21 +352,7 @@ impl<'de> serde::Deserialize<'de> for Items {
                 {}
                 Ok(Items::NotAList)
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Items, E> {
-                Ok(Items::NotAList)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Items, E> {
-                Ok(Items::NotAList)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Items, E> {
-                Ok(Items::NotAList)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Items, E> {
-                Ok(Items::NotAList)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Items, E> {
-                Ok(Items::NotAList)
-            }
+            scalars_are!(Items, Items::NotAList);
         }
         d.deserialize_any(V)
     }
