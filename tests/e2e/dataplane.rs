@@ -1412,12 +1412,14 @@ fn bench_floor_attaches_the_agents_hooks_and_passes_traffic() {
     });
 }
 
-/// The programmer writes the maps on a thread of its own: a complete state is programmed while
-/// the runtime's only thread is held by a task that never yields (with programming as a task
-/// on the runtime, nothing would be written and this times out).
-#[test]
-fn the_programmer_writes_the_maps_off_the_runtime_threads() {
-    use std::{sync::Arc, time::Instant};
+mod programmer {
+    //! The programmer in process, on real maps in a test-owned bpffs directory.
+
+    use std::{
+        sync::Arc,
+        time::{Duration, Instant},
+    };
+
     use tollgate::{
         admin::Health,
         dataplane::{
@@ -1427,71 +1429,155 @@ fn the_programmer_writes_the_maps_off_the_runtime_threads() {
             writer::Writer,
         },
         enls::{
-            Enls, EnlsConfig, Object, SourceEvent,
+            Enls, EnlsConfig, Object, SourceEvent, Update,
             ingest::Kind,
             metrics::{EnlsMetrics, ProgrammingMetrics},
         },
     };
-    let prefix = tollgate_tests::Prefix::new();
-    let bpffs = tollgate_tests::BpffsDir::new(&prefix.child("programmer"));
-    let dp = Dataplane::load(bpffs.path(), &Default::default()).unwrap();
-    let mut enls = Enls::new(EnlsConfig::new("node1"), EnlsMetrics::detached());
-    for k in Kind::ALL {
-        enls.handle(SourceEvent::ListBegin(k));
-    }
-    let service = serde_json::json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"clusterIP": "10.96.7.7", "ports": [{"port": 80}]}
-    });
-    enls.handle(SourceEvent::Apply(Object::Service(Box::new(
-        serde_json::from_value(service).unwrap(),
-    ))));
-    for k in Kind::ALL {
-        enls.handle(SourceEvent::ListDone(k));
-    }
-    let update = enls.sync().expect("a complete state");
-    assert!(update.initial && update.services.len() == 1, "{update:?}");
+    use tollgate_tests::{BpffsDir, Prefix};
 
-    let health = Health::detached(Duration::from_secs(60));
-    let (purges, _purge_rx) = tokio::sync::mpsc::unbounded_channel();
-    let programmer = Programmer {
-        writer: Writer::new(LbMaps::open(dp.pins()).unwrap()),
-        settings: NodeSettings {
-            host_netns_cookie: 0,
-            snat_ports: (30_000, 31_000),
-            uplink_addresses: vec![],
-            metadata: None,
-            tcp_peer: true,
-        },
-        health,
-        programming: ProgrammingMetrics::detached(),
-        metrics: DataplaneMetrics::detached(),
-        purges,
-    };
-    let maps = LbMaps::open(dp.pins()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let stopped = programmer.spawn(rx, "(test)".into()).unwrap();
-        tx.send(Arc::new(update)).await.unwrap();
-        // Hold the runtime's only thread, without an await, until the service is written.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while maps.svc.keys().count() == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "nothing programmed while the runtime's only thread was held"
-            );
-            std::thread::sleep(Duration::from_millis(5));
+    struct Bed {
+        _bpffs: BpffsDir,
+        _prefix: Prefix,
+        dp: Dataplane,
+        enls: Enls,
+    }
+
+    impl Bed {
+        fn new() -> Self {
+            let prefix = Prefix::new();
+            let bpffs = BpffsDir::new(&prefix.child("programmer"));
+            let dp = Dataplane::load(bpffs.path(), &Default::default()).unwrap();
+            let mut enls = Enls::new(EnlsConfig::new("node1"), EnlsMetrics::detached());
+            for k in Kind::ALL {
+                enls.handle(SourceEvent::ListBegin(k));
+            }
+            Self {
+                _bpffs: bpffs,
+                _prefix: prefix,
+                dp,
+                enls,
+            }
         }
-        // The programmer stops when the ENLS does.
-        drop(tx);
-        tokio::time::timeout(Duration::from_secs(30), stopped)
-            .await
-            .expect("the programmer stops when its updates end")
-            .unwrap_err();
-    });
+
+        /// Services `from..to`, one port each: an update with that many changes.
+        fn services(&mut self, from: usize, to: usize) -> Arc<Update> {
+            for i in from..to {
+                let service = serde_json::json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": format!("s{i}"), "namespace": "default"},
+                    "spec": {
+                        "clusterIP": format!("10.96.{}.{}", i / 250, i % 250 + 1),
+                        "ports": [{"port": 80}]
+                    }
+                });
+                self.enls
+                    .handle(SourceEvent::Apply(Object::Service(Box::new(
+                        serde_json::from_value(service).unwrap(),
+                    ))));
+            }
+            for k in Kind::ALL {
+                self.enls.handle(SourceEvent::ListDone(k));
+            }
+            let update = self.enls.sync().expect("a complete state");
+            assert_eq!(update.services.len(), to - from);
+            Arc::new(update)
+        }
+
+        fn programmer(&self) -> Programmer {
+            let (purges, _) = tokio::sync::mpsc::unbounded_channel();
+            Programmer {
+                writer: Writer::new(LbMaps::open(self.dp.pins()).unwrap()),
+                settings: NodeSettings {
+                    host_netns_cookie: 0,
+                    snat_ports: (30_000, 31_000),
+                    uplink_addresses: vec![],
+                    metadata: None,
+                    tcp_peer: true,
+                },
+                health: Health::detached(Duration::from_secs(60)),
+                programming: ProgrammingMetrics::detached(),
+                metrics: DataplaneMetrics::detached(),
+                purges,
+            }
+        }
+
+        /// Frontend entries in the service map.
+        fn frontends(&self) -> usize {
+            LbMaps::open(self.dp.pins())
+                .unwrap()
+                .svc
+                .keys()
+                .filter(|k| k.as_ref().is_ok_and(|k| k.slot == 0))
+                .count()
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// The programmer writes the maps on a thread of its own: a complete state is programmed
+    /// while the runtime's only thread is held by a task that never yields (with programming
+    /// as a task on the runtime, nothing would be written and this times out).
+    #[test]
+    fn writes_the_maps_off_the_runtime_threads() {
+        let mut bed = Bed::new();
+        let update = bed.services(0, 1);
+        let programmer = bed.programmer();
+        runtime().block_on(async {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let mut programming = programmer.spawn(rx, "(test)".into()).unwrap();
+            tx.send(update).await.unwrap();
+            // Hold the runtime's only thread, without an await, until the service is written.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while bed.frontends() == 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "nothing programmed while the runtime's only thread was held"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // The programmer stops when the ENLS does.
+            drop(tx);
+            tokio::time::timeout(Duration::from_secs(30), programming.stopped())
+                .await
+                .expect("the programmer stops when its updates end");
+        });
+    }
+
+    /// Stopping (the agent's SIGTERM) lets the update being written finish and writes no
+    /// other: the maps hold all of a large update's services, not the part written so far.
+    #[test]
+    fn stopping_finishes_the_update_being_written_and_writes_no_other() {
+        const N: usize = 5000;
+        let mut bed = Bed::new();
+        let first = bed.services(0, N);
+        let second = bed.services(N, N + 1);
+        let programmer = bed.programmer();
+        runtime().block_on(async {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let programming = programmer.spawn(rx, "(test)".into()).unwrap();
+            tx.send(first).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while bed.frontends() == 0 {
+                assert!(Instant::now() < deadline, "the update was never started");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let seen = bed.frontends();
+            assert!(programming.stop(Duration::from_secs(60)).await, "stopped");
+            assert!(
+                seen < N,
+                "stopped in the middle of the update ({seen} of {N} written)"
+            );
+            assert_eq!(bed.frontends(), N, "the update being written was finished");
+            // Nothing more is written.
+            let _ = tx.send(second).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(bed.frontends(), N, "no update after the stop");
+        });
+    }
 }

@@ -393,12 +393,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     // A failed watch drops the sender (and has logged why): go on without it.
     let _ = listed_rx.await;
-    let programmer_stopped = programmer
+    let mut programming = programmer
         .spawn(updates_rx, note)
         .context("starting the programmer thread")?;
     tokio::select! {
         r = crate::signals::terminated() => r?,
-        _ = programmer_stopped => bail!("the node-local state stopped"),
+        _ = programming.stopped() => bail!("the node-local state stopped"),
+    }
+    if !programming.stop(Duration::from_secs(10)).await {
+        tracing::warn!(
+            "an update was still being written after 10 s; terminating anyway (the next start adopts the maps as they are)"
+        );
     }
     drop(attacher);
     tracing::info!("terminating; programs stay attached through their pinned links");

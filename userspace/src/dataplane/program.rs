@@ -1,7 +1,15 @@
 //! The programmer: programs ENLS updates into the maps on its own thread, keeps the node-wide
 //! config entry right, reports health and metrics, and hands stale flows to the purge task.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -210,30 +218,70 @@ pub struct Programmer {
     pub purges: mpsc::UnboundedSender<Purge>,
 }
 
+/// The programmer's thread, as [`Programmer::spawn`] started it.
+pub struct Programming {
+    stopped: oneshot::Receiver<()>,
+    gate: Arc<Gate>,
+}
+
+/// Held by the programmer while it writes an update; `stopping` is read under it.
+#[derive(Default)]
+struct Gate {
+    stopping: AtomicBool,
+    busy: Mutex<()>,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Programming {
+    /// Completes when the programmer stops by itself: the ENLS stopped, or programming
+    /// panicked.
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.stopped).await;
+    }
+
+    /// Lets the update being written finish and writes no other, so the maps are left as
+    /// whole updates wrote them (a SIGTERM in the middle of a large one). `false` if the
+    /// update was still being written after `timeout`.
+    pub async fn stop(self, timeout: Duration) -> bool {
+        self.gate.stopping.store(true, Ordering::SeqCst);
+        let gate = self.gate;
+        let finished = tokio::task::spawn_blocking(move || drop(gate.lock()));
+        matches!(tokio::time::timeout(timeout, finished).await, Ok(Ok(())))
+    }
+}
+
 impl Programmer {
-    /// Programs updates on a thread of its own until the ENLS stops (the receiver completes
-    /// then, or if programming panicked). Map writes are blocking system calls, and a
-    /// complete state takes from tenths of a second (10,000 Services) to over a second (with
-    /// Maglev tables): on a thread of its own that never holds up the runtime's threads, which
-    /// health, metrics and the metadata proxy share.
+    /// Programs updates on a thread of its own until the ENLS stops or [`Programming::stop`].
+    /// Map writes are blocking system calls, and a complete state takes from tenths of a
+    /// second (10,000 Services) to over a second (with Maglev tables): on a thread of its own
+    /// that never holds up the runtime's threads, which health, metrics and the metadata
+    /// proxy share.
     pub fn spawn(
         self,
         updates: mpsc::Receiver<Arc<Update>>,
         ready_note: String,
-    ) -> std::io::Result<oneshot::Receiver<()>> {
-        let (stopped_tx, stopped_rx) = oneshot::channel();
+    ) -> std::io::Result<Programming> {
+        let (stopped_tx, stopped) = oneshot::channel();
+        let gate = Arc::new(Gate::default());
+        let held = gate.clone();
         std::thread::Builder::new()
             .name("tg-programmer".into())
             .spawn(move || {
-                // Dropped when the loop ends, also by a panic: the receiver then completes.
+                // Dropped when the loop ends, also by a panic: `stopped` then completes.
                 let _stopped = stopped_tx;
-                self.run(updates, ready_note);
+                self.run(updates, &held, ready_note);
             })?;
-        Ok(stopped_rx)
+        Ok(Programming { stopped, gate })
     }
 
-    /// Programs updates until the ENLS stops. Logs "tollgate ready" after the first one.
-    fn run(mut self, mut updates: mpsc::Receiver<Arc<Update>>, ready_note: String) {
+    /// Programs updates until the ENLS stops or the gate says to. Logs "tollgate ready" after
+    /// the first one.
+    fn run(mut self, mut updates: mpsc::Receiver<Arc<Update>>, gate: &Gate, ready_note: String) {
         let mut node: Option<NodeInfo> = None;
         let mut ready = false;
         // Services whose latest state could not be written (a full map): they keep their
@@ -242,6 +290,10 @@ impl Programmer {
         let mut pending: BTreeMap<ObjKey, ServiceChange> = BTreeMap::new();
         self.writer.adopt();
         while let Some(update) = updates.blocking_recv() {
+            let _busy = gate.lock();
+            if gate.stopping.load(Ordering::SeqCst) {
+                return;
+            }
             let start = Instant::now();
             if let Some(n) = &update.node {
                 self.writer.set_node(n);
