@@ -490,6 +490,72 @@ items:
     }
 
     #[test]
+    fn odd_documents_and_items_are_errors_or_ignored_never_a_panic() {
+        let svc =
+            r#"{"kind": "Service", "metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}}"#;
+        for (text, want) in [
+            // Documents that are not mappings.
+            ("[1, 2]\n", Err("document 1 (from line 1): no `kind`")),
+            ("42\n", Err("no `kind`")),
+            ("\"text\"\n", Err("no `kind`")),
+            (
+                "true\n---\nkind: Service\n",
+                Err("document 1 (from line 1): no `kind`"),
+            ),
+            ("{}\n", Err("no `kind`")),
+            ("{\"kind\": 7}\n", Err("no `kind`")),
+            // `items` of every shape.
+            ("{\"kind\": \"List\", \"items\": null}", Ok(0)),
+            ("{\"kind\": \"List\"}", Ok(0)),
+            ("kind: List\nitems: 3\n", Err("List.items is not a list")),
+            ("kind: List\nitems: text\n", Err("List.items is not a list")),
+            (
+                "{\"kind\": \"List\", \"items\": {\"a\": [1]}}",
+                Err("not a list"),
+            ),
+            (
+                "{\"kind\": \"List\", \"items\": [1, \"x\", null, []]}",
+                Ok(0),
+            ),
+            (
+                "{\"kind\": \"ServiceList\", \"items\": [7]}",
+                Err("Service \"\": invalid type"),
+            ),
+            // Items before the list's kind, as kubectl prints them; nested lists are not read.
+            (
+                &format!("{{\"items\": [{svc}], \"kind\": \"List\"}}"),
+                Ok(1),
+            ),
+            (
+                &format!(
+                    "{{\"kind\": \"List\", \"items\": [{{\"kind\": \"List\", \"items\": [{svc}]}}]}}"
+                ),
+                Ok(0),
+            ),
+            // An object with an `items` field: the field means nothing to it.
+            (&format!("{{\"items\": [1], {}", &svc[1..]), Ok(1)),
+            // Not JSON after all: the YAML parser decides.
+            (&format!("{svc}\ngarbage: [\n"), Err("not valid YAML")),
+            (&format!("{}{svc}", '\u{feff}'), Ok(1)),
+            (&format!("{}{svc}", '\u{a0}'), Err("not valid YAML")),
+            (
+                "{\"kind\": \"Service\", \"metadata\": {\"name\": \"é\"}} é",
+                Err("not valid YAML"),
+            ),
+        ] {
+            let got = parse(text);
+            match (&got, want) {
+                (Ok(objs), Ok(n)) => assert_eq!(objs.len(), n, "{text}"),
+                (Err(e), Err(part)) => {
+                    let e = e.to_string();
+                    assert!(e.contains(part), "{text}: {e}");
+                }
+                _ => panic!("{text}: {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn a_cluster_sized_manifest_parses_and_alias_bombs_do_not() {
         let docs: Vec<String> = (0..3000)
             .map(|i| {
