@@ -250,8 +250,16 @@ impl Programming {
     pub async fn stop(self, timeout: Duration) -> bool {
         self.gate.stopping.store(true, Ordering::SeqCst);
         let gate = self.gate;
-        let finished = tokio::task::spawn_blocking(move || drop(gate.lock()));
-        matches!(tokio::time::timeout(timeout, finished).await, Ok(Ok(())))
+        let (done_tx, done) = oneshot::channel();
+        // A thread of its own, not the blocking pool: the runtime's drop waits for every
+        // blocking task, which would undo the timeout.
+        let waiter = std::thread::Builder::new()
+            .name("tg-stop".into())
+            .spawn(move || {
+                drop(gate.lock());
+                let _ = done_tx.send(());
+            });
+        waiter.is_ok() && matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(())))
     }
 }
 
