@@ -4,10 +4,7 @@
 use std::{
     collections::BTreeMap,
     net::IpAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -224,16 +221,13 @@ pub struct Programming {
     gate: Arc<Gate>,
 }
 
-/// Held by the programmer while it writes an update; `stopping` is read under it.
+/// Held by the programmer while it writes an update; `true` once it is to stop.
 #[derive(Default)]
-struct Gate {
-    stopping: AtomicBool,
-    busy: Mutex<()>,
-}
+struct Gate(Mutex<bool>);
 
 impl Gate {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -248,7 +242,6 @@ impl Programming {
     /// whole updates wrote them (a SIGTERM in the middle of a large one). `false` if the
     /// update was still being written after `timeout`.
     pub async fn stop(self, timeout: Duration) -> bool {
-        self.gate.stopping.store(true, Ordering::SeqCst);
         let gate = self.gate;
         let (done_tx, done) = oneshot::channel();
         // A thread of its own, not the blocking pool: the runtime's drop waits for every
@@ -256,7 +249,8 @@ impl Programming {
         let waiter = std::thread::Builder::new()
             .name("tg-stop".into())
             .spawn(move || {
-                drop(gate.lock());
+                // Taken once the update being written is done; none starts after.
+                *gate.lock() = true;
                 let _ = done_tx.send(());
             });
         waiter.is_ok() && matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(())))
@@ -298,8 +292,9 @@ impl Programmer {
         let mut pending: BTreeMap<ObjKey, ServiceChange> = BTreeMap::new();
         self.writer.adopt();
         while let Some(update) = updates.blocking_recv() {
-            let _busy = gate.lock();
-            if gate.stopping.load(Ordering::SeqCst) {
+            // Held while this update is written (see `Programming::stop`).
+            let stop = gate.lock();
+            if *stop {
                 return;
             }
             let start = Instant::now();

@@ -146,14 +146,10 @@ pub fn parse(text: &str) -> Result<Vec<Object>, ManifestError> {
     let objects: Objects =
         serde_saphyr::from_str_multiple_with_options::<Doc, Objects>(text, options(text))
             .map_err(|e| ManifestError::Syntax(e.to_string()))?;
-    match objects.error {
-        Some(mut error) => {
-            let lines = document_lines(text);
-            error.set_line(|document| lines.get(document - 1).copied().unwrap_or(1));
-            Err(error)
-        }
-        None => Ok(objects.out),
-    }
+    objects.finish(|| {
+        let lines = document_lines(text);
+        move |document| lines.get(document - 1).copied().unwrap_or(1)
+    })
 }
 
 /// JSON text (an object, a `List` as `kubectl get -o json` prints it, or objects one after
@@ -180,17 +176,13 @@ fn parse_json(text: &str) -> Option<Result<Vec<Object>, ManifestError>> {
             Some(Err(_)) => return None,
         }
     }
-    Some(match objects.error {
-        Some(mut error) => {
-            error.set_line(|document| {
-                starts
-                    .get(document - 1)
-                    .map_or(1, |&at| text[..at].matches('\n').count() + 1)
-            });
-            Err(error)
+    Some(objects.finish(|| {
+        move |document: usize| {
+            starts
+                .get(document - 1)
+                .map_or(1, |&at| text[..at].matches('\n').count() + 1)
         }
-        None => Ok(objects.out),
-    })
+    }))
 }
 
 impl ManifestError {
@@ -214,6 +206,23 @@ struct Objects {
     out: Vec<Object>,
     documents: usize,
     error: Option<ManifestError>,
+}
+
+impl Objects {
+    /// The objects, or the first error with its document's first line (`line_of`, built only
+    /// when there is an error: the parser streams, so lines are worked out afterwards).
+    fn finish<F: Fn(usize) -> usize>(
+        self,
+        line_of: impl FnOnce() -> F,
+    ) -> Result<Vec<Object>, ManifestError> {
+        match self.error {
+            Some(mut error) => {
+                error.set_line(line_of());
+                Err(error)
+            }
+            None => Ok(self.out),
+        }
+    }
 }
 
 impl Extend<Doc> for Objects {
@@ -366,7 +375,7 @@ fn objects_of(doc: Doc, document: usize, out: &mut Vec<Object>) -> Result<(), Ma
         line: 0,
         error: "no `kind`".into(),
     };
-    let (mut fields, items) = match doc {
+    let (fields, items) = match doc {
         Doc::Null => return Ok(()),
         Doc::NotAMapping => return Err(no_kind()),
         Doc::Mapping { fields, items } => (fields, items),
@@ -377,11 +386,8 @@ fn objects_of(doc: Doc, document: usize, out: &mut Vec<Object>) -> Result<(), Ma
     };
     let Some(list_kind) = kind.strip_suffix("List") else {
         // One object (an `items` field means nothing to the kinds used, and is dropped).
-        let object = convert(
-            serde_json::Value::Object(std::mem::take(&mut fields)),
-            &kind,
-        )
-        .map_err(|e| e.at(document))?;
+        let object =
+            convert(serde_json::Value::Object(fields), &kind).map_err(|e| e.at(document))?;
         out.extend(object);
         return Ok(());
     };
