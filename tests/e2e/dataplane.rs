@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::Ipv4Addr,
+    process::Command,
     time::Duration,
 };
 
@@ -22,6 +23,8 @@ use tollgate_common::lb::{
     svc_flags, v4_mapped,
 };
 use tollgate_tests::{
+    Cluster,
+    agent::{admin_get, http_get, metric, metric_opt},
     scenario::{self, Scenario},
     traffic::Mode,
 };
@@ -193,6 +196,165 @@ fn external_traffic_policy_local() {
         T,
     );
     assert_eq!(t.ok, 5, "{t:?}");
+}
+
+/// A LoadBalancer Service with externalTrafficPolicy Local, its health check on `hc_port`.
+fn lb_local(hc_port: u16, policy: &str) -> serde_json::Value {
+    scenario::service(
+        "lb-local",
+        serde_json::json!({"type": "LoadBalancer", "clusterIP": "10.96.0.40",
+            "externalTrafficPolicy": policy, "healthCheckNodePort": hc_port,
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30085}]}),
+    )
+}
+
+fn lb_local_slice(s: &Cluster, pods: &[&str]) -> serde_json::Value {
+    scenario::slice(
+        "lb-local-1",
+        "lb-local",
+        "IPv4",
+        serde_json::json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+        pods.iter()
+            .map(|p| scenario::endpoint(s.pod(p), scenario::ready()))
+            .collect(),
+    )
+}
+
+/// What the outside client gets from `node`'s port: (status, localEndpoints, serviceProxyHealthy);
+/// status 0 when nothing answers there.
+fn health_check(s: &Scenario, node: &str, port: u16) -> (u16, Option<u64>, Option<bool>) {
+    let url = format!("http://{}:{port}/healthz", s.node(node).ip);
+    let (status, body) = http_get(s.cluster.outside(), &url);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    if status != 0 {
+        assert!(
+            status != 200
+                || v["service"] == serde_json::json!({"namespace": "default", "name": "lb-local"}),
+            "{url}: {body}"
+        );
+    }
+    (
+        status,
+        v["localEndpoints"].as_u64(),
+        v["serviceProxyHealthy"].as_bool(),
+    )
+}
+
+fn wait_health_check(s: &Scenario, node: &str, port: u16, want: (u16, Option<u64>, Option<bool>)) {
+    tollgate_tests::wait_for(&format!("{node}:{port} to answer {want:?}"), T * 5, || {
+        (health_check(s, node, port) == want).then_some(())
+    });
+}
+
+#[test]
+fn health_check_node_ports_answer_whether_the_node_has_local_endpoints() {
+    const HC: u16 = 32100;
+    const BUSY: u16 = 32101;
+    let s = Scenario::with_objects(tollgate_tests::ClusterSpec::default(), &[], |c| {
+        let mut o = scenario::objects(c);
+        o.push(lb_local(HC, "Local"));
+        o.push(lb_local_slice(c, &["n2p2"]));
+        o
+    });
+    // node2 has the endpoint, node1 has none: the load balancer sends to node2 only.
+    wait_health_check(&s, "node2", HC, (200, Some(1), Some(true)));
+    wait_health_check(&s, "node1", HC, (503, Some(0), Some(true)));
+
+    // The endpoints move to node1 (two pods there).
+    s.update(vec![lb_local_slice(&s.cluster, &["n1p1", "n1p2"])]);
+    wait_health_check(&s, "node1", HC, (200, Some(2), Some(true)));
+    wait_health_check(&s, "node2", HC, (503, Some(0), Some(true)));
+
+    // Another process holds the new port on node1: node2 serves it at once, node1 tries again
+    // until the port is free, and the old port closes on both.
+    let mut blocker = Command::new(tollgate_tests::tools::testbed_bin());
+    blocker.args([
+        "serve",
+        "--name",
+        "blocker",
+        "--tcp",
+        &format!("0.0.0.0:{BUSY}"),
+    ]);
+    let mut blocker = s.node("node1").spawn("blocker", blocker);
+    blocker.wait_for_log("serving", Duration::from_secs(5));
+    s.update(vec![lb_local(BUSY, "Local")]);
+    wait_health_check(&s, "node2", BUSY, (503, Some(0), Some(true)));
+    for node in ["node1", "node2"] {
+        wait_health_check(&s, node, HC, (0, None, None));
+    }
+    let failures = || {
+        metric_opt(
+            &admin_get(s.node("node1"), "/metrics").1,
+            "tollgate_health_check_node_port_listen_failures_total",
+        )
+        .unwrap_or(0.0)
+    };
+    tollgate_tests::wait_for("node1's agent to count the failed port", T * 5, || {
+        (failures() >= 1.0).then_some(())
+    });
+    // Still the blocker's port, not a health check.
+    let (status, body) = http_get(
+        s.cluster.outside(),
+        &format!("http://{}:{BUSY}/", s.node("node1").ip),
+    );
+    assert!(
+        status == 200 && body.starts_with("blocker "),
+        "{status} {body}"
+    );
+    // The agent stays healthy and serves everything else meanwhile.
+    assert_eq!(admin_get(s.node("node1"), "/healthz").0, 200);
+    let t = s.client(
+        s.cluster.outside(),
+        &format!("{}:30085", s.node("node1").ip),
+        3,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!(t.ok, 3, "{t:?}");
+    drop(blocker);
+    wait_health_check(&s, "node1", BUSY, (200, Some(2), Some(true)));
+    assert_eq!(
+        metric(
+            &admin_get(s.node("node1"), "/metrics").1,
+            "tollgate_health_check_node_ports"
+        ),
+        1.0
+    );
+
+    // externalTrafficPolicy Cluster: no health check any more.
+    s.update(vec![lb_local(BUSY, "Cluster")]);
+    for node in ["node1", "node2"] {
+        wait_health_check(&s, node, BUSY, (0, None, None));
+        assert_eq!(
+            metric(
+                &admin_get(s.node(node), "/metrics").1,
+                "tollgate_health_check_node_ports"
+            ),
+            0.0
+        );
+    }
+}
+
+#[test]
+fn health_check_node_ports_listen_only_on_nodeport_addresses_when_given() {
+    const HC: u16 = 32100;
+    let s = Scenario::with_objects(
+        tollgate_tests::ClusterSpec::default(),
+        &["--nodeport-addresses", "192.168.77.0/24"],
+        |c| {
+            let mut o = scenario::objects(c);
+            o.push(lb_local(HC, "Local"));
+            o.push(lb_local_slice(c, &["n1p1"]));
+            o
+        },
+    );
+    wait_health_check(&s, "node1", HC, (200, Some(1), Some(true)));
+    // Not on the node's other addresses (its loopback here).
+    let node1 = s.node("node1");
+    let (status, body) = http_get(node1.host(), &format!("http://127.0.0.1:{HC}/"));
+    assert_eq!(status, 0, "{body}");
+    let (status, _) = http_get(node1.host(), &format!("http://{}:{HC}/", node1.ip));
+    assert_eq!(status, 200);
 }
 
 #[test]

@@ -60,16 +60,14 @@ pub fn start_agent_from(
 /// GET `path` from the agent's admin server on `node` (the default port, from inside the node's
 /// namespace): the status code and body (code 0 when nothing answered).
 pub fn admin_get(node: &Node, path: &str) -> (u16, String) {
+    http_get(node.host(), &format!("http://127.0.0.1:10256{path}"))
+}
+
+/// GET `url` with curl in `at`: the status code and body (code 0 when nothing answered).
+pub fn http_get(at: crate::process::Placement<'_>, url: &str) -> (u16, String) {
     let mut cmd = Command::new("curl");
-    cmd.args([
-        "-s",
-        "-m",
-        "5",
-        "-w",
-        "\n%{http_code}",
-        &format!("http://127.0.0.1:10256{path}"),
-    ]);
-    let out = node.output(cmd);
+    cmd.args(["-s", "-m", "5", "-w", "\n%{http_code}", url]);
+    let out = at.output(cmd);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())

@@ -51,7 +51,13 @@ pub fn terminating() -> Value {
     json!({"ready": false, "serving": true, "terminating": true})
 }
 
-fn slice(name: &str, service: &str, family: &str, ports: Value, endpoints: Vec<Value>) -> Value {
+pub fn slice(
+    name: &str,
+    service: &str,
+    family: &str,
+    ports: Value,
+    endpoints: Vec<Value>,
+) -> Value {
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"namespace": "default", "name": name, "labels": {"kubernetes.io/service-name": service}},
@@ -59,7 +65,7 @@ fn slice(name: &str, service: &str, family: &str, ports: Value, endpoints: Vec<V
     })
 }
 
-fn service(name: &str, spec: Value) -> Value {
+pub fn service(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": name}, "spec": spec})
 }
 

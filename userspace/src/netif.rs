@@ -33,6 +33,16 @@ pub fn name_of(ifindex: u32) -> Option<String> {
 
 /// Addresses configured on `iface` in this network namespace (getifaddrs(3)).
 pub fn addresses(iface: &str) -> Vec<std::net::IpAddr> {
+    addresses_where(|name| name == iface)
+}
+
+/// Addresses configured on any interface of this network namespace, loopback included.
+pub fn all_addresses() -> Vec<std::net::IpAddr> {
+    addresses_where(|_| true)
+}
+
+/// Addresses (IPv6 link-local ones left out) of the interfaces whose name passes `wanted`.
+fn addresses_where(wanted: impl Fn(&str) -> bool) -> Vec<std::net::IpAddr> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we free below; every node is read before freeing.
@@ -48,7 +58,7 @@ pub fn addresses(iface: &str) -> Vec<std::net::IpAddr> {
                 continue;
             }
             let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
-            if name != iface {
+            if !wanted(&name) {
                 continue;
             }
             match i32::from((*ifa.ifa_addr).sa_family) {

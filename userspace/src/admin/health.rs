@@ -90,12 +90,22 @@ impl Health {
         self.lock().node_eligible = eligible;
     }
 
+    /// Programmed at least once, and nothing queued for longer than the timeout (before the
+    /// first programming, the start itself counts as queued).
+    fn proxy_healthy(&self, s: &State) -> bool {
+        s.started && s.queued_since.is_none_or(|q| q.elapsed() <= self.timeout)
+    }
+
+    /// kube-proxy's `IsHealthy`: what `/livez` answers (the node's eligibility left out),
+    /// without counting a request. The healthCheckNodePort servers report it.
+    pub fn is_healthy(&self) -> bool {
+        self.proxy_healthy(&self.lock())
+    }
+
     fn evaluate(&self, with_node: bool) -> (bool, String) {
         let s = self.lock();
         let now = SystemTime::now();
-        let stale = s.queued_since.is_some_and(|q| q.elapsed() > self.timeout);
-        // Before the first programming, the start itself counts as queued.
-        let healthy = s.started && !stale;
+        let healthy = self.proxy_healthy(&s);
         let last = if healthy {
             now
         } else {

@@ -1,6 +1,7 @@
 //! The admin HTTP server: `/metrics` (Prometheus text format), `/livez`, `/healthz`, `/readyz`.
 
 pub mod health;
+pub mod service_health;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 

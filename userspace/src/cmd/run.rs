@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! source ──events──▶ ENLS ──updates──▶ programmer (maps; own thread) ──purges──▶ purge task
-//!                      └── status ──▶ admin (/metrics, /healthz, /livez), --stats
+//!                      ├── status ──▶ admin (/metrics, /healthz, /livez), --stats
+//!                      └── updates ──▶ healthCheckNodePort servers (eTP=Local LoadBalancers)
 //! interfaces (rtnetlink) ──▶ attach TC to pod-facing interfaces as they appear
 //! ```
 
@@ -14,7 +15,10 @@ use tokio::sync::{mpsc, watch};
 
 use super::{EnlsArgs, metadata_proxy};
 use crate::{
-    admin::{self, AdminState, Health},
+    admin::{
+        self, AdminState, Health,
+        service_health::{ServiceHealthMetrics, ServiceHealthServers},
+    },
     dataplane::{
         Dataplane, MapSizes, XdpModeArg,
         ifwatch::{self, Glob, IfEvent},
@@ -26,6 +30,7 @@ use crate::{
     enls::{
         Enls, Update,
         metrics::{EnlsMetrics, ProgrammingMetrics},
+        model::IpNet,
         runner::{self, EnlsStatus},
     },
     metadata::{
@@ -127,6 +132,12 @@ pub struct Args {
     /// kube-proxy's 2 × syncPeriod).
     #[arg(long, default_value_t = 60)]
     pub health_timeout: u64,
+    /// Serve each LoadBalancer Service with externalTrafficPolicy Local on its
+    /// healthCheckNodePort, as kube-proxy does (the cloud's load balancer asks every node
+    /// there whether it has local endpoints): on every address, or on this node's addresses in
+    /// `--nodeport-addresses`. `false` leaves those ports to something else.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub health_check_node_ports: bool,
     /// Print a line per second on stderr: events, revisions, CPU, RSS.
     #[arg(long)]
     pub stats: bool,
@@ -209,6 +220,26 @@ async fn embedded_proxy(
     })
 }
 
+/// Where healthCheckNodePort servers listen: every address (empty) without
+/// `--nodeport-addresses`, else this namespace's addresses in those prefixes (kube-proxy's
+/// choice too; every address, with a warning, when none is).
+fn health_check_addresses(prefixes: &[IpNet]) -> Vec<std::net::IpAddr> {
+    if prefixes.is_empty() {
+        return Vec::new();
+    }
+    let addresses: Vec<_> = crate::netif::all_addresses()
+        .into_iter()
+        .filter(|ip| prefixes.iter().any(|p| p.contains(ip)))
+        .collect();
+    if addresses.is_empty() {
+        tracing::warn!(
+            ?prefixes,
+            "no address of this node is in --nodeport-addresses; healthCheckNodePorts listen on every address"
+        );
+    }
+    addresses
+}
+
 fn metadata_proxy_bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     crate::metadata::proxy::bind(addr)
 }
@@ -246,6 +277,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let programming = ProgrammingMetrics::register(&mut registry);
     let dp_metrics = DataplaneMetrics::register(&mut registry);
     let health = Health::register(&mut registry, Duration::from_secs(args.health_timeout));
+    let hc_metrics = ServiceHealthMetrics::register(&mut registry);
 
     let sizes = MapSizes {
         lb: args.lb_map_size,
@@ -352,6 +384,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("starting the source")?;
     let mut subscribers = vec![updates_tx];
+    if args.health_check_node_ports {
+        let (hc_tx, hc_rx) = mpsc::channel::<Arc<Update>>(64);
+        subscribers.push(hc_tx);
+        let servers = ServiceHealthServers::new(
+            health.clone(),
+            health_check_addresses(&args.enls.nodeport_addresses),
+            hc_metrics,
+        );
+        tokio::spawn(servers.follow(hc_rx));
+    }
     if let Some(e) = embedded {
         let (pods_tx, pods_rx) = mpsc::channel::<Arc<Update>>(64);
         subscribers.push(pods_tx);
