@@ -163,6 +163,18 @@ fn main() -> anyhow::Result<()> {
     }
     section("externalTrafficPolicy: Local keeps the client address (backend on node2 only)")?;
     ok &= curl(cluster.outside(), "outside", "http://192.168.77.12:30081/");
+    section(
+        "its healthCheckNodePort: the cloud's load balancer asks each node (node2 has the endpoint)",
+    )?;
+    for node in ["192.168.77.12", "192.168.77.11"] {
+        let url = format!("http://{node}:32081/healthz");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-m", "3", "-w", "\nHTTP %{http_code}\n", &url]);
+        ok &= show(
+            &format!("curl {url}   (outside)"),
+            &cluster.outside().output(cmd),
+        );
+    }
     section("LoadBalancer ingress IP with loadBalancerSourceRanges")?;
     ok &= curl(cluster.outside(), "outside", "http://203.0.113.20/");
     section("DNS over UDP to kube-dns")?;
