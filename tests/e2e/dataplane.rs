@@ -358,6 +358,60 @@ fn health_check_node_ports_listen_only_on_nodeport_addresses_when_given() {
 }
 
 #[test]
+fn host_processes_reach_node_ports_on_loopback_and_pods_do_not() {
+    let mut s = Scenario::new();
+    let host = || s.node("node1").host();
+    for to in [
+        format!("127.0.0.1:{}", scenario::NODEPORT),
+        format!("127.0.0.2:{}", scenario::NODEPORT),
+    ] {
+        let t = s.client(host(), &to, 10, Mode::Tcp, T);
+        assert_eq!(t.ok, 10, "{to}: {t:?}");
+        assert!(
+            t.names().iter().all(|n| ["n1p1", "n2p1"].contains(n)),
+            "{t:?}"
+        );
+        // getpeername() shows the address the process connected to.
+        assert_eq!(t.peers, vec![to.clone()], "{t:?}");
+    }
+    let udp = format!("127.0.0.1:{}", scenario::NODEPORT_UDP);
+    let t = s.client(host(), &udp, 4, Mode::Udp, T);
+    assert_eq!((t.ok, t.peers.clone()), (4, vec![udp.clone()]), "{t:?}");
+    // externalTrafficPolicy Local: the host is short-circuited to the cluster endpoints.
+    let local = format!("127.0.0.1:{}", scenario::NODEPORT_LOCAL);
+    let t = s.client(host(), &local, 3, Mode::Tcp, T);
+    assert_eq!((t.ok, t.names()), (3, vec!["n2p2"]), "{t:?}");
+    // A pod's loopback is its own: nothing listens on the NodePort there.
+    let t = s.client(
+        s.pod("n1p1").placement(),
+        &format!("127.0.0.1:{}", scenario::NODEPORT),
+        2,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!((t.ok, t.refused), (0, 2), "{t:?}");
+    // A loopback port that is no NodePort is left alone (a ClusterIP's port, here).
+    let t = s.client(host(), "127.0.0.1:80", 1, Mode::Tcp, T);
+    assert_eq!((t.ok, t.refused), (0, 1), "{t:?}");
+
+    // --localhost-nodeports=false: loopback is left alone.
+    s.agents[0].terminate();
+    s.agents[0] = tollgate_tests::agent::start_agent(
+        s.node("node1"),
+        &s.source,
+        &["--localhost-nodeports=false"],
+    );
+    let t = s.client(
+        s.node("node1").host(),
+        &format!("127.0.0.1:{}", scenario::NODEPORT),
+        2,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!((t.ok, t.refused), (0, 2), "{t:?}");
+}
+
+#[test]
 fn reject_and_drop() {
     let s = Scenario::new();
     // No endpoints at all: REJECT, at once (connection refused), from pods, host and outside.
@@ -1656,6 +1710,7 @@ mod programmer {
                     uplink_addresses: vec![],
                     metadata: None,
                     tcp_peer: true,
+                    localhost_nodeports: true,
                 },
                 health: Health::detached(Duration::from_secs(60)),
                 programming: ProgrammingMetrics::detached(),

@@ -697,7 +697,11 @@ pub mod config {
         pub md_ports: [u16; 2],
         /// be: the proxy's port.
         pub md_proxy_port: u16,
-        pub pad2: [u8; 2],
+        /// host: 1 = a host process's connection to a loopback address (127.0.0.0/8) on a
+        /// NodePort goes to that NodePort, looked up on `snat_v4` (`--localhost-nodeports`; 0,
+        /// what an older agent wrote here, leaves loopback alone).
+        pub localhost_nodeports: u8,
+        pub pad2: [u8; 1],
     }
     const _: () = assert!(core::mem::size_of::<Config>() == 88);
 

@@ -206,7 +206,7 @@ fn marked(addr: &[u32; 4]) -> bool {
 
 /// Is the port (network order) one a frontend has had? (See `feport`: never a false no.)
 #[inline(always)]
-fn frontend_port(port: u16) -> bool {
+pub(crate) fn frontend_port(port: u16) -> bool {
     let (word, bit) = feport::port_bit(port);
     FRONTEND_PORTS.get(word).is_none_or(|w| w & bit != 0)
 }

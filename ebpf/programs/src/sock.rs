@@ -141,6 +141,35 @@ fn metadata(
     Some(ALLOW)
 }
 
+/// A host process's connection to a loopback address (127.0.0.0/8) on a NodePort: that
+/// NodePort, found on the node's address (`snat_v4`), as with kube-proxy's iptables mode
+/// (`--localhost-nodeports`). A pod's loopback is its own: left alone. Asked only when the
+/// destination is no frontend itself; the netns helper only for a loopback destination on a
+/// port some frontend has.
+#[inline(always)]
+fn localhost_nodeport(
+    ctx: &SockAddrContext,
+    cfg: &Config,
+    addr: [u32; 4],
+    port: u16,
+    proto: u8,
+) -> Option<Frontend> {
+    // The first octet is the first byte of the (network-order) word.
+    if cfg.localhost_nodeports == 0
+        || !is_v4_mapped(&addr)
+        || addr[3].to_ne_bytes()[0] != 127
+        || !crate::nat::frontend_port(port)
+    {
+        return None;
+    }
+    // SAFETY: helper valid for sock_addr programs.
+    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != cfg.host_netns_cookie {
+        return None;
+    }
+    lb::frontend_inside(cfg.snat_v4, port, proto)
+        .filter(|fe| fe.value.flags & svc_flags::NODE_ADDRESS != 0)
+}
+
 /// Records which frontend a connecting TCP socket's backend stands for: in the slot of its
 /// cookie when that slot is free (or already its own), else in the socket's own storage.
 #[inline(always)]
@@ -303,7 +332,9 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
     {
         return verdict;
     }
-    let Some(fe) = lb::frontend_inside(addr, port, proto) else {
+    let Some(fe) = lb::frontend_inside(addr, port, proto)
+        .or_else(|| cfg.and_then(|c| localhost_nodeport(ctx, c, addr, port, proto)))
+    else {
         return ALLOW;
     };
     if fe.value.count == 0 {

@@ -73,6 +73,12 @@ pub struct Args {
     /// BENCHMARKS.md); such sockets then see the backend's address. UDP is always reversed.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub socket_lb_peer: bool,
+    /// Host processes reach NodePorts on loopback addresses (127.0.0.0/8), as with
+    /// kube-proxy's iptables mode (`--iptables-localhost-nodeports`): `curl 127.0.0.1:30080`
+    /// on a node reaches NodePort 30080 (IPv4 only; never from pods, whose loopback is their
+    /// own). With `--nodeport-addresses`, only when that includes 127.0.0.1, as kube-proxy.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub localhost_nodeports: bool,
     /// When a backend leaves a UDP service port, destroy the connected UDP sockets the socket
     /// hooks sent to it (their owners get ECONNABORTED and reconnect to a serving backend), as
     /// Cilium does; kube-proxy reaches the same by deleting the UDP conntrack entries. `false`:
@@ -220,6 +226,14 @@ async fn embedded_proxy(
     })
 }
 
+/// `--localhost-nodeports`, unless `--nodeport-addresses` leaves loopback out (kube-proxy).
+fn localhost_nodeports(args: &Args) -> bool {
+    let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let prefixes = &args.enls.nodeport_addresses;
+    args.localhost_nodeports
+        && (prefixes.is_empty() || prefixes.iter().any(|p| p.contains(&loopback)))
+}
+
 /// Where healthCheckNodePort servers listen: every address (empty) without
 /// `--nodeport-addresses`, else this namespace's addresses in those prefixes (kube-proxy's
 /// choice too; every address, with a warning, when none is).
@@ -305,6 +319,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .collect(),
         metadata: embedded.as_ref().map(|e| e.redirect.clone()),
         tcp_peer: args.socket_lb_peer,
+        localhost_nodeports: localhost_nodeports(&args),
     };
     if let Some(m) = &settings.metadata {
         // Redirected metadata connections keep a reverse record too (getpeername shows the

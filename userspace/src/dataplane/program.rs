@@ -136,6 +136,8 @@ pub struct NodeSettings {
     pub metadata: Option<MetadataRedirect>,
     /// getpeername() of a balanced TCP socket shows the service address (`--socket-lb-peer`).
     pub tcp_peer: bool,
+    /// Host processes reach NodePorts on 127.0.0.0/8 (`--localhost-nodeports`).
+    pub localhost_nodeports: bool,
 }
 
 /// The kernel half of metadata concealment: pod TCP connections to `server` on `ports` are
@@ -202,7 +204,8 @@ fn config(settings: &NodeSettings, node: Option<&NodeInfo>, ready: bool) -> Conf
             .as_ref()
             .map(|m| m.proxy.port().to_be())
             .unwrap_or_default(),
-        pad2: [0; 2],
+        localhost_nodeports: u8::from(settings.localhost_nodeports),
+        pad2: [0; 1],
     }
 }
 
