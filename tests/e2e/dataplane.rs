@@ -1070,7 +1070,48 @@ fn maglev_sends_a_flow_from_outside_to_the_same_backend_through_either_node() {
         Ok(())
     };
     consistent(&s, 2).unwrap();
-    let n1p1 = s.pod("n1p1");
+    // Both nodes hold the same table, entry for entry (by backend address; IDs are each
+    // node's own).
+    let before = maglev_table(&s, "node1");
+    assert_eq!(before, maglev_table(&s, "node2"));
+    // n1p2 joins: the nodes still hold the same table; n1p2 takes about a third of the
+    // entries, and few entries move between the two backends that stay (Maglev's point).
+    let (n1p1, n1p2, n2p1) = (s.pod("n1p1"), s.pod("n1p2"), s.pod("n2p1"));
+    s.update(vec![with_endpoints(
+        slice_of(&s, "np-1"),
+        vec![
+            scenario::endpoint(n1p1, scenario::ready()),
+            scenario::endpoint(n2p1, scenario::ready()),
+            scenario::endpoint(n1p2, scenario::ready()),
+        ],
+    )]);
+    tollgate_tests::wait_for("tables of three backends", Duration::from_secs(5), || {
+        consistent(&s, 3).ok()
+    });
+    let after = maglev_table(&s, "node1");
+    assert_eq!(after, maglev_table(&s, "node2"));
+    let taken = after.iter().filter(|a| **a == n1p2.ip).count();
+    let crossed = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b != a && **a != n1p2.ip)
+        .count();
+    // Maglev's population gives each of n backends ⌊M/n⌋ or ⌈M/n⌉ entries.
+    let third = maglev::SIZE as usize / 3;
+    assert!(
+        (third..=third + 1).contains(&taken),
+        "n1p2 has {taken} of {} entries",
+        after.len()
+    );
+    // Under 5 %, as the unit tests bound it for a backend that goes (1 entry here).
+    assert!(
+        crossed * 20 < after.len(),
+        "{crossed} entries moved between n1p1 and n2p1"
+    );
+    for sport in 41_200..41_208 {
+        let (a, b) = (ask("node1", sport), ask("node2", sport));
+        assert_eq!(a, b, "source port {sport}: node1 chose {a}, node2 {b}");
+    }
     s.update(vec![with_endpoints(
         slice_of(&s, "np-1"),
         vec![scenario::endpoint(n1p1, scenario::ready())],
@@ -1102,6 +1143,34 @@ fn maglev_sends_a_flow_from_outside_to_the_same_backend_through_either_node() {
         0,
         "no tables left once the random agent is ready"
     );
+}
+
+/// `node`'s Maglev table of the NodePort's TCP service port, as the backends' addresses.
+fn maglev_table(s: &Scenario, node: &str) -> Vec<Ipv4Addr> {
+    let pins = tollgate::dataplane::PinLayout::existing(&s.cluster.node(node).bpffs);
+    let maps = tollgate::dataplane::lbmaps::LbMaps::open(&pins).unwrap();
+    let id = maps
+        .svc
+        .iter()
+        .map(Result::unwrap)
+        .find(|(k, v)| {
+            k.slot == 0
+                && k.port == scenario::NODEPORT.to_be()
+                && k.proto == 6
+                && v.flags & svc_flags::MAGLEV != 0
+        })
+        .expect("the NodePort's Maglev entry")
+        .1
+        .service_id;
+    let table = maps.maglev.get(&id, 0).unwrap();
+    table
+        .backends
+        .iter()
+        .map(|b| {
+            let backend = maps.backend.get(b, 0).unwrap();
+            Ipv4Addr::from(backend.addr[3].to_ne_bytes())
+        })
+        .collect()
 }
 
 /// Packets the uplink's TC ingress program saw on node1.
