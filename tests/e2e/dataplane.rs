@@ -412,6 +412,53 @@ fn host_processes_reach_node_ports_on_loopback_and_pods_do_not() {
 }
 
 #[test]
+fn sctp_ports_are_reported_and_left_out_while_the_services_other_ports_work() {
+    let s = Scenario::with_objects(tollgate_tests::ClusterSpec::default(), &[], |c| {
+        let mut o = scenario::objects(c);
+        o.push(scenario::service(
+            "mixed",
+            serde_json::json!({"clusterIP": "10.96.0.41", "ports": [
+                {"name": "http", "port": 80, "targetPort": 8080},
+                {"name": "sig", "port": 9000, "protocol": "SCTP"}]}),
+        ));
+        o.push(scenario::slice(
+            "mixed-1",
+            "mixed",
+            "IPv4",
+            serde_json::json!([{"name": "http", "port": 8080, "protocol": "TCP"},
+                {"name": "sig", "port": 9000, "protocol": "SCTP"}]),
+            vec![scenario::endpoint(c.pod("n2p1"), scenario::ready())],
+        ));
+        o
+    });
+    let t = s.client(s.pod("n1p1").placement(), "10.96.0.41:80", 3, Mode::Tcp, T);
+    assert_eq!((t.ok, t.names()), (3, vec!["n2p1"]), "{t:?}");
+    let node1 = s.node("node1");
+    assert_eq!(s.backends(node1, "10.96.0.41:9000", "internal"), None);
+    let metrics = admin_get(node1, "/metrics").1;
+    assert_eq!(
+        metric(&metrics, "tollgate_dataplane_unbalanced_service_ports"),
+        1.0
+    );
+    assert!(
+        s.agents[0]
+            .logs()
+            .contains("SCTP service ports are not load-balanced"),
+        "the agent says so"
+    );
+    // Without its SCTP port, nothing is reported any more.
+    s.update(vec![scenario::service(
+        "mixed",
+        serde_json::json!({"clusterIP": "10.96.0.41", "ports": [
+            {"name": "http", "port": 80, "targetPort": 8080}]}),
+    )]);
+    tollgate_tests::wait_for("the report to clear", T * 5, || {
+        let m = admin_get(node1, "/metrics").1;
+        (metric(&m, "tollgate_dataplane_unbalanced_service_ports") == 0.0).then_some(())
+    });
+}
+
+#[test]
 fn reject_and_drop() {
     let s = Scenario::new();
     // No endpoints at all: REJECT, at once (connection refused), from pods, host and outside.

@@ -44,6 +44,7 @@ pub struct DataplaneMetrics {
     termination_errors: Counter,
     services: Gauge,
     unprogrammed: Gauge,
+    unbalanced: Gauge,
 }
 
 impl DataplaneMetrics {
@@ -63,6 +64,7 @@ impl DataplaneMetrics {
             termination_errors: Counter::default(),
             services: Gauge::default(),
             unprogrammed: Gauge::default(),
+            unbalanced: Gauge::default(),
         };
         reg.register(
             "kubeproxy_sync_proxy_rules_duration_seconds",
@@ -108,6 +110,11 @@ impl DataplaneMetrics {
             "tollgate_dataplane_unprogrammed_services",
             "Services waiting to be programmed after an error (retried on every update)",
             m.unprogrammed.clone(),
+        );
+        reg.register(
+            "tollgate_dataplane_unbalanced_service_ports",
+            "Service ports left out of the maps because of their protocol (SCTP: the programs handle TCP and UDP)",
+            m.unbalanced.clone(),
         );
         m
     }
@@ -362,6 +369,9 @@ impl Programmer {
             self.metrics
                 .services
                 .set(self.writer.programmed_services() as i64);
+            self.metrics
+                .unbalanced
+                .set(self.writer.unbalanced_ports() as i64);
             self.programming.programmed(&update.trigger_times);
             self.health.programmed();
             if !purge.is_empty() {

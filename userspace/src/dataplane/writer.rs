@@ -253,6 +253,14 @@ pub struct Writer {
     maglev: bool,
     /// Service port ID → the backend IDs of its Maglev table as written (sorted).
     maglev_tables: HashMap<u32, Vec<u32>>,
+    /// Services with ports the programs cannot balance (SCTP) → how many.
+    unbalanced: HashMap<ObjKey, usize>,
+}
+
+/// Can the kernel programs balance this port's protocol? They handle TCP and UDP; an SCTP
+/// port is left out of the maps (reported, never half-programmed).
+fn balanced(port: &ServicePortState) -> bool {
+    port.protocol != Protocol::Sctp
 }
 
 fn fill(dst: &mut [u8], s: &str) {
@@ -322,6 +330,7 @@ impl Writer {
             adopted_frontends: HashMap::new(),
             maglev: false,
             maglev_tables: HashMap::new(),
+            unbalanced: HashMap::new(),
         }
     }
 
@@ -337,6 +346,31 @@ impl Writer {
 
     pub fn programmed_services(&self) -> usize {
         self.services.len()
+    }
+
+    /// Service ports left out of the maps because of their protocol (SCTP).
+    pub fn unbalanced_ports(&self) -> usize {
+        self.unbalanced.values().sum()
+    }
+
+    /// Keeps count of a service's SCTP ports, warning when that count changes.
+    fn note_unbalanced(&mut self, change: &ServiceChange) {
+        let count = change
+            .new
+            .as_ref()
+            .map_or(0, |s| s.ports.iter().filter(|p| !balanced(p)).count());
+        let before = if count == 0 {
+            self.unbalanced.remove(&change.key)
+        } else {
+            self.unbalanced.insert(change.key.clone(), count)
+        };
+        if count > 0 && before != Some(count) {
+            tracing::warn!(
+                service = %change.key,
+                ports = count,
+                "SCTP service ports are not load-balanced: Tollgate's kernel programs handle TCP and UDP"
+            );
+        }
     }
 
     pub fn take_stats(&mut self) -> WriteStats {
@@ -505,6 +539,7 @@ impl Writer {
     /// Applies one service's change. On error the service keeps its previous programming and
     /// nothing else is affected.
     pub fn apply(&mut self, change: &ServiceChange) -> Result<Purge, WriteError> {
+        self.note_unbalanced(change);
         let old = self.services.remove(&change.key);
         let result = match &change.new {
             Some(new) => self.program(new, old.as_ref()),
@@ -606,6 +641,7 @@ impl Writer {
         let needed_svc: usize = state
             .ports
             .iter()
+            .filter(|p| balanced(p))
             .map(|p| {
                 p.frontends
                     .iter()
@@ -643,7 +679,7 @@ impl Writer {
             });
         }
         let mut written = WrittenService::default();
-        for port in &state.ports {
+        for port in state.ports.iter().filter(|p| balanced(p)) {
             let ident = (port.name.clone(), port.protocol, port.ip_family);
             let prev = old.and_then(|o| o.ports.iter().find(|p| p.ident == ident));
             let adopted = prev
