@@ -197,6 +197,19 @@ fn prints_the_state_once_and_refuses_a_broken_file() {
         serde_json::json!(["10.244.2.11:8080"])
     );
 
+    // --stats: one line of totals on stderr, the state unchanged on stdout.
+    let stats = Command::new(tollgate_bin())
+        .args(["enls", "--stats", "--node", "node1", "--source"])
+        .arg(format!("file:{}", path.display()))
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&stats.stderr);
+    assert!(
+        line.contains("revision 1  services 2  cpu"),
+        "one line of totals: {line}"
+    );
+    assert_eq!(stats.stdout, out.stdout);
+
     write(
         &path,
         "apiVersion: v1\nkind: Service\nmetadata: {name: web\n",

@@ -31,7 +31,8 @@ pub struct Args {
     /// removed, pods, node).
     #[arg(long)]
     pub watch: bool,
-    /// Print a line per second on stderr: events, revisions, CPU, RSS.
+    /// Print a line per second on stderr: events, revisions, CPU, RSS (a file printed once:
+    /// one line at the end, with the totals).
     #[arg(long)]
     pub stats: bool,
     /// With --watch: `changes` prints each change in full; `summary` prints one short line
@@ -61,7 +62,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let first = engine
             .sync()
             .context("the manifest did not give a complete state")?;
-        return print_snapshot(&args.enls.node, &first);
+        print_snapshot(&args.enls.node, &first)?;
+        if args.stats {
+            let (cpu, rss) = runner::process_usage().unwrap_or_default();
+            eprintln!(
+                "{}  events {}  revision {}  services {}  cpu {:.2} s  rss {:.1} MiB",
+                crate::telemetry::utc_now(),
+                engine.api_events(),
+                engine.revision(),
+                engine.services().count(),
+                cpu.as_secs_f64(),
+                rss as f64 / (1024.0 * 1024.0)
+            );
+        }
+        return Ok(());
     }
     let engine = Enls::new(args.enls.enls_config(), EnlsMetrics::detached());
     let (events_tx, events_rx) = mpsc::channel(256);
