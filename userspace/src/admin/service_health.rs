@@ -39,6 +39,7 @@ use prometheus_client::{
 use tokio::{net::TcpListener, sync::mpsc, task::JoinSet, time::Instant};
 
 use super::Health;
+use crate::dataplane::sys::setsockopt;
 use crate::enls::{
     Update,
     model::{ObjKey, ServiceState},
@@ -327,19 +328,12 @@ fn bind(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     if dual_stack {
         let off: libc::c_int = 0;
-        // SAFETY: a valid socket and a c_int option value of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                libc::IPV6_V6ONLY,
-                (&raw const off).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            &off,
+        )?;
     }
     socket.bind(addr)?;
     socket.listen(128)

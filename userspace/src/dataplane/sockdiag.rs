@@ -92,19 +92,12 @@ impl Diag {
             tv_sec: 5,
             tv_usec: 0,
         };
-        // SAFETY: setsockopt(2) on our socket with a timeval of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        super::sys::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &timeout,
+        )?;
         Ok(Self { fd, seq: 0 })
     }
 

@@ -98,6 +98,29 @@ pub fn netns_cookie() -> std::io::Result<u64> {
     Ok(cookie)
 }
 
+/// setsockopt(2) with `value` as the option (a plain C value such as `c_int` or `timeval`).
+pub fn setsockopt<T: Copy>(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: `value` is a valid, initialized T, passed with its own size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Seconds of CLOCK_MONOTONIC, the clock the programs stamp entries with.
 pub fn monotonic_secs() -> u32 {
     let mut ts = libc::timespec {
