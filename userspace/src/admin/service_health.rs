@@ -190,19 +190,6 @@ impl ServiceHealthServers {
         }
     }
 
-    /// The port each Service's server listens on.
-    pub fn listening(&self) -> HashMap<ObjKey, u16> {
-        self.open.iter().map(|(k, i)| (k.clone(), i.port)).collect()
-    }
-
-    /// The Services whose port could not be opened (tried again every [`RETRY`]).
-    pub fn failed(&self) -> HashMap<ObjKey, u16> {
-        self.failed
-            .iter()
-            .map(|(k, w)| (k.clone(), w.port))
-            .collect()
-    }
-
     fn set(&mut self, key: &ObjKey, wanted: Option<Wanted>) {
         if let (Some(open), Some(w)) = (self.open.get(key), wanted)
             && open.port == w.port

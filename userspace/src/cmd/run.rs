@@ -76,7 +76,8 @@ pub struct Args {
     /// Host processes reach NodePorts on loopback addresses (127.0.0.0/8), as with
     /// kube-proxy's iptables mode (`--iptables-localhost-nodeports`): `curl 127.0.0.1:30080`
     /// on a node reaches NodePort 30080 (IPv4 only; never from pods, whose loopback is their
-    /// own). With `--nodeport-addresses`, only when that includes 127.0.0.1, as kube-proxy.
+    /// own). With `--nodeport-addresses`, only when that includes 127.0.0.1, as kube-proxy
+    /// (and the node's first IPv4 address, where the NodePort is looked up).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub localhost_nodeports: bool,
     /// When a backend leaves a UDP service port, destroy the connected UDP sockets the socket
