@@ -1037,7 +1037,11 @@ fn new_connections_spread_evenly_over_backends() {
 /// two nodes agree on one of the NodePort's two backends half the time).
 #[test]
 fn maglev_sends_a_flow_from_outside_to_the_same_backend_through_either_node() {
-    let mut s = Scenario::with(Default::default(), &["--lb-algorithm", "maglev"]);
+    // Tables of 16381 entries (four map values each), not the default 4093.
+    let mut s = Scenario::with(
+        Default::default(),
+        &["--lb-algorithm", "maglev", "--maglev-table-size", "16381"],
+    );
     // One connection from outside with a fixed source port; the name of the pod that answers.
     let ask = |node: &str, sport: u16| {
         let to = format!(
@@ -1088,8 +1092,7 @@ fn maglev_sends_a_flow_from_outside_to_the_same_backend_through_either_node() {
                     }));
                 }
             }
-            let tables: Vec<(u32, maglev::Table)> =
-                maps.maglev.iter().map(Result::unwrap).collect();
+            let tables = maglev_tables(&maps, MAGLEV_SIZE);
             let with_backends = slots.values().filter(|i| !i.is_empty()).count();
             if tables.len() != with_backends {
                 return Err(format!(
@@ -1098,7 +1101,7 @@ fn maglev_sends_a_flow_from_outside_to_the_same_backend_through_either_node() {
                 ));
             }
             for (id, t) in &tables {
-                let held: BTreeSet<u32> = t.backends.iter().copied().collect();
+                let held: BTreeSet<u32> = t.iter().copied().collect();
                 if Some(&held) != slots.get(id) {
                     return Err(format!(
                         "{node}: table of {id}: {held:?} {:?}",
@@ -1107,8 +1110,8 @@ fn maglev_sends_a_flow_from_outside_to_the_same_backend_through_either_node() {
                 }
             }
             let sizes: Vec<usize> = tables
-                .iter()
-                .map(|(_, t)| t.backends.iter().collect::<BTreeSet<_>>().len())
+                .values()
+                .map(|t| t.iter().collect::<BTreeSet<_>>().len())
                 .collect();
             if !sizes.contains(&want) {
                 return Err(format!("{node}: no table of {want} backends: {sizes:?}"));
@@ -1144,7 +1147,7 @@ fn maglev_sends_a_flow_from_outside_to_the_same_backend_through_either_node() {
         .filter(|(b, a)| b != a && **a != n1p2.ip)
         .count();
     // Maglev's population gives each of n backends ⌊M/n⌋ or ⌈M/n⌉ entries.
-    let third = maglev::SIZE as usize / 3;
+    let third = MAGLEV_SIZE as usize / 3;
     assert!(
         (third..=third + 1).contains(&taken),
         "n1p2 has {taken} of {} entries",
@@ -1175,21 +1178,48 @@ fn maglev_sends_a_flow_from_outside_to_the_same_backend_through_either_node() {
     }
     // Restarted with random choice (the default), node1's agent removes its tables.
     let tables = |s: &Scenario| {
-        use tollgate_common::lb::maglev::{NAME, Table};
+        use tollgate_common::lb::maglev::{Chunk, Key, NAME};
         let data = MapData::from_pin(s.cluster.node("node1").bpffs.join(NAME)).unwrap();
-        let map: aya::maps::HashMap<_, u32, Table> =
+        let map: aya::maps::HashMap<_, Key, Chunk> =
             aya::maps::HashMap::try_from(Map::HashMap(data)).unwrap();
         map.keys().count()
     };
     assert!(tables(&s) >= 1, "the NodePort's service ports have tables");
     s.agents[0].terminate();
     let node = s.cluster.node("node1");
+    // An older agent's table map (any map pinned under its name stands in for it) is
+    // unpinned at start.
+    let retired = node.bpffs.join("tg_maglev_v1");
+    MapData::from_pin(node.bpffs.join(tollgate_common::lb::svc::NAME))
+        .unwrap()
+        .pin(&retired)
+        .unwrap();
     s.agents[0] = tollgate_tests::agent::start_agent(node, &s.source, &[]);
     assert_eq!(
         tables(&s),
         0,
         "no tables left once the random agent is ready"
     );
+    assert!(!retired.exists(), "the retired map's pin is gone");
+}
+
+/// The Maglev table size the e2e test runs with.
+const MAGLEV_SIZE: u32 = 16381;
+
+/// The Maglev tables in `maps`, their chunks put together: service port ID → its `size`
+/// entries (a missing chunk leaves zeros).
+fn maglev_tables(maps: &tollgate::dataplane::lbmaps::LbMaps, size: u32) -> HashMap<u32, Vec<u32>> {
+    let mut tables: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (k, c) in maps.maglev.iter().map(Result::unwrap) {
+        let t = tables
+            .entry(k.service_id)
+            .or_insert_with(|| vec![0; size as usize]);
+        let start = (k.chunk * maglev::CHUNK) as usize;
+        for (entry, id) in t.iter_mut().skip(start).zip(c.backends) {
+            *entry = id;
+        }
+    }
+    tables
 }
 
 /// `node`'s Maglev table of the NodePort's TCP service port, as the backends' addresses.
@@ -1209,9 +1239,7 @@ fn maglev_table(s: &Scenario, node: &str) -> Vec<Ipv4Addr> {
         .expect("the NodePort's Maglev entry")
         .1
         .service_id;
-    let table = maps.maglev.get(&id, 0).unwrap();
-    table
-        .backends
+    maglev_tables(&maps, MAGLEV_SIZE)[&id]
         .iter()
         .map(|b| {
             let backend = maps.backend.get(b, 0).unwrap();
@@ -1433,7 +1461,7 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
         ("tg_tcpheld_v1", &["value"]),
         ("tg_peerport_v1", &["value"]),
         ("tg_srcrange_v1", &["rev_nat_id", "addr"]),
-        ("tg_maglev_v1", &["backends"]),
+        ("tg_maglev_v2", &["service_id", "chunk", "backends"]),
         (
             "tg_svcstat_v1",
             &["packets", "bytes", "connections", "refused"],

@@ -319,11 +319,12 @@ struct Bench {
 /// Loads the dataplane (nothing attached), programs the services, and sets up node1's
 /// routes and neighbours so FIB lookups resolve. Runs inside node1's namespace.
 fn bench(node: &Node) -> Bench {
-    bench_with(node, Vec::new(), false)
+    bench_with(node, Vec::new(), None)
 }
 
-/// [`bench`] with more objects and, with `maglev`, Maglev tables (`--lb-algorithm maglev`).
-fn bench_with(node: &Node, extra: Vec<Value>, maglev: bool) -> Bench {
+/// [`bench`] with more objects and, with `maglev`, Maglev tables of that size
+/// (`--lb-algorithm maglev --maglev-table-size M`).
+fn bench_with(node: &Node, extra: Vec<Value>, maglev: Option<u32>) -> Bench {
     node.ns.ip(&[
         "route",
         "add",
@@ -353,9 +354,15 @@ fn bench_with(node: &Node, extra: Vec<Value>, maglev: bool) -> Bench {
         "nud",
         "permanent",
     ]);
-    let dp = Dataplane::load(&node.bpffs, &Default::default()).unwrap();
+    let size = maglev.unwrap_or(tollgate_common::lb::maglev::DEFAULT_SIZE);
+    let sizes = tollgate::dataplane::MapSizes {
+        maglev: tollgate::dataplane::MapSizes::maglev_chunks(size),
+        ..Default::default()
+    };
+    let dp = Dataplane::load(&node.bpffs, &sizes).unwrap();
     let mut writer = Writer::new(LbMaps::open(dp.pins()).unwrap());
-    writer.set_maglev(maglev);
+    writer.set_maglev(maglev.is_some());
+    writer.set_maglev_size(size);
     let mut enls = Enls::new(EnlsConfig::new("node1"), EnlsMetrics::detached());
     for k in Kind::ALL {
         enls.handle(SourceEvent::ListBegin(k));
@@ -781,10 +788,18 @@ fn xdp_translates_in_place_and_transmits_from_the_uplink() {
 
 #[test]
 fn maglev_picks_the_backend_every_node_computes_from_the_flow() {
+    use tollgate_common::lb::maglev::DEFAULT_SIZE;
+    // The default table is one map value; 16381 entries take four (chunks).
+    for size in [DEFAULT_SIZE, 16381] {
+        maglev_picks_with(size);
+    }
+}
+
+fn maglev_picks_with(size: u32) {
     use std::collections::{BTreeSet, HashMap};
 
     use tollgate::dataplane::{addr::words, maglev};
-    use tollgate_common::lb::maglev::{SIZE, hash};
+    use tollgate_common::lb::maglev::{chunks, hash};
     let backends: Vec<Ipv4Addr> = (21..25).map(|i| Ipv4Addr::new(10, 244, 2, i)).collect();
     let spread = vec![
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "spread"},
@@ -797,7 +812,7 @@ fn maglev_picks_the_backend_every_node_computes_from_the_flow() {
     let c = cluster();
     let node = c.node("node1");
     node.ns.run_in(|| {
-        let b = bench_with(node, spread, true);
+        let b = bench_with(node, spread, Some(size));
         // What any node computes from the backends' identities, with this node's IDs.
         let maps = LbMaps::open(b.dp.pins()).unwrap();
         let ids: HashMap<[u32; 4], u32> = maps
@@ -813,10 +828,10 @@ fn maglev_picks_the_backend_every_node_computes_from_the_flow() {
                 (maglev::identity(&addr, 8080u16.to_be(), 6), ids[&addr])
             })
             .collect();
-        let table = maglev::table(&members);
+        let table = maglev::table(&members, size);
         assert_eq!(
             maps.maglev.keys().count(),
-            5,
+            5 * chunks(size) as usize,
             "a table per external service port with backends: remote (2 ports), local, six, spread"
         );
         let expected = |sport: u16| {
@@ -826,7 +841,7 @@ fn maglev_picks_the_backend_every_node_computes_from_the_flow() {
                 30090u16.to_be(),
                 6,
             );
-            let id = table.backends[(h % SIZE) as usize];
+            let id = table[(h % size) as usize];
             *backends
                 .iter()
                 .find(|ip| ids[&words(IpAddr::V4(**ip))] == id)

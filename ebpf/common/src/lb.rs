@@ -12,7 +12,7 @@
 //! - `tg_sockct_v1` / `tg_sockrev_v1`: per-socket backend choice and reverse translation for the
 //!   socket hooks (unconnected UDP, recvmsg, getpeername);
 //! - `tg_srcrange_v1`: loadBalancerSourceRanges (LPM);
-//! - `tg_maglev_v1`: Maglev tables by service-port ID (`--lb-algorithm maglev`);
+//! - `tg_maglev_v2`: Maglev tables by (service-port ID, chunk) (`--lb-algorithm maglev`);
 //! - `tg_svcstat_v1` / `tg_bestat_v1`: per-CPU counters by service-port ID and backend ID;
 //! - `tg_config_v2`: one entry of node-wide settings.
 //!
@@ -57,7 +57,7 @@ pub mod svc_flags {
     /// The frontend address is one of this node's addresses (NodePort): SNAT to it.
     pub const NODE_ADDRESS: u16 = 16;
     /// Traffic from outside picks its backend from the service port's Maglev table
-    /// (`tg_maglev_v1`, `--lb-algorithm maglev`) while it has one.
+    /// (`tg_maglev_v2`, `--lb-algorithm maglev`) while it has one.
     pub const MAGLEV: u16 = 32;
 }
 
@@ -97,7 +97,9 @@ pub mod svc {
         pub service_id: u32,
         /// host: frontend entry: ClientIP affinity timeout in seconds; 0 = no affinity.
         pub affinity_timeout: u32,
-        pub pad: [u8; 4],
+        /// host: frontend entry with [`super::svc_flags::MAGLEV`]: its table's size M (0, what
+        /// an older agent wrote here: [`super::maglev::DEFAULT_SIZE`]).
+        pub maglev_size: u32,
     }
     const _: () = assert!(core::mem::size_of::<SvcValue>() == 24);
 
@@ -272,29 +274,53 @@ pub mod ct {
 pub mod maglev {
     //! Maglev consistent hashing (`--lb-algorithm maglev`), for traffic from outside the node
     //! only, as in Cilium: pods and host processes are balanced per socket at connect time and
-    //! need no hashing. Per service port with external frontends, one table of [`SIZE`] backend
-    //! IDs, filled by the Maglev algorithm (Eisenbud et al., NSDI 2016) from the backends'
+    //! need no hashing. Per service port with external frontends, one table of M backend
+    //! IDs (M from [`SIZES`], [`DEFAULT_SIZE`] unless configured), filled by the Maglev algorithm (Eisenbud et al., NSDI 2016) from the backends'
     //! addresses, so every node fills the same table from the same backends: a flow from
     //! outside reaches the same backend whichever node it enters, and a backend that goes moves
-    //! little more than its own share of flows. The programs take `backends[hash % SIZE]`, the
+    //! little more than its own share of flows. The programs take entry `hash % M`, the
     //! hash being [`hash`] of the packet's client address, ports and protocol, which every node
     //! computes alike (the destination is left out, so a NodePort gives the same choice on
     //! every node).
-    pub const NAME: &str = "tg_maglev_v1";
-    /// Table entries: a prime, at least 100 × the backends for the least disruption.
-    pub const SIZE: u32 = 4093;
-    /// Tables: at most one per service port.
+    pub const NAME: &str = "tg_maglev_v2";
+    /// Table sizes M (`--maglev-table-size`, Cilium's `bpf-lb-maglev-table-size` choices):
+    /// primes; M ≥ 100 × the backends gives the least disruption and the most even shares.
+    pub const SIZES: [u32; 10] = [
+        251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071,
+    ];
+    /// The default M (and what a frontend entry's `maglev_size` of 0, written by an older
+    /// agent, means).
+    pub const DEFAULT_SIZE: u32 = 4093;
+    /// Entries per map value: a table of M entries is ⌈M / CHUNK⌉ values, keyed by
+    /// (service port, chunk); entry `i` is entry `i % CHUNK` of chunk `i / CHUNK`.
+    pub const CHUNK: u32 = 4096;
+    /// Tables: at most one per service port (the map holds `CAPACITY × chunks(M)` values).
     pub const CAPACITY: u32 = super::stats::CAPACITY;
+
+    /// Map values a table of `size` entries takes.
+    pub const fn chunks(size: u32) -> u32 {
+        size.div_ceil(CHUNK)
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct Key {
+        /// host: the service port's ID.
+        pub service_id: u32,
+        /// host: which CHUNK entries of its table.
+        pub chunk: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<Key>() == 8);
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct Table {
-        /// Backend IDs (`tg_backend_v1`), indexed by `hash % SIZE`.
-        pub backends: [u32; SIZE as usize],
+    pub struct Chunk {
+        /// Backend IDs (`tg_backend_v1`); entries past the table's size are 0.
+        pub backends: [u32; CHUNK as usize],
     }
-    const _: () = assert!(core::mem::size_of::<Table>() == 4 * SIZE as usize);
+    const _: () = assert!(core::mem::size_of::<Chunk>() == 4 * CHUNK as usize);
 
-    crate::impl_pod!(Table);
+    crate::impl_pod!(Key, Chunk);
 
     #[inline(always)]
     const fn mix(h: u32, word: u32) -> u32 {

@@ -117,17 +117,20 @@ pub fn choose(fe: &Frontend, p: &Pkt, outside: u32, out: &mut Chosen) -> u32 {
 
 /// The backend the service port's Maglev table holds for `hash`, if it has a table.
 #[inline(always)]
-fn maglev_pick(service_id: u32, hash: u32) -> Option<(u32, Backend)> {
-    // SAFETY: one element read out of the table at once.
-    let table = unsafe { MAGLEV.get(service_id) }?;
-    let mut index = u64::from(hash % maglev::SIZE);
-    // The verifier does not follow a remainder's range, and LLVM drops the bounds check that
-    // the remainder makes redundant: hide the value so the check stays for the verifier.
-    // SAFETY: one register-to-itself move; the register keeps its value.
-    unsafe {
-        core::arch::asm!("{0} = {0}", inout(reg) index, options(pure, nomem, nostack, preserves_flags))
+fn maglev_pick(fe: &Frontend, hash: u32) -> Option<(u32, Backend)> {
+    let size = match fe.value.maglev_size {
+        0 => maglev::DEFAULT_SIZE,
+        m => m,
     };
-    let id = *table.backends.get(index as usize)?;
+    let index = hash % size;
+    let key = maglev::Key {
+        service_id: fe.value.service_id,
+        chunk: index / maglev::CHUNK,
+    };
+    // SAFETY: one element read out of the chunk at once.
+    let chunk = unsafe { MAGLEV.get(key) }?;
+    // CHUNK is a power of two: the mask bounds the index for the verifier.
+    let id = *chunk.backends.get((index & (maglev::CHUNK - 1)) as usize)?;
     backend(id).map(|b| (id, b))
 }
 
@@ -173,7 +176,7 @@ pub fn select(
         );
         return Some((a.backend_id, b));
     }
-    let (id, b) = match hash.and_then(|h| maglev_pick(fe.value.service_id, h)) {
+    let (id, b) = match hash.and_then(|h| maglev_pick(fe, h)) {
         Some(chosen) => chosen,
         None => {
             // SAFETY: helper without preconditions.

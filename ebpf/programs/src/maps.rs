@@ -88,12 +88,13 @@ pub static TCP_REV_HELD: Array<u64, { sockrev::HELD_WORDS as usize }> = Array::n
 #[btf_map(name = "tg_peerport_v1")]
 pub static PEER_PORTS: Array<u64, { sockrev::PORT_WORDS as usize }> = Array::new();
 
-/// Maglev tables by service-port ID (see `maglev`), allocated as they are written (16 KiB
-/// each, only with `--lb-algorithm maglev`).
-#[btf_map(name = "tg_maglev_v1")]
+/// Maglev tables by (service-port ID, chunk) (see `maglev`), allocated as they are written
+/// (16 KiB a chunk, only with `--lb-algorithm maglev`). Sized at load for the configured
+/// table size (`CAPACITY × chunks(M)`).
+#[btf_map(name = "tg_maglev_v2")]
 pub static MAGLEV: HashMap<
-    u32,
-    maglev::Table,
+    maglev::Key,
+    maglev::Chunk,
     { maglev::CAPACITY as usize },
     { BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();

@@ -88,13 +88,20 @@ pub struct Args {
     pub socket_lb_terminate_udp: bool,
     /// How traffic from outside the node (NodePort, externalIPs, LoadBalancer IPs) picks a
     /// backend for a new flow (Cilium's `bpf-lb-algorithm`): `random`, or `maglev`: consistent
-    /// hashing of the client address, ports and protocol over a 4093-entry table per service
-    /// port (16 KiB each), which every node fills alike, so a flow that enters through another
-    /// node (ECMP, a moved LoadBalancer) reaches the same backend, and a backend that goes
-    /// moves little more than its own share. Pods and host processes are balanced at connect
+    /// hashing of the client address, ports and protocol over a table per service port
+    /// (`--maglev-table-size` entries), which every node fills alike, so a flow that enters
+    /// through another node (ECMP, a moved LoadBalancer) reaches the same backend, and a
+    /// backend that goes moves little more than its own share. Pods and host processes are balanced at connect
     /// time either way. ClientIP session affinity comes first.
     #[arg(long, value_enum, default_value_t = LbAlgorithm::Random)]
     pub lb_algorithm: LbAlgorithm,
+    /// Entries of each Maglev table (Cilium's `bpf-lb-maglev-table-size`): one of the primes
+    /// 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071. At least 100 × a
+    /// service port's backends gives the least disruption and the most even shares; each
+    /// table takes ⌈M / 4096⌉ × 16 KiB. A pinned map keeps the size it was created for
+    /// (`tollgate cleanup` applies a larger one).
+    #[arg(long, default_value_t = tollgate_common::lb::maglev::DEFAULT_SIZE, value_parser = parse_maglev_size)]
+    pub maglev_table_size: u32,
     /// Source ports for SNAT of translated traffic (outside the kernel's ephemeral range).
     #[arg(long, default_value = "61000-65535", value_parser = parse_range)]
     pub snat_port_range: (u16, u16),
@@ -259,6 +266,16 @@ fn metadata_proxy_bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListe
     crate::metadata::proxy::bind(addr)
 }
 
+fn parse_maglev_size(s: &str) -> Result<u32, String> {
+    use tollgate_common::lb::maglev::SIZES;
+    let n: u32 = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if SIZES.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{n} is not one of the table sizes {SIZES:?}"))
+    }
+}
+
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
     let (a, b) = s
         .split_once('-')
@@ -297,6 +314,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let sizes = MapSizes {
         lb: args.lb_map_size,
         ct: args.ct_map_size,
+        maglev: MapSizes::maglev_chunks(args.maglev_table_size),
     };
     let mut dp = Dataplane::load(&args.bpffs, &sizes).context("loading the dataplane")?;
     if let Some(logger) = dp.take_logger() {
@@ -304,6 +322,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut writer = Writer::new(LbMaps::open(dp.pins())?);
     writer.set_maglev(args.lb_algorithm == LbAlgorithm::Maglev);
+    writer.set_maglev_size(args.maglev_table_size);
     let purge_maps = LbMaps::open(dp.pins())?;
     // The metadata proxy listens before any pod connection is redirected to it.
     let embedded = match args.metadata.flavor() {
@@ -482,5 +501,22 @@ async fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>)
         };
         guard.get_inner_mut().flush();
         guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maglev_table_sizes_are_cilium_primes_only() {
+        assert_eq!(parse_maglev_size("16381"), Ok(16381));
+        assert_eq!(parse_maglev_size(" 4093 "), Ok(4093));
+        let e = parse_maglev_size("4000").unwrap_err();
+        assert!(
+            e.contains("not one of the table sizes") && e.contains("131071"),
+            "{e}"
+        );
+        assert!(parse_maglev_size("big").is_err());
     }
 }

@@ -8,7 +8,7 @@ use tollgate_common::lb::{
     config::{self, Config},
     ct::{self, CtEntry, CtKey},
     feport,
-    maglev::{self, Table},
+    maglev::{self, Chunk},
     revnat::{self, RevNat},
     sockct::{self, SockCtKey, SockCtValue},
     sockrev::{self, SockRevKey, SockRevValue, port_bit},
@@ -33,7 +33,7 @@ pub struct LbMaps {
     pub bestat: PerCpuArray<MapData, Counters>,
     pub config: Array<MapData, Config>,
     pub svcinfo: HashMap<MapData, u32, SvcInfo>,
-    pub maglev: HashMap<MapData, u32, Table>,
+    pub maglev: HashMap<MapData, maglev::Key, Chunk>,
     pub peer_ports: PortFilter,
     pub fe_ports: PortFilter,
     /// The kernel's `max_entries` of the maps that grow with the cluster.

@@ -2,7 +2,7 @@
 //! the same table from the same backends, whatever order it learnt them in and whatever IDs
 //! it gave them, so a flow from outside reaches the same backend on every node.
 
-use tollgate_common::lb::maglev::{SIZE, Table};
+use tollgate_common::lb::maglev::{CHUNK, Chunk};
 
 /// A backend as the table knows it: its identity (address, port and protocol as the maps keep
 /// them, the same bytes on every node) and this node's ID for it.
@@ -26,14 +26,18 @@ fn fnv1a(basis: u64, bytes: &[u8]) -> u64 {
     })
 }
 
-/// Fills a table (Maglev's population: each backend in turn takes the next free entry of its
-/// own permutation of the table, so every backend ends up with ⌊SIZE/n⌋ or ⌈SIZE/n⌉ entries).
-/// `members` must not be empty.
-pub fn table(members: &[Member]) -> Box<Table> {
+/// Fills a table of `size` entries, a prime (Maglev's population: each backend in turn takes
+/// the next free entry of its own permutation of the table, so every backend ends up with
+/// ⌊size/n⌋ or ⌈size/n⌉ entries). `members` must not be empty.
+pub fn table(members: &[Member], size: u32) -> Vec<u32> {
     let mut members = members.to_vec();
     members.sort_unstable();
     members.dedup_by(|a, b| a.0 == b.0);
-    let m = u64::from(SIZE);
+    let m = u64::from(size);
+    let mut table = vec![0u32; size as usize];
+    if members.is_empty() || m < 2 {
+        return table;
+    }
     let perms: Vec<(u64, u64)> = members
         .iter()
         .map(|(name, _)| {
@@ -42,13 +46,7 @@ pub fn table(members: &[Member]) -> Box<Table> {
             (offset, skip)
         })
         .collect();
-    let mut table = Box::new(Table {
-        backends: [0; SIZE as usize],
-    });
-    if members.is_empty() {
-        return table;
-    }
-    let mut taken = vec![false; SIZE as usize];
+    let mut taken = vec![false; size as usize];
     let mut next = vec![0u64; members.len()];
     let mut filled = 0usize;
     'fill: loop {
@@ -59,10 +57,10 @@ pub fn table(members: &[Member]) -> Box<Table> {
                 c = (offset + next[i] * skip) % m;
             }
             taken[c as usize] = true;
-            table.backends[c as usize] = members[i].1;
+            table[c as usize] = members[i].1;
             next[i] += 1;
             filled += 1;
-            if filled == SIZE as usize {
+            if filled == size as usize {
                 break 'fill;
             }
         }
@@ -70,9 +68,22 @@ pub fn table(members: &[Member]) -> Box<Table> {
     table
 }
 
+/// The map values of a table: chunk `c` holds entries `c × CHUNK ..`, zero past the end.
+pub fn chunks(table: &[u32]) -> impl Iterator<Item = (u32, Box<Chunk>)> + '_ {
+    table.chunks(CHUNK as usize).enumerate().map(|(c, part)| {
+        let mut chunk = Box::new(Chunk {
+            backends: [0; CHUNK as usize],
+        });
+        chunk.backends[..part.len()].copy_from_slice(part);
+        (c as u32, chunk)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+
+    use tollgate_common::lb::maglev::{DEFAULT_SIZE, SIZES};
 
     use super::*;
 
@@ -90,48 +101,67 @@ mod tests {
             .collect()
     }
 
-    fn shares(t: &Table) -> HashMap<u32, usize> {
+    fn shares(t: &[u32]) -> HashMap<u32, usize> {
         let mut m = HashMap::new();
-        for id in t.backends {
+        for &id in t {
             *m.entry(id).or_default() += 1;
         }
         m
     }
 
     #[test]
-    fn every_backend_gets_an_equal_share_whatever_the_order() {
-        for n in [1u32, 2, 3, 7, 10, 40] {
-            let ms = members(n);
-            let t = table(&ms);
-            let s = shares(&t);
-            assert_eq!(s.len(), n as usize, "every backend has entries");
-            let lo = SIZE as usize / n as usize;
-            let hi = (SIZE as usize).div_ceil(n as usize);
-            assert!(s.values().all(|&c| c >= lo && c <= hi), "{n}: {s:?}");
-            let mut reversed = ms.clone();
-            reversed.reverse();
-            assert_eq!(table(&reversed), t, "{n}: the order learnt does not matter");
+    fn every_backend_gets_an_equal_share_whatever_the_order_and_size() {
+        for size in SIZES {
+            for n in [1u32, 2, 3, 7, 10, 40] {
+                let ms = members(n);
+                let t = table(&ms, size);
+                assert_eq!(t.len(), size as usize);
+                let s = shares(&t);
+                assert_eq!(s.len(), n as usize, "every backend has entries");
+                let lo = size as usize / n as usize;
+                let hi = (size as usize).div_ceil(n as usize);
+                assert!(s.values().all(|&c| c >= lo && c <= hi), "{size} {n}: {s:?}");
+                let mut reversed = ms.clone();
+                reversed.reverse();
+                assert_eq!(
+                    table(&reversed, size),
+                    t,
+                    "{size} {n}: the order learnt does not matter"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_hold_the_table_in_order_zero_past_its_end() {
+        let t = table(&members(3), 16381);
+        let cs: Vec<_> = chunks(&t).collect();
+        assert_eq!(cs.len(), 4);
+        for (c, chunk) in &cs {
+            let start = *c as usize * CHUNK as usize;
+            let end = (start + CHUNK as usize).min(t.len());
+            assert_eq!(&chunk.backends[..end - start], &t[start..end]);
+            assert!(chunk.backends[end - start..].iter().all(|&id| id == 0));
         }
     }
 
     #[test]
     fn a_backend_that_goes_moves_little_more_than_its_own_share() {
         let ms = members(10);
-        let before = table(&ms);
+        let before = table(&ms, DEFAULT_SIZE);
         let gone = ms[3].1;
-        let after = table(&[&ms[..3], &ms[4..]].concat());
+        let after = table(&[&ms[..3], &ms[4..]].concat(), DEFAULT_SIZE);
         let moved = before
-            .backends
             .iter()
-            .zip(after.backends.iter())
+            .zip(after.iter())
             .filter(|(b, a)| **b != gone && b != a)
             .count();
         // Its own share (≈ 409 entries) moves necessarily; of the other 3684, few.
         assert!(
-            moved < SIZE as usize / 20,
+            moved < DEFAULT_SIZE as usize / 20,
             "{moved} entries of staying backends moved"
         );
-        assert!(after.backends.iter().all(|&id| id != gone));
+        assert!(after.iter().all(|&id| id != gone));
     }
 
     #[test]
@@ -140,12 +170,7 @@ mod tests {
         // backends.
         let ms = members(5);
         let other: Vec<Member> = ms.iter().map(|(n, id)| (*n, id + 1000)).collect();
-        let (a, b) = (table(&ms), table(&other));
-        assert!(
-            a.backends
-                .iter()
-                .zip(b.backends.iter())
-                .all(|(x, y)| x + 1000 == *y)
-        );
+        let (a, b) = (table(&ms, DEFAULT_SIZE), table(&other, DEFAULT_SIZE));
+        assert!(a.iter().zip(b.iter()).all(|(x, y)| x + 1000 == *y));
     }
 }

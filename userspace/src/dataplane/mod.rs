@@ -35,6 +35,8 @@ pub struct MapSizes {
     pub lb: u32,
     /// Connection tracking: per-packet flows and socket-LB choices.
     pub ct: u32,
+    /// Maglev table chunks: `maglev::CAPACITY × chunks(--maglev-table-size)`.
+    pub maglev: u32,
 }
 
 impl Default for MapSizes {
@@ -42,14 +44,22 @@ impl Default for MapSizes {
         Self {
             lb: tollgate_common::lb::svc::CAPACITY,
             ct: tollgate_common::lb::ct::CAPACITY,
+            maglev: Self::maglev_chunks(tollgate_common::lb::maglev::DEFAULT_SIZE),
         }
     }
 }
 
 impl MapSizes {
-    fn entries(&self) -> [(&'static str, u32); 7] {
-        use tollgate_common::lb::{affinity, backend, ct, sockct, sockrev, srcrange, svc};
+    /// Map values for a table per service port at Maglev table size `size`.
+    pub fn maglev_chunks(size: u32) -> u32 {
+        use tollgate_common::lb::maglev;
+        maglev::CAPACITY * maglev::chunks(size)
+    }
+
+    fn entries(&self) -> [(&'static str, u32); 8] {
+        use tollgate_common::lb::{affinity, backend, ct, maglev, sockct, sockrev, srcrange, svc};
         [
+            (maglev::NAME, self.maglev),
             (svc::NAME, self.lb),
             (backend::NAME, self.lb),
             (affinity::NAME, self.lb),
@@ -149,6 +159,10 @@ pub struct Dataplane {
     marks_created: bool,
 }
 
+/// Pinned maps of older agents that this one has replaced (`tg_maglev_v1`: one 4093-entry
+/// table per service port, before `--maglev-table-size`).
+const RETIRED_MAPS: [&str; 1] = ["tg_maglev_v1"];
+
 impl Dataplane {
     /// Loads every program and opens every map, reusing maps already pinned under `root` (an
     /// agent restart keeps its state) and pinning the ones that are new.
@@ -179,6 +193,15 @@ impl Dataplane {
         };
         let mut ebpf = loader.load(object::KERNEL_OBJECT)?;
         sizes.warn_on_pinned_mismatch(&ebpf);
+        // Maps of an older layout that nothing reads any more (their successors are written
+        // again from the state): unpinned, so the kernel frees them.
+        for retired in RETIRED_MAPS {
+            match std::fs::remove_file(pins.map(retired)) {
+                Ok(()) => tracing::info!(map = retired, "removed a retired map's pin"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(map = retired, "cannot remove a retired map's pin: {e}"),
+            }
+        }
         let names = [
             programs::XDP_UPLINK,
             programs::TC_INGRESS,

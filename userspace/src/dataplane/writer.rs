@@ -30,7 +30,7 @@ use super::{
     addr::{port_be, prefix_words, words},
     gc::remove_keys_where,
     lbmaps::LbMaps,
-    maglev::{identity, table},
+    maglev::{chunks, identity, table},
     sockterm::{Peer, StaleUdpPeer},
 };
 use crate::enls::{
@@ -251,6 +251,8 @@ pub struct Writer {
     adopted_frontends: HashMap<([u32; 4], u16, u8), (u32, u32)>,
     /// `--lb-algorithm maglev`: service ports with external frontends get a Maglev table.
     maglev: bool,
+    /// Its entries (`--maglev-table-size`, a prime of `maglev::SIZES`).
+    maglev_size: u32,
     /// Service port ID → the backend IDs of its Maglev table as written (sorted).
     maglev_tables: HashMap<u32, Vec<u32>>,
     /// Services with ports the programs cannot balance (SCTP) → how many.
@@ -329,6 +331,7 @@ impl Writer {
             adopted_pairs: HashSet::new(),
             adopted_frontends: HashMap::new(),
             maglev: false,
+            maglev_size: maglev::DEFAULT_SIZE,
             maglev_tables: HashMap::new(),
             unbalanced: HashMap::new(),
         }
@@ -338,6 +341,13 @@ impl Writer {
     /// before the first state is written.
     pub fn set_maglev(&mut self, on: bool) {
         self.maglev = on;
+    }
+
+    /// The Maglev tables' size (one of `maglev::SIZES`; [`maglev::DEFAULT_SIZE`] unless set);
+    /// set before the first state is written, with a map sized for it
+    /// ([`super::MapSizes::maglev`]).
+    pub fn set_maglev_size(&mut self, size: u32) {
+        self.maglev_size = size;
     }
 
     pub fn maps(&mut self) -> &mut LbMaps {
@@ -480,9 +490,12 @@ impl Writer {
         for k in &stale {
             let _ = self.maps.srcrange.remove(k);
         }
-        // Maglev tables of service ports gone, or all of them with `--lb-algorithm random`.
-        let tables = &self.maglev_tables;
-        removed += remove_keys_where(&mut self.maps.maglev, |k| !tables.contains_key(k));
+        // Maglev tables of service ports gone, or all of them with `--lb-algorithm random`,
+        // and chunks past this table size (a previous agent's larger one).
+        let (tables, chunks) = (&self.maglev_tables, maglev::chunks(self.maglev_size));
+        removed += remove_keys_where(&mut self.maps.maglev, |k| {
+            !tables.contains_key(&k.service_id) || k.chunk >= chunks
+        });
         Ok((removed, purge))
     }
 
@@ -819,7 +832,7 @@ impl Writer {
                 rev_nat_id,
                 service_id,
                 affinity_timeout: port.session_affinity_timeout_seconds.unwrap_or(0),
-                pad: [0; 4],
+                maglev_size: if self.maglev { self.maglev_size } else { 0 },
             };
             // The entry traffic from outside finds (its own with the Local policy) picks by
             // the Maglev table, which holds that entry's backends.
@@ -876,22 +889,28 @@ impl Writer {
         if self.maglev_tables.get(&service_id) == Some(&ids) {
             return Ok(());
         }
-        self.maps
-            .maglev
-            .insert(service_id, *table(&members), 0)
-            .map_err(|source| WriteError::Map {
-                map: maglev::NAME,
-                source,
-            })?;
+        let table = table(&members, self.maglev_size);
+        for (chunk, value) in chunks(&table) {
+            let key = maglev::Key { service_id, chunk };
+            self.maps
+                .maglev
+                .insert(key, *value, 0)
+                .map_err(|source| WriteError::Map {
+                    map: maglev::NAME,
+                    source,
+                })?;
+            self.stats.entries_written += 1;
+        }
         self.maglev_tables.insert(service_id, ids);
-        self.stats.entries_written += 1;
         Ok(())
     }
 
     fn remove_maglev(&mut self, service_id: u32) {
         if self.maglev_tables.remove(&service_id).is_some() {
-            let _ = self.maps.maglev.remove(&service_id);
-            self.stats.entries_deleted += 1;
+            for chunk in 0..maglev::chunks(self.maglev_size) {
+                let _ = self.maps.maglev.remove(&maglev::Key { service_id, chunk });
+                self.stats.entries_deleted += 1;
+            }
         }
     }
 
