@@ -786,6 +786,55 @@ fn xdp_translates_in_place_and_transmits_from_the_uplink() {
     });
 }
 
+/// A table that does not fit (a pinned map sized for fewer chunks) leaves no chunk behind: the
+/// service port fails with a map error and is retried, and its replaced table goes too.
+#[test]
+fn a_maglev_table_that_does_not_fit_leaves_no_chunks() {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        // Room for 6 chunks: one 16381-entry table (4 chunks) fits, the next does not.
+        let sizes = tollgate::dataplane::MapSizes {
+            maglev: 6,
+            ..Default::default()
+        };
+        let dp = Dataplane::load(&node.bpffs, &sizes).unwrap();
+        let mut writer = Writer::new(LbMaps::open(dp.pins()).unwrap());
+        writer.set_maglev(true);
+        writer.set_maglev_size(16381);
+        let mut enls = Enls::new(EnlsConfig::new("node1"), EnlsMetrics::detached());
+        for k in Kind::ALL {
+            enls.handle(SourceEvent::ListBegin(k));
+        }
+        for o in objects() {
+            enls.handle(SourceEvent::Apply(to_object(o)));
+        }
+        for k in Kind::ALL {
+            enls.handle(SourceEvent::ListDone(k));
+        }
+        let update = enls.sync().unwrap();
+        let results: Vec<bool> = update
+            .services
+            .iter()
+            .map(|c| writer.apply(c).is_ok())
+            .collect();
+        assert!(
+            results.iter().any(|ok| !ok),
+            "some service port must not fit: {results:?}"
+        );
+        let maps = LbMaps::open(dp.pins()).unwrap();
+        let mut chunks: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+        for k in maps.maglev.keys().map(Result::unwrap) {
+            chunks.entry(k.service_id).or_default().push(k.chunk);
+        }
+        assert!(!chunks.is_empty(), "the table that fits is there");
+        for (id, mut c) in chunks {
+            c.sort_unstable();
+            assert_eq!(c, [0, 1, 2, 3], "service port {id}: whole tables only");
+        }
+    });
+}
+
 #[test]
 fn maglev_picks_the_backend_every_node_computes_from_the_flow() {
     use tollgate_common::lb::maglev::DEFAULT_SIZE;

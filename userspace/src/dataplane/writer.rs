@@ -892,13 +892,16 @@ impl Writer {
         let table = table(&members, self.maglev_size);
         for (chunk, value) in chunks(&table) {
             let key = maglev::Key { service_id, chunk };
-            self.maps
-                .maglev
-                .insert(key, *value, 0)
-                .map_err(|source| WriteError::Map {
+            if let Err(source) = self.maps.maglev.insert(key, *value, 0) {
+                // No table rather than one of mixed chunks (or chunks nobody records): the
+                // port picks at random until the retry writes it whole.
+                self.maglev_tables.insert(service_id, Vec::new());
+                self.remove_maglev(service_id);
+                return Err(WriteError::Map {
                     map: maglev::NAME,
                     source,
-                })?;
+                });
+            }
             self.stats.entries_written += 1;
         }
         self.maglev_tables.insert(service_id, ids);
