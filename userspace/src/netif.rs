@@ -175,3 +175,41 @@ pub async fn add_loopback_address(ip: std::net::IpAddr) -> std::io::Result<()> {
     task.abort();
     result
 }
+
+/// How [`tcp_listener`] sets up its socket (SO_REUSEADDR always).
+#[derive(Debug, Clone, Copy)]
+pub struct ListenOptions {
+    /// An IPv6 wildcard takes IPv4 too, whatever `net.ipv6.bindv6only` says.
+    pub dual_stack: bool,
+    /// TCP_NODELAY, inherited by the accepted sockets.
+    pub nodelay: bool,
+    pub backlog: u32,
+}
+
+/// A TCP listener on `addr` (inside a tokio runtime).
+pub fn tcp_listener(
+    addr: std::net::SocketAddr,
+    o: ListenOptions,
+) -> std::io::Result<tokio::net::TcpListener> {
+    use std::os::fd::AsRawFd as _;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if o.nodelay {
+        socket.set_nodelay(true)?;
+    }
+    if o.dual_stack {
+        let off: libc::c_int = 0;
+        crate::dataplane::sys::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            &off,
+        )?;
+    }
+    socket.bind(addr)?;
+    socket.listen(o.backlog)
+}

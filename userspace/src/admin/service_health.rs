@@ -20,7 +20,6 @@ use std::{
     convert::Infallible,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd as _,
     sync::{
         Arc,
         atomic::{AtomicU32, Ordering},
@@ -39,7 +38,6 @@ use prometheus_client::{
 use tokio::{net::TcpListener, sync::mpsc, task::JoinSet, time::Instant};
 
 use super::Health;
-use crate::dataplane::sys::setsockopt;
 use crate::enls::{
     Update,
     model::{ObjKey, ServiceState},
@@ -92,11 +90,6 @@ impl ServiceHealthMetrics {
             m.listen_failures.clone(),
         );
         m
-    }
-
-    /// Not registered anywhere (tests).
-    pub fn detached() -> Self {
-        Self::register(&mut Registry::default())
     }
 }
 
@@ -176,7 +169,8 @@ impl ServiceHealthServers {
                     Some(u) => self.apply(&u),
                     None => return,
                 },
-                () = sleep_until(retry_at), if retry_at.is_some() => self.retry(),
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)),
+                    if retry_at.is_some() => self.retry(),
             }
         }
     }
@@ -253,11 +247,6 @@ impl ServiceHealthServers {
             endpoints: AtomicU32::new(w.endpoints),
             health: self.health.clone(),
         });
-        let mut instance = Instance {
-            port: w.port,
-            answer: answer.clone(),
-            tasks: Vec::new(),
-        };
         let listeners = if self.addresses.is_empty() {
             vec![listen_everywhere(w.port)?]
         } else {
@@ -268,18 +257,15 @@ impl ServiceHealthServers {
             }
             v
         };
-        for l in listeners {
-            let task = tokio::spawn(serve(l, answer.clone()));
-            instance.tasks.push(task.abort_handle());
-        }
-        Ok(instance)
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+        let tasks = listeners
+            .into_iter()
+            .map(|l| tokio::spawn(serve(l, answer.clone())).abort_handle())
+            .collect();
+        Ok(Instance {
+            port: w.port,
+            answer,
+            tasks,
+        })
     }
 }
 
@@ -307,23 +293,12 @@ fn listen_everywhere(port: u16) -> io::Result<TcpListener> {
 }
 
 fn bind(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
+    let options = crate::netif::ListenOptions {
+        dual_stack,
+        nodelay: false,
+        backlog: 128,
     };
-    socket.set_reuseaddr(true)?;
-    if dual_stack {
-        let off: libc::c_int = 0;
-        setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_V6ONLY,
-            &off,
-        )?;
-    }
-    socket.bind(addr)?;
-    socket.listen(128)
+    crate::netif::tcp_listener(addr, options)
 }
 
 /// Serves one listener until aborted; its connections end with it.

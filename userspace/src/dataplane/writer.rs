@@ -651,10 +651,8 @@ impl Writer {
         state: &ServiceState,
         old: Option<&WrittenService>,
     ) -> Result<WrittenService, WriteError> {
-        let needed_svc: usize = state
-            .ports
-            .iter()
-            .filter(|p| balanced(p))
+        let ports = || state.ports.iter().filter(|p| balanced(p));
+        let needed_svc: usize = ports()
             .map(|p| {
                 p.frontends
                     .iter()
@@ -692,7 +690,7 @@ impl Writer {
             });
         }
         let mut written = WrittenService::default();
-        for port in state.ports.iter().filter(|p| balanced(p)) {
+        for port in ports() {
             let ident = (port.name.clone(), port.protocol, port.ip_family);
             let prev = old.and_then(|o| o.ports.iter().find(|p| p.ident == ident));
             let adopted = prev
@@ -895,8 +893,8 @@ impl Writer {
             if let Err(source) = self.maps.maglev.insert(key, *value, 0) {
                 // No table rather than one of mixed chunks (or chunks nobody records): the
                 // port picks at random until the retry writes it whole.
-                self.maglev_tables.insert(service_id, Vec::new());
-                self.remove_maglev(service_id);
+                self.maglev_tables.remove(&service_id);
+                self.remove_chunks(service_id);
                 return Err(WriteError::Map {
                     map: maglev::NAME,
                     source,
@@ -910,8 +908,19 @@ impl Writer {
 
     fn remove_maglev(&mut self, service_id: u32) {
         if self.maglev_tables.remove(&service_id).is_some() {
-            for chunk in 0..maglev::chunks(self.maglev_size) {
-                let _ = self.maps.maglev.remove(&maglev::Key { service_id, chunk });
+            self.remove_chunks(service_id);
+        }
+    }
+
+    /// Every chunk a table of this size can have, whether written or not.
+    fn remove_chunks(&mut self, service_id: u32) {
+        for chunk in 0..maglev::chunks(self.maglev_size) {
+            if self
+                .maps
+                .maglev
+                .remove(&maglev::Key { service_id, chunk })
+                .is_ok()
+            {
                 self.stats.entries_deleted += 1;
             }
         }

@@ -442,15 +442,12 @@ impl Flavor {
 
 /// A listener with a backlog for bursts of new connections (thousands of clients at once).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
+    let options = crate::netif::ListenOptions {
+        dual_stack: false,
+        nodelay: true,
+        backlog: 4096,
     };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
+    crate::netif::tcp_listener(addr, options)
 }
 
 /// Per client address: how many of its connections may be served at once.
