@@ -25,6 +25,7 @@ use tollgate_common::lb::{
 use tollgate_tests::{
     Cluster,
     agent::{admin_get, http_get, metric, metric_opt},
+    apiserver::ApiServerDouble,
     scenario::{self, Scenario},
     traffic::Mode,
 };
@@ -355,6 +356,168 @@ fn health_check_node_ports_listen_only_on_nodeport_addresses_when_given() {
     assert_eq!(status, 0, "{body}");
     let (status, _) = http_get(node1.host(), &format!("http://{}:{HC}/", node1.ip));
     assert_eq!(status, 200);
+}
+
+/// The Events in the double whose reason is `reason`, by reporting node.
+fn events_by(double: &ApiServerDouble, reason: &str) -> Vec<(String, serde_json::Value)> {
+    double
+        .list("Event")
+        .into_iter()
+        .filter(|e| e["reason"] == reason)
+        .map(|e| (e["reportingInstance"].as_str().unwrap_or("").to_owned(), e))
+        .collect()
+}
+
+#[test]
+fn agents_on_the_kube_source_record_events_on_their_node_and_on_services() {
+    use tollgate_tests::{
+        agent::start_agent,
+        apiserver::DoubleOptions,
+        cluster::{CLOUD_V4, ClusterSpec},
+        k8s, wait_for,
+    };
+    const BUSY: u16 = 32102;
+    let cluster = Cluster::new(&ClusterSpec::default());
+    // The API server on the LAN (the cloud namespace), where both nodes reach it.
+    let listener = cluster
+        .cloud()
+        .run_in(|| std::net::TcpListener::bind((CLOUD_V4, 0)))
+        .unwrap();
+    let double = ApiServerDouble::start(listener, DoubleOptions::default());
+    let kubeconfig = double.write_kubeconfig(cluster.workdir());
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    double.apply_all(cluster.base_objects());
+    double.apply(lb_local(BUSY, "Local"));
+    double.apply(lb_local_slice(&cluster, &["n2p2"]));
+    let uid_of = |name: &str| {
+        double.get("Service", "default", name).unwrap()["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Another process holds the healthCheckNodePort on node1.
+    let mut blocker = Command::new(tollgate_tests::tools::testbed_bin());
+    blocker.args(["serve", "--name", "blocker", "--tcp"]);
+    blocker.arg(format!("0.0.0.0:{BUSY}"));
+    let mut blocker = cluster.node("node1").spawn("blocker", blocker);
+    blocker.wait_for_log("serving", Duration::from_secs(5));
+    let _agents: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            start_agent(
+                n,
+                "kube",
+                &["--kubeconfig", kubeconfig, "--lb-map-size", "16"],
+            )
+        })
+        .collect();
+
+    // Each agent says on its Node that it started.
+    let started = wait_for("both nodes' Starting Events", T * 5, || {
+        let e = events_by(&double, "Starting");
+        (e.len() == 2).then_some(e)
+    });
+    for (node, e) in &started {
+        assert_eq!(e["type"], "Normal");
+        assert_eq!(e["reportingController"], "tollgate");
+        assert_eq!(e["regarding"]["kind"], "Node");
+        assert_eq!(e["regarding"]["name"], node.as_str());
+        assert_eq!(
+            e["regarding"]["uid"],
+            node.as_str(),
+            "kubectl describe node finds it"
+        );
+    }
+    // node1 cannot open the health check port: a Warning on the Service, as kube-proxy's.
+    let failed = wait_for("node1's FailedToStartServiceHealthcheck", T * 5, || {
+        let e = events_by(&double, "FailedToStartServiceHealthcheck");
+        (!e.is_empty()).then_some(e)
+    });
+    let (node, e) = &failed[0];
+    assert_eq!(node, "node1");
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["regarding"]["kind"], "Service");
+    assert_eq!(e["regarding"]["namespace"], "default");
+    assert_eq!(e["regarding"]["name"], "lb-local");
+    assert_eq!(e["regarding"]["uid"], uid_of("lb-local").as_str());
+    let note = e["note"].as_str().unwrap();
+    assert!(
+        note.starts_with(&format!(
+            "node node1 failed to start healthcheck \"default/lb-local\" on port {BUSY}: "
+        )),
+        "{note}"
+    );
+    // The agents serve from the API server's state meanwhile: node2 has the endpoint.
+    wait_health_check_at(&cluster, "node2", BUSY, 200);
+
+    // A Service too big for the maps: each node says so on it.
+    let big_eps: Vec<serde_json::Value> = (1..=20)
+        .map(|i| k8s::endpoint(&format!("10.244.9.{i}"), "node2"))
+        .collect();
+    double.apply(k8s::service(
+        "default",
+        "big",
+        "10.96.0.50",
+        &[("http", 80)],
+    ));
+    double.apply(k8s::slice(
+        "default",
+        "big-1",
+        "big",
+        &[("http", 8080)],
+        big_eps,
+    ));
+    let unprogrammed = wait_for("both nodes' FailedToProgramService", T * 5, || {
+        let e = events_by(&double, "FailedToProgramService");
+        (e.len() == 2).then_some(e)
+    });
+    let big = uid_of("big");
+    let mut nodes: Vec<&str> = unprogrammed.iter().map(|(n, _)| n.as_str()).collect();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["node1", "node2"]);
+    for (node, e) in &unprogrammed {
+        assert_eq!(e["type"], "Warning");
+        assert_eq!(e["regarding"]["name"], "big");
+        assert_eq!(e["regarding"]["uid"], big.as_str());
+        let note = e["note"].as_str().unwrap();
+        assert!(
+            note.starts_with(&format!("node {node} could not program the Service")),
+            "{note}"
+        );
+    }
+
+    // The port is retried every 5 s without another Event; every Event was published.
+    std::thread::sleep(Duration::from_secs(6));
+    let again = events_by(&double, "FailedToStartServiceHealthcheck");
+    assert_eq!(again.len(), 1, "{again:#?}");
+    assert!(
+        again[0]
+            .1
+            .get("series")
+            .is_none_or(serde_json::Value::is_null)
+    );
+    let text = admin_get(cluster.node("node1"), "/metrics").1;
+    assert_eq!(
+        metric(
+            &text,
+            "tollgate_kubernetes_events_total{result=\"published\"}"
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_opt(&text, "tollgate_kubernetes_events_total{result=\"failed\"}"),
+        None
+    );
+}
+
+/// Waits until `node` answers `status` on `port` to the outside client.
+fn wait_health_check_at(cluster: &Cluster, node: &str, port: u16, status: u16) {
+    let url = format!("http://{}:{port}/", cluster.node(node).ip);
+    tollgate_tests::wait_for(&format!("{url} to answer {status}"), T * 5, || {
+        (http_get(cluster.outside(), &url).0 == status).then_some(())
+    });
 }
 
 #[test]
@@ -1860,6 +2023,10 @@ mod programmer {
                 programming: ProgrammingMetrics::detached(),
                 metrics: DataplaneMetrics::detached(),
                 purges,
+                events: tollgate::events::Events::off(
+                    "node1",
+                    tollgate::events::EventMetrics::detached(),
+                ),
             }
         }
 

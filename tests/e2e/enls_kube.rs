@@ -18,6 +18,7 @@ use tollgate::{
         metrics::EnlsMetrics,
         runner::{self, EnlsStatus},
     },
+    events::{Event, EventMetrics, Events, Regarding},
     source::{self, SourceOptions, SourceSpec},
 };
 use tollgate_tests::{apiserver::ApiServerDouble, k8s, tools::tollgate_bin};
@@ -170,6 +171,9 @@ async fn lists_watches_and_emits_only_real_changes() {
     assert_eq!(names(&u), ["web"]);
     let web = u.services[0].new.as_ref().unwrap();
     assert_eq!(web.ports[0].internal_endpoints.len(), 3);
+    // The Service's UID travels with it (Events refer to it).
+    let uid = double.get("Service", "default", "web").unwrap()["metadata"]["uid"].clone();
+    assert_eq!(Some(&*web.uid), uid.as_str());
 
     // Irrelevant events: no revision.
     double.apply(k8s::with_annotation(
@@ -196,6 +200,131 @@ async fn lists_watches_and_emits_only_real_changes() {
     assert_eq!(names(&u), ["db"]);
     assert!(u.services[0].new.is_none());
     assert!(p.status.borrow().synced);
+}
+
+fn options(node: &str, kubeconfig: std::path::PathBuf) -> SourceOptions {
+    SourceOptions {
+        node_name: node.into(),
+        service_proxy_name: None,
+        kubeconfig: Some(kubeconfig),
+        file_poll: Duration::from_secs(1),
+    }
+}
+
+fn metric(reg: &prometheus_client::registry::Registry, result: &str) -> f64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, reg).unwrap();
+    let needle = format!("tollgate_kubernetes_events_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Waits until the double holds `n` Events, the last `published` of them counted.
+async fn events_in(
+    double: &ApiServerDouble,
+    reg: &prometheus_client::registry::Registry,
+    n: usize,
+    published: f64,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = double.list("Event");
+        if events.len() == n && metric(reg, "published") == published {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} Events ({published} published) within 20 s; have {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_the_api_server_and_repeats_become_a_series() {
+    let double = ApiServerDouble::start_local();
+    seed(&double);
+    let dir = TempDir::new();
+    let client = source::kube::client(&options("node1", double.write_kubeconfig(&dir.0)))
+        .await
+        .unwrap();
+    let mut reg = prometheus_client::registry::Registry::default();
+    let events = Events::start(client, "node1", EventMetrics::register(&mut reg));
+    let uid = double.get("Service", "default", "web").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    events.record(Regarding::node("node1"), start_event());
+    let warning = Event {
+        warning: true,
+        reason: "FailedToStartServiceHealthcheck",
+        action: "Listen",
+        note: format!("node node1 failed: {}", "x".repeat(2000)),
+    };
+    events.record(Regarding::service("default", "web", &uid), warning.clone());
+    let stored = events_in(&double, &reg, 2, 2.0).await;
+    let by_reason = |stored: &[Value], reason: &str| {
+        stored
+            .iter()
+            .find(|e| e["reason"] == reason)
+            .unwrap_or_else(|| panic!("no {reason} Event in {stored:#?}"))
+            .clone()
+    };
+    let start = by_reason(&stored, "Starting");
+    assert_eq!(start["type"], "Normal");
+    assert_eq!(start["metadata"]["namespace"], "default");
+    assert_eq!(
+        (
+            &start["regarding"]["kind"],
+            &start["regarding"]["name"],
+            &start["regarding"]["uid"]
+        ),
+        (&"Node".into(), &"node1".into(), &"node1".into())
+    );
+    assert_eq!(start["reportingController"], "tollgate");
+    assert_eq!(start["reportingInstance"], "node1");
+    let w = by_reason(&stored, "FailedToStartServiceHealthcheck");
+    assert_eq!(w["type"], "Warning");
+    assert_eq!(w["action"], "Listen");
+    assert_eq!(w["regarding"]["uid"], uid.as_str());
+    assert_eq!(w["regarding"]["namespace"], "default");
+    assert_eq!(w["note"].as_str().unwrap().len(), 1024, "cut to 1 kB");
+    assert!(w.get("series").is_none_or(Value::is_null), "{w:#?}");
+
+    // The same again: the Event's series counts it (a PATCH), no second object.
+    events.record(Regarding::service("default", "web", &uid), warning);
+    let stored = events_in(&double, &reg, 2, 3.0).await;
+    let w = by_reason(&stored, "FailedToStartServiceHealthcheck");
+    assert_eq!(w["series"]["count"], 2, "{w:#?}");
+    assert_eq!(metric(&reg, "failed"), 0.0);
+
+    // An API server that is not there: counted as failed, nothing else happens.
+    drop(double);
+    let client = source::kube::client(&options("node1", dir.0.join("kubeconfig")))
+        .await
+        .unwrap();
+    let mut reg = prometheus_client::registry::Registry::default();
+    let events = Events::start(client, "node1", EventMetrics::register(&mut reg));
+    events.record(Regarding::node("node1"), start_event());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while metric(&reg, "failed") < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a failure within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&reg, "published"), 0.0);
+}
+
+fn start_event() -> Event {
+    Event {
+        warning: false,
+        reason: "Starting",
+        action: "StartTollgate",
+        note: String::new(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

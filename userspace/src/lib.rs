@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cmd;
 pub mod dataplane;
 pub mod enls;
+pub mod events;
 pub mod metadata;
 pub mod netif;
 pub mod signals;

@@ -1,12 +1,13 @@
 //! An API-server double that speaks the real Kubernetes list/watch protocol over HTTP, so tests
 //! drive the real kube-rs client and watcher (no kube-apiserver binary exists on these machines).
 //!
-//! Supported: Services, EndpointSlices, Nodes, Pods (and ConfigMaps); cluster-wide and namespaced
+//! Supported: Services, EndpointSlices, Nodes, Pods (and ConfigMaps, events.k8s.io Events);
+//! cluster-wide and namespaced
 //! paths; GET (one object), list (label and field selectors, `limit`/`continue` pagination over
 //! a snapshot, `resourceVersion` in the list metadata), watch (from a resourceVersion, or with
 //! synthetic ADDED events from "0"; selector entries/exits as ADDED/DELETED; BOOKMARK events;
 //! `timeoutSeconds`; an ERROR event with 410 Gone when the version is older than the event log),
-//! POST, PUT (with resourceVersion conflicts), DELETE. Test controls: [`ApiServerDouble::compact`]
+//! POST, PUT (with resourceVersion conflicts), PATCH (JSON merge patch), DELETE. Test controls: [`ApiServerDouble::compact`]
 //! (forget history: resuming watches get 410) and [`ApiServerDouble::drop_watches`] (end every
 //! watch stream, as an API server restart would).
 
@@ -211,6 +212,17 @@ impl ApiServerDouble {
             .objects
             .get(&(res.kind, ns.to_owned(), name.to_owned()))
             .cloned()
+    }
+
+    /// Every stored object of `kind`, in key order (namespace, name).
+    pub fn list(&self, kind: &str) -> Vec<Value> {
+        self.shared
+            .lock()
+            .objects
+            .iter()
+            .filter(|((k, _, _), _)| *k == kind)
+            .map(|(_, o)| o.clone())
+            .collect()
     }
 
     /// Forgets the event log: a watch resuming from any older version gets 410 Gone and the
@@ -439,6 +451,42 @@ async fn handle(
                 Err(e) => error(&e),
             }
         }
+        (Method::PATCH, Some(name)) => {
+            let merge = req
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .is_some_and(|t| t.as_bytes().starts_with(b"application/merge-patch+json"));
+            if !merge {
+                return Ok(full(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    json!({"kind": "Status", "code": 415, "status": "Failure", "reason": "UnsupportedMediaType", "message": "the double applies JSON merge patches only"}),
+                ));
+            }
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return Ok(bad_request(e.to_string())),
+            };
+            let patch: Value = match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => return Ok(bad_request(format!("body is not JSON: {e}"))),
+            };
+            shared.stats.writes.fetch_add(1, Ordering::Relaxed);
+            let mut store = shared.lock();
+            let key = (res.kind, ns.unwrap_or_default(), name);
+            match store.objects.get(&key).cloned() {
+                Some(mut obj) => {
+                    merge_patch(&mut obj, &patch);
+                    match store.update(res, obj) {
+                        Ok(o) => full(StatusCode::OK, o),
+                        Err(e) => error(&e),
+                    }
+                }
+                None => error(&StoreError::NotFound(format!(
+                    "{} {}/{}",
+                    res.kind, key.1, key.2
+                ))),
+            }
+        }
         (Method::DELETE, Some(name)) => {
             shared.stats.writes.fetch_add(1, Ordering::Relaxed);
             match shared
@@ -455,6 +503,26 @@ async fn handle(
         ),
     };
     Ok(resp)
+}
+
+/// RFC 7386: objects merge key by key, `null` removes a key, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in fields {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
 }
 
 fn list_response(
@@ -686,5 +754,23 @@ mod tests {
             "!service.kubernetes.io/headless"
         );
         assert_eq!(percent_decode("a+in+%28x%2Cy%29"), "a in (x,y)");
+        let (r, ns, _) = route("/apis/events.k8s.io/v1/namespaces/default/events").unwrap();
+        assert_eq!((r.kind, ns.as_deref()), ("Event", Some("default")));
+    }
+
+    #[test]
+    fn merge_patches_as_rfc_7386_says() {
+        let mut target = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
+        merge_patch(
+            &mut target,
+            &json!({"a": "z", "c": {"f": null, "h": 1}, "l": [3], "n": {"o": null}}),
+        );
+        assert_eq!(
+            target,
+            json!({"a": "z", "c": {"d": "e", "h": 1}, "l": [3], "n": {}})
+        );
+        let mut scalar = json!(1);
+        merge_patch(&mut scalar, &json!({"a": 1}));
+        assert_eq!(scalar, json!({"a": 1}));
     }
 }

@@ -45,6 +45,12 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
     },
     Resource {
+        kind: "Event",
+        plural: "events",
+        api_version: "events.k8s.io/v1",
+        namespaced: true,
+    },
+    Resource {
         kind: "ConfigMap",
         plural: "configmaps",
         api_version: "v1",

@@ -8,7 +8,9 @@
 //! least one local Ready endpoint of the Service (distinct addresses, across its ports) and the
 //! agent is healthy (`/livez`: no update waiting longer than the health timeout), else 503,
 //! with kube-proxy's JSON body. A port that cannot be opened (another process holds it) is
-//! logged, counted, and tried again every few seconds; it affects no other Service.
+//! logged, counted, recorded as a Warning Event on the Service (kube-proxy's
+//! `FailedToStartServiceHealthcheck`), and tried again every few seconds; it affects no other
+//! Service.
 //!
 //! ```text
 //! ENLS updates ──▶ ServiceHealthServers::apply ──▶ one listener per Service (open / close /
@@ -38,19 +40,24 @@ use prometheus_client::{
 use tokio::{net::TcpListener, sync::mpsc, task::JoinSet, time::Instant};
 
 use super::Health;
-use crate::enls::{
-    Update,
-    model::{ObjKey, ServiceState},
+use crate::{
+    enls::{
+        Update,
+        model::{ObjKey, ServiceState},
+    },
+    events::{Event, Events, Regarding},
 };
 
 /// How long a port that could not be opened waits before the next try.
 pub const RETRY: Duration = Duration::from_secs(5);
 
 /// What a Service asks of this node: its healthCheckNodePort and its local Ready endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
     pub port: u16,
     pub endpoints: u32,
+    /// The Service's metadata.uid, for the Event when the port cannot be opened.
+    pub uid: Arc<str>,
 }
 
 impl Wanted {
@@ -63,6 +70,7 @@ impl Wanted {
         Some(Self {
             port,
             endpoints: service.local_ready_endpoints,
+            uid: service.uid.clone(),
         })
     }
 }
@@ -145,12 +153,19 @@ pub struct ServiceHealthServers {
     failed: HashMap<ObjKey, Wanted>,
     retry_at: Option<Instant>,
     metrics: ServiceHealthMetrics,
+    events: Events,
 }
 
 impl ServiceHealthServers {
     /// `addresses`: where the servers listen (empty: every address of the node, IPv4 and IPv6).
-    pub fn new(health: Health, addresses: Vec<IpAddr>, metrics: ServiceHealthMetrics) -> Self {
+    pub fn new(
+        health: Health,
+        addresses: Vec<IpAddr>,
+        metrics: ServiceHealthMetrics,
+        events: Events,
+    ) -> Self {
         Self {
+            events,
             health,
             addresses,
             open: HashMap::new(),
@@ -185,7 +200,7 @@ impl ServiceHealthServers {
     }
 
     fn set(&mut self, key: &ObjKey, wanted: Option<Wanted>) {
-        if let (Some(open), Some(w)) = (self.open.get(key), wanted)
+        if let (Some(open), Some(w)) = (self.open.get(key), &wanted)
             && open.port == w.port
         {
             open.answer.endpoints.store(w.endpoints, Ordering::Relaxed);
@@ -212,7 +227,7 @@ impl ServiceHealthServers {
     }
 
     fn open(&mut self, key: &ObjKey, w: Wanted, quiet: bool) {
-        match self.listen(key, w) {
+        match self.listen(key, &w) {
             Ok(instance) => {
                 tracing::info!(service = %key, port = w.port, local_endpoints = w.endpoints, "serving its healthCheckNodePort");
                 self.open.insert(key.clone(), instance);
@@ -223,6 +238,20 @@ impl ServiceHealthServers {
                     tracing::debug!(service = %key, port = w.port, "healthCheckNodePort still not opened: {e}");
                 } else {
                     tracing::warn!(service = %key, port = w.port, "cannot open its healthCheckNodePort (tried again every {} s): {e}", RETRY.as_secs());
+                    // kube-proxy's Event, with its words.
+                    self.events.record(
+                        Regarding::service(&key.namespace, &key.name, &w.uid),
+                        Event {
+                            warning: true,
+                            reason: "FailedToStartServiceHealthcheck",
+                            action: "Listen",
+                            note: format!(
+                                "node {} failed to start healthcheck \"{key}\" on port {}: {e}",
+                                self.events.node(),
+                                w.port
+                            ),
+                        },
+                    );
                 }
                 self.failed.insert(key.clone(), w);
             }
@@ -241,7 +270,7 @@ impl ServiceHealthServers {
     }
 
     /// Listens on the port at every address; on any failure, nothing stays open.
-    fn listen(&self, key: &ObjKey, w: Wanted) -> io::Result<Instance> {
+    fn listen(&self, key: &ObjKey, w: &Wanted) -> io::Result<Instance> {
         let answer = Arc::new(Answer {
             service: key.clone(),
             endpoints: AtomicU32::new(w.endpoints),

@@ -4,6 +4,7 @@
 //! source ──events──▶ ENLS ──updates──▶ programmer (maps; own thread) ──purges──▶ purge task
 //!                      ├── status ──▶ admin (/metrics, /healthz, /livez), --stats
 //!                      └── updates ──▶ healthCheckNodePort servers (eTP=Local LoadBalancers)
+//! start, health servers, programmer ──▶ Kubernetes Events (with --source kube)
 //! interfaces (rtnetlink) ──▶ attach TC to pod-facing interfaces as they appear
 //! ```
 
@@ -33,6 +34,7 @@ use crate::{
         model::IpNet,
         runner::{self, EnlsStatus},
     },
+    events::{Event, EventMetrics, Events, Regarding},
     metadata::{
         ProxyReady,
         identity::PodIndex,
@@ -310,6 +312,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let dp_metrics = DataplaneMetrics::register(&mut registry);
     let health = Health::register(&mut registry, Duration::from_secs(args.health_timeout));
     let hc_metrics = ServiceHealthMetrics::register(&mut registry);
+    let events = events_to(&args.enls, EventMetrics::register(&mut registry)).await?;
 
     let sizes = MapSizes {
         lb: args.lb_map_size,
@@ -426,6 +429,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             health.clone(),
             health_check_addresses(&args.enls.nodeport_addresses),
             hc_metrics,
+            events.clone(),
         );
         tokio::spawn(servers.follow(hc_rx));
     }
@@ -461,12 +465,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         programming,
         metrics: dp_metrics,
         purges: purge_tx,
+        events: events.clone(),
     };
     let note = format!(
         "(node {}, uplinks {:?}, cgroup {})",
         args.enls.node,
         uplinks,
         cgroup.display()
+    );
+    // kube-proxy's Event on its Node when it starts.
+    events.record(
+        Regarding::node(&args.enls.node),
+        Event {
+            warning: false,
+            reason: "Starting",
+            action: "StartTollgate",
+            note: format!("Starting tollgate {} {note}.", env!("CARGO_PKG_VERSION")),
+        },
     );
     // A failed watch drops the sender (and has logged why): go on without it.
     let _ = listed_rx.await;
@@ -485,6 +500,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     drop(attacher);
     tracing::info!("terminating; programs stay attached through their pinned links");
     Ok(())
+}
+
+/// Events go to the API server with `--source kube` (the same kubeconfig), nowhere with a file.
+async fn events_to(enls: &EnlsArgs, metrics: EventMetrics) -> anyhow::Result<Events> {
+    Ok(match &enls.source {
+        source::SourceSpec::Kube => {
+            let client = source::kube::client(&enls.source_options())
+                .await
+                .context("the Kubernetes client for Events")?;
+            Events::start(client, &enls.node, metrics)
+        }
+        source::SourceSpec::File(_) => Events::off(&enls.node, metrics),
+    })
 }
 
 async fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {

@@ -28,6 +28,7 @@ use crate::{
         metrics::ProgrammingMetrics,
         model::{NodeInfo, ObjKey},
     },
+    events::{Event, Events, Regarding},
 };
 
 type Labels = [(&'static str, &'static str); 1];
@@ -223,6 +224,8 @@ pub struct Programmer {
     pub programming: ProgrammingMetrics,
     pub metrics: DataplaneMetrics,
     pub purges: mpsc::UnboundedSender<Purge>,
+    /// A Service that could not be programmed gets a Warning Event.
+    pub events: Events,
 }
 
 /// The programmer's thread, as [`Programmer::spawn`] started it.
@@ -405,6 +408,23 @@ impl Programmer {
     ) {
         if let Err(e) = self.apply_quietly(change, purge) {
             tracing::error!(service = %change.key, "not programmed (retried on later updates): {e}");
+            let uid = change
+                .new
+                .as_ref()
+                .or(change.old.as_ref())
+                .map_or("", |s| &*s.uid);
+            self.events.record(
+                Regarding::service(&change.key.namespace, &change.key.name, uid),
+                Event {
+                    warning: true,
+                    reason: "FailedToProgramService",
+                    action: "Program",
+                    note: format!(
+                        "node {} could not program the Service (retried on later updates): {e}",
+                        self.events.node()
+                    ),
+                },
+            );
             self.metrics
                 .errors
                 .get_or_create(&[("reason", reason(&e))])

@@ -223,6 +223,7 @@ pub fn service_state(
     ServiceState {
         namespace: key.namespace.clone(),
         name: key.name.clone(),
+        uid: svc.uid.clone(),
         service_type: svc.service_type,
         ports,
         local_ready_endpoints: u32::try_from(local_ready_ips.len()).unwrap_or(u32::MAX),

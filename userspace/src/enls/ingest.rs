@@ -136,6 +136,8 @@ pub struct ServicePortRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceRecord {
+    /// metadata.uid: what the agent's Events about the Service refer to.
+    pub uid: Arc<str>,
     pub service_type: ServiceType,
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePortRecord>,
@@ -375,6 +377,7 @@ pub fn service(svc: &Service, cfg: &IngestConfig) -> Result<Ingested<ServiceReco
         .flatten();
     Ok(Ingested {
         record: Some(ServiceRecord {
+            uid: meta.uid.as_deref().unwrap_or("").into(),
             service_type,
             cluster_ips,
             ports,

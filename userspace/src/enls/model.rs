@@ -281,6 +281,10 @@ impl ServicePortState {
 pub struct ServiceState {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
+    /// metadata.uid (empty from a manifest without one): Events refer to the Service by it,
+    /// so `kubectl describe service` shows them. Not part of the documented JSON.
+    #[serde(skip)]
+    pub uid: Arc<str>,
     #[serde(rename = "type")]
     pub service_type: ServiceType,
     /// Sorted by (family, name, protocol).

@@ -20,7 +20,8 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use super::{SourceError, SourceOptions};
 use crate::enls::{Object, SourceEvent, ingest};
 
-async fn client(opts: &SourceOptions) -> Result<Client, SourceError> {
+/// The client for `--kubeconfig`, else the in-cluster config, else `$KUBECONFIG`/`~/.kube`.
+pub async fn client(opts: &SourceOptions) -> Result<Client, SourceError> {
     let err = |e: &dyn std::fmt::Display| SourceError::Kube(e.to_string());
     let config = match &opts.kubeconfig {
         Some(path) => {
