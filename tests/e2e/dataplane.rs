@@ -621,6 +621,75 @@ fn sctp_ports_are_reported_and_left_out_while_the_services_other_ports_work() {
     });
 }
 
+/// The peers of the established TCP sockets in `at`'s network namespace, as the kernel's socket
+/// table has them (not getpeername(), which the socket hooks answer).
+fn socket_peers(at: tollgate_tests::process::Placement<'_>) -> Vec<String> {
+    let mut ss = Command::new("ss");
+    ss.args(["-Htn", "state", "established"]);
+    let out = at.output(ss);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn socket_lb_host_namespace_only_leaves_pods_sockets_to_the_per_packet_path() {
+    let s = Scenario::with(
+        tollgate_tests::ClusterSpec::default(),
+        &["--socket-lb-host-namespace-only", "true"],
+    );
+    let web = format!("{}:80", scenario::WEB);
+    // A pod's connections reach both backends (on its node and on the other) and see the
+    // service address.
+    let t = s.client(s.pod("n1p2").placement(), &web, 40, Mode::Tcp, T);
+    assert_eq!(t.ok, 40, "{t:?}");
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
+    assert_eq!(t.peers, std::slice::from_ref(&web), "{t:?}");
+    let client = format!("{}:", s.pod("n1p2").ip);
+    assert!(
+        t.seen_as.iter().all(|a| a.starts_with(&client)),
+        "the backends see the pod: {t:?}"
+    );
+    // Its socket keeps the service address (what a sidecar's redirect by destination
+    // matches); a host process's socket is balanced at connect as before.
+    let pace = Duration::from_millis(100);
+    let mut from_pod = s.spawn_session(s.pod("n1p2").placement(), &web, 20, pace);
+    let mut from_host = s.spawn_session(s.node("node1").host(), &web, 20, pace);
+    assert_eq!(
+        socket_peers(s.pod("n1p2").placement()),
+        std::slice::from_ref(&web)
+    );
+    let host_peers = socket_peers(s.node("node1").host());
+    let backends = [
+        format!("{}:8080", s.pod("n1p1").ip),
+        format!("{}:8080", s.pod("n2p1").ip),
+    ];
+    assert!(
+        host_peers.iter().any(|p| backends.contains(p)) && !host_peers.contains(&web),
+        "{host_peers:?}"
+    );
+    for p in [&mut from_pod, &mut from_host] {
+        let t = Scenario::finish(p, Duration::from_secs(15));
+        assert_eq!(t.ok, 20, "{t:?}");
+    }
+    // UDP, hairpin, and REJECT for a service without endpoints, per packet.
+    let dns = format!("{}:53", scenario::DNS);
+    let t = s.client(s.pod("n1p1").placement(), &dns, 20, Mode::Udp, T);
+    assert_eq!((t.ok, t.names()), (20, vec!["n1p2", "n2p2"]), "{t:?}");
+    assert_eq!(t.peers, std::slice::from_ref(&dns), "{t:?}");
+    let t = s.client(s.pod("n1p1").placement(), &web, 40, Mode::Tcp, T);
+    assert_eq!(t.ok, 40, "{t:?}");
+    assert!(
+        t.backends.contains_key("n1p1"),
+        "the pod reached itself through its service: {t:?}"
+    );
+    let empty = format!("{}:80", scenario::EMPTY);
+    let t = s.client(s.pod("n1p1").placement(), &empty, 3, Mode::Tcp, T);
+    assert_eq!((t.ok, t.refused), (0, 3), "{t:?}");
+    assert!(t.elapsed_ms < 500, "refused at once, not timed out: {t:?}");
+}
+
 #[test]
 fn reject_and_drop() {
     let s = Scenario::new();
@@ -2018,6 +2087,7 @@ mod programmer {
                     metadata: None,
                     tcp_peer: true,
                     localhost_nodeports: true,
+                    socket_lb_host_only: false,
                 },
                 health: Health::detached(Duration::from_secs(60)),
                 programming: ProgrammingMetrics::detached(),

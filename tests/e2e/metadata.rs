@@ -252,7 +252,18 @@ fn other_ports_udp_and_raw_bypasses() {
     let mut serve = c.spawn_cloud("serve", serve);
     serve.wait_for_log("serving", Duration::from_secs(5));
     let source = c.write_manifest(&[]);
-    let agent = start_agent(node, &source, &["--metadata", "gce"]);
+    // Pods' service traffic left to the per-packet path: their metadata connections are
+    // redirected all the same (checked at the end).
+    let agent = start_agent(
+        node,
+        &source,
+        &[
+            "--metadata",
+            "gce",
+            "--socket-lb-host-namespace-only",
+            "true",
+        ],
+    );
     let pod = c.pod("n1p1");
     // The pod interfaces that exist are covered before the agent says it is ready.
     let logs = agent.logs();
@@ -307,7 +318,8 @@ fn other_ports_udp_and_raw_bypasses() {
         &["-m", "2"],
     );
     assert_eq!((exit, code), (28, 0), "timed out, never answered");
-    // Redirected pod traffic still works.
+    // Redirected pod traffic still works (by the socket hook, whatever
+    // --socket-lb-host-namespace-only says).
     let (_, code, _) = curl(
         pod.placement(),
         &url("/computeMetadata/v1/project/project-id"),

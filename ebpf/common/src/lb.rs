@@ -727,7 +727,12 @@ pub mod config {
         /// NodePort goes to that NodePort, looked up on `snat_v4` (`--localhost-nodeports`; 0,
         /// what an older agent wrote here, leaves loopback alone).
         pub localhost_nodeports: u8,
-        pub pad2: [u8; 1],
+        /// host: 1 = the socket hooks balance only the node's own processes; pods' service
+        /// traffic leaves their sockets unchanged and is translated per packet on their
+        /// interface, so a service mesh's sidecar sees the service address
+        /// (`--socket-lb-host-namespace-only`; 0, what an older agent wrote here, balances
+        /// pods' sockets too).
+        pub socket_lb_host_only: u8,
     }
     const _: () = assert!(core::mem::size_of::<Config>() == 88);
 

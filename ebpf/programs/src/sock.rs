@@ -337,6 +337,15 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
     else {
         return ALLOW;
     };
+    // Pods' sockets left as they are (`--socket-lb-host-namespace-only`): their packets are
+    // translated on their interface.
+    if let Some(c) = cfg
+        && c.socket_lb_host_only != 0
+        // SAFETY: helper valid for sock_addr programs.
+        && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != c.host_netns_cookie
+    {
+        return ALLOW;
+    }
     if fe.value.count == 0 {
         lb::count(fe.value.service_id, 0, 0, 0, 0, 1);
         // DROP: let the packet leave unchanged; the per-packet path drops it, so the client

@@ -88,6 +88,13 @@ pub struct Args {
     /// such sockets keep sending to the departed backend until they close.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub socket_lb_terminate_udp: bool,
+    /// The socket hooks balance only the node's own (host-network) processes, as Cilium's
+    /// `socketLB.hostNamespaceOnly`: a pod's connection to a service keeps the service address
+    /// in its socket, and its packets are translated on the pod's interface instead (conntrack
+    /// per flow). For service meshes (Istio, Linkerd) whose sidecars redirect by the original
+    /// destination, and for sandboxed runtimes (KubeVirt, Kata, gVisor).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub socket_lb_host_namespace_only: bool,
     /// How traffic from outside the node (NodePort, externalIPs, LoadBalancer IPs) picks a
     /// backend for a new flow (Cilium's `bpf-lb-algorithm`): `random`, or `maglev`: consistent
     /// hashing of the client address, ports and protocol over a table per service port
@@ -343,6 +350,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metadata: embedded.as_ref().map(|e| e.redirect.clone()),
         tcp_peer: args.socket_lb_peer,
         localhost_nodeports: localhost_nodeports(&args),
+        socket_lb_host_only: args.socket_lb_host_namespace_only,
     };
     if let Some(m) = &settings.metadata {
         // Redirected metadata connections keep a reverse record too (getpeername shows the

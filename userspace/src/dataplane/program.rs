@@ -146,6 +146,8 @@ pub struct NodeSettings {
     pub tcp_peer: bool,
     /// Host processes reach NodePorts on 127.0.0.0/8 (`--localhost-nodeports`).
     pub localhost_nodeports: bool,
+    /// The socket hooks balance host processes only (`--socket-lb-host-namespace-only`).
+    pub socket_lb_host_only: bool,
 }
 
 /// The kernel half of metadata concealment: pod TCP connections to `server` on `ports` are
@@ -213,7 +215,7 @@ fn config(settings: &NodeSettings, node: Option<&NodeInfo>, ready: bool) -> Conf
             .map(|m| m.proxy.port().to_be())
             .unwrap_or_default(),
         localhost_nodeports: u8::from(settings.localhost_nodeports),
-        pad2: [0; 1],
+        socket_lb_host_only: u8::from(settings.socket_lb_host_only),
     }
 }
 
