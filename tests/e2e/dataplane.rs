@@ -487,6 +487,28 @@ fn agents_on_the_kube_source_record_events_on_their_node_and_on_services() {
         );
     }
 
+    // SCTP ports are left out of the maps: each node says so on the Service.
+    double.apply(scenario::service(
+        "diameter",
+        serde_json::json!({"clusterIP": "10.96.0.51", "ports": [
+            {"name": "tcp", "port": 3868, "protocol": "TCP"},
+            {"name": "sctp", "port": 3868, "protocol": "SCTP"}]}),
+    ));
+    let unsupported = wait_for("both nodes' UnsupportedProtocol", T * 5, || {
+        let e = events_by(&double, "UnsupportedProtocol");
+        (e.len() == 2).then_some(e)
+    });
+    for (node, e) in &unsupported {
+        assert_eq!(e["regarding"]["name"], "diameter");
+        assert_eq!(e["regarding"]["uid"], uid_of("diameter").as_str());
+        let note = e["note"].as_str().unwrap();
+        assert!(
+            note.starts_with(&format!("node {node} does not load-balance"))
+                && note.ends_with(": 3868/SCTP"),
+            "{note}"
+        );
+    }
+
     // The port is retried every 5 s without another Event; every Event was published.
     std::thread::sleep(Duration::from_secs(6));
     let again = events_by(&double, "FailedToStartServiceHealthcheck");
@@ -503,7 +525,7 @@ fn agents_on_the_kube_source_record_events_on_their_node_and_on_services() {
             &text,
             "tollgate_kubernetes_events_total{result=\"published\"}"
         ),
-        3.0,
+        4.0,
         "{text}"
     );
     assert_eq!(

@@ -1,7 +1,8 @@
 //! Kubernetes Events, as kube-proxy records them: a Normal `Starting` on the Node when the
 //! agent starts, and Warnings on a Service the node cannot serve as asked
 //! (`FailedToStartServiceHealthcheck`: its healthCheckNodePort is held by another process;
-//! `FailedToProgramService`: its entries did not fit in the maps). `kubectl describe node` and
+//! `FailedToProgramService`: its entries did not fit in the maps; `UnsupportedProtocol`: its SCTP
+//! ports are left out of the maps). `kubectl describe node` and
 //! `kubectl describe service` show them, `kubectl get events` lists them. The log says the same.
 //!
 //! ```text

@@ -26,7 +26,7 @@ use crate::{
     enls::{
         ServiceChange, Update,
         metrics::ProgrammingMetrics,
-        model::{NodeInfo, ObjKey},
+        model::{NodeInfo, ObjKey, Protocol, ServiceState},
     },
     events::{Event, Events, Regarding},
 };
@@ -408,7 +408,16 @@ impl Programmer {
         pending: &mut BTreeMap<ObjKey, ServiceChange>,
         purge: &mut Purge,
     ) {
-        if let Err(e) = self.apply_quietly(change, purge) {
+        let unbalanced_before = self.writer.unbalanced_ports_of(&change.key);
+        let result = self.apply_quietly(change, purge);
+        let unbalanced = self.writer.unbalanced_ports_of(&change.key);
+        if unbalanced > 0
+            && unbalanced != unbalanced_before
+            && let Some(new) = &change.new
+        {
+            self.unbalanced_event(new);
+        }
+        if let Err(e) = result {
             tracing::error!(service = %change.key, "not programmed (retried on later updates): {e}");
             let uid = change
                 .new
@@ -433,6 +442,31 @@ impl Programmer {
                 .inc();
             pending.insert(change.key.clone(), change.clone());
         }
+    }
+
+    /// A Warning on a Service whose SCTP ports the programs leave out (the writer logs it too).
+    fn unbalanced_event(&self, service: &ServiceState) {
+        let mut ports: Vec<String> = service
+            .ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Sctp)
+            .map(|p| format!("{}/SCTP", p.port))
+            .collect();
+        ports.sort();
+        ports.dedup();
+        self.events.record(
+            Regarding::service(&service.namespace, &service.name, &service.uid),
+            Event {
+                warning: true,
+                reason: "UnsupportedProtocol",
+                action: "Program",
+                note: format!(
+                    "node {} does not load-balance the Service's SCTP ports (its kernel programs balance TCP and UDP; the other ports work): {}",
+                    self.events.node(),
+                    ports.join(", ")
+                ),
+            },
+        );
     }
 
     fn apply_quietly(

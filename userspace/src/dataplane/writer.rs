@@ -363,6 +363,11 @@ impl Writer {
         self.unbalanced.values().sum()
     }
 
+    /// The service's ports left out of the maps because of their protocol (SCTP).
+    pub fn unbalanced_ports_of(&self, key: &ObjKey) -> usize {
+        self.unbalanced.get(key).copied().unwrap_or(0)
+    }
+
     /// Keeps count of a service's SCTP ports, warning when that count changes.
     fn note_unbalanced(&mut self, change: &ServiceChange) {
         let count = change
