@@ -339,23 +339,33 @@ fn health_check_node_ports_answer_whether_the_node_has_local_endpoints() {
 #[test]
 fn health_check_node_ports_listen_only_on_nodeport_addresses_when_given() {
     const HC: u16 = 32100;
-    let s = Scenario::with_objects(
-        tollgate_tests::ClusterSpec::default(),
-        &["--nodeport-addresses", "192.168.77.0/24"],
-        |c| {
-            let mut o = scenario::objects(c);
-            o.push(lb_local(HC, "Local"));
-            o.push(lb_local_slice(c, &["n1p1"]));
-            o
-        },
-    );
-    wait_health_check(&s, "node1", HC, (200, Some(1), Some(true)));
-    // Not on the node's other addresses (its loopback here).
-    let node1 = s.node("node1");
-    let (status, body) = http_get(node1.host(), &format!("http://127.0.0.1:{HC}/"));
-    assert_eq!(status, 0, "{body}");
-    let (status, _) = http_get(node1.host(), &format!("http://{}:{HC}/", node1.ip));
-    assert_eq!(status, 200);
+    // A prefix, and kube-proxy's `primary` (the Node's first InternalIP of each family).
+    for addresses in ["192.168.77.0/24", "primary"] {
+        let s = Scenario::with_objects(
+            tollgate_tests::ClusterSpec::default(),
+            &["--nodeport-addresses", addresses],
+            |c| {
+                let mut o = scenario::objects(c);
+                o.push(lb_local(HC, "Local"));
+                o.push(lb_local_slice(c, &["n1p1"]));
+                o
+            },
+        );
+        wait_health_check(&s, "node1", HC, (200, Some(1), Some(true)));
+        // Not on the node's other addresses (its loopback here).
+        let node1 = s.node("node1");
+        let (status, body) = http_get(node1.host(), &format!("http://127.0.0.1:{HC}/"));
+        assert_eq!(status, 0, "{addresses}: {body}");
+        let (status, _) = http_get(node1.host(), &format!("http://{}:{HC}/", node1.ip));
+        assert_eq!(status, 200, "{addresses}");
+        // NodePorts on the node's address, not on loopback (no localhost NodePorts).
+        let np = format!("{}:{}", node1.ip, scenario::NODEPORT);
+        let t = s.client(s.cluster.outside(), &np, 5, Mode::Tcp, T);
+        assert_eq!(t.ok, 5, "{addresses}: {t:?}");
+        let lo = format!("127.0.0.1:{}", scenario::NODEPORT);
+        let t = s.client(node1.host(), &lo, 2, Mode::Tcp, T);
+        assert_eq!((t.ok, t.refused), (0, 2), "{addresses}: {t:?}");
+    }
 }
 
 /// The Events in the double whose reason is `reason`, by reporting node.

@@ -4,9 +4,9 @@
 //! local endpoint drops it, so the client address can be kept).
 //!
 //! For each such Service, an HTTP server listens on the port (on every address, or on the
-//! node's addresses in `--nodeport-addresses`). Any path answers 200 when the node has at
-//! least one local Ready endpoint of the Service (distinct addresses, across its ports) and the
-//! agent is healthy (`/livez`: no update waiting longer than the health timeout), else 503,
+//! node's addresses in `--nodeport-addresses`, or its primary IPs with `primary`). Any path
+//! answers 200 when the node has at least one local Ready endpoint of the Service (distinct
+//! addresses, across its ports) and the agent is healthy (`/livez`: no update waiting longer than the health timeout), else 503,
 //! with kube-proxy's JSON body. A port that cannot be opened (another process holds it) is
 //! logged, counted, recorded as a Warning Event on the Service (kube-proxy's
 //! `FailedToStartServiceHealthcheck`), and tried again every few seconds; it affects no other
@@ -128,9 +128,20 @@ impl Answer {
     }
 }
 
+/// Where the servers listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// These addresses; every address of the node (IPv4 and IPv6) when empty.
+    At(Vec<IpAddr>),
+    /// The Node's primary IPs as the ENLS reports them (`--nodeport-addresses primary`),
+    /// following them when they change.
+    NodePrimary,
+}
+
 /// One Service's listening server; closed (listeners and connections) when dropped.
 struct Instance {
     port: u16,
+    uid: Arc<str>,
     answer: Arc<Answer>,
     tasks: Vec<tokio::task::AbortHandle>,
 }
@@ -146,7 +157,9 @@ impl Drop for Instance {
 /// The servers of every Service with a health check, kept in step with the ENLS.
 pub struct ServiceHealthServers {
     health: Health,
-    /// Where each server listens: these addresses, or every address when empty.
+    listen: Listen,
+    /// Where each server listens now: these addresses, or (`Listen::At`) every address when
+    /// empty.
     addresses: Vec<IpAddr>,
     open: HashMap<ObjKey, Instance>,
     /// Wanted but not listening (the port could not be opened), tried again at `retry_at`.
@@ -157,16 +170,20 @@ pub struct ServiceHealthServers {
 }
 
 impl ServiceHealthServers {
-    /// `addresses`: where the servers listen (empty: every address of the node, IPv4 and IPv6).
     pub fn new(
         health: Health,
-        addresses: Vec<IpAddr>,
+        listen: Listen,
         metrics: ServiceHealthMetrics,
         events: Events,
     ) -> Self {
+        let addresses = match &listen {
+            Listen::At(a) => a.clone(),
+            Listen::NodePrimary => Vec::new(),
+        };
         Self {
             events,
             health,
+            listen,
             addresses,
             open: HashMap::new(),
             failed: HashMap::new(),
@@ -193,6 +210,14 @@ impl ServiceHealthServers {
     /// Opens, closes and updates the servers of the Services an update changed. Must run
     /// inside a tokio runtime (the servers are its tasks).
     pub fn apply(&mut self, update: &Update) {
+        if self.listen == Listen::NodePrimary
+            && let Some(node) = &update.node
+            && node.primary != self.addresses
+        {
+            tracing::info!(addresses = ?node.primary, "healthCheckNodePorts listen on the node's primary IPs");
+            self.addresses = node.primary.clone();
+            self.reopen();
+        }
         for change in &update.services {
             let wanted = change.new.as_deref().and_then(Wanted::of);
             self.set(&change.key, wanted);
@@ -216,6 +241,20 @@ impl ServiceHealthServers {
             self.open(key, w, quiet);
         }
         self.settle();
+    }
+
+    /// Opens every server again (where they listen changed), and tries the failed ones now.
+    fn reopen(&mut self) {
+        for (key, old) in std::mem::take(&mut self.open) {
+            let w = Wanted {
+                port: old.port,
+                endpoints: old.answer.endpoints.load(Ordering::Relaxed),
+                uid: old.uid.clone(),
+            };
+            drop(old);
+            self.open(&key, w, false);
+        }
+        self.retry();
     }
 
     fn retry(&mut self) {
@@ -277,6 +316,11 @@ impl ServiceHealthServers {
             health: self.health.clone(),
         });
         let listeners = if self.addresses.is_empty() {
+            if self.listen == Listen::NodePrimary {
+                return Err(io::Error::other(
+                    "the node's primary IPs are not known yet (no Node object)",
+                ));
+            }
             vec![listen_everywhere(w.port)?]
         } else {
             let mut v = Vec::with_capacity(self.addresses.len());
@@ -292,6 +336,7 @@ impl ServiceHealthServers {
             .collect();
         Ok(Instance {
             port: w.port,
+            uid: w.uid.clone(),
             answer,
             tasks,
         })

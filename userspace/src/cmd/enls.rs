@@ -45,6 +45,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    args.enls.check()?;
     // A file printed once is read and parsed once, here, and fed to the engine directly; a
     // file that does not parse is an error (there is no last good state to keep).
     if let SourceSpec::File(path) = &args.enls.source

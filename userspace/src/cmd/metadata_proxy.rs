@@ -119,6 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 node_name: node.clone(),
                 service_proxy_name: None,
                 nodeport_addresses: Vec::new(),
+                nodeport_primary: false,
                 prefer_same_node: true,
             },
             EnlsMetrics::register(&mut registry),

@@ -30,9 +30,10 @@ pub struct EnlsArgs {
     #[arg(long)]
     pub service_proxy_name: Option<String>,
     /// Only node addresses in these CIDRs get NodePort frontends (default: all InternalIP and
-    /// ExternalIP addresses of the Node).
-    #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
-    pub nodeport_addresses: Vec<IpNet>,
+    /// ExternalIP addresses of the Node); or `primary` (alone), as kube-proxy: the Node's
+    /// primary IP of each family (its first InternalIP, else its first ExternalIP).
+    #[arg(long, value_delimiter = ',', value_parser = parse_nodeport_address)]
+    pub nodeport_addresses: Vec<NodePortAddress>,
     /// Honour node hints (trafficDistribution PreferSameNode), as with kube-proxy's
     /// PreferSameTrafficDistribution feature gate.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -42,16 +43,54 @@ pub struct EnlsArgs {
     pub file_poll_ms: u64,
 }
 
-fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    IpNet::parse(s).ok_or_else(|| format!("{s:?} is not a CIDR (like 10.0.0.0/8)"))
+/// One `--nodeport-addresses` item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodePortAddress {
+    Cidr(IpNet),
+    /// The Node's primary IPs (kube-proxy's `primary`).
+    Primary,
+}
+
+fn parse_nodeport_address(s: &str) -> Result<NodePortAddress, String> {
+    if s.trim() == "primary" {
+        return Ok(NodePortAddress::Primary);
+    }
+    IpNet::parse(s.trim())
+        .map(NodePortAddress::Cidr)
+        .ok_or_else(|| format!("{s:?} is neither a CIDR (like 10.0.0.0/8) nor `primary`"))
 }
 
 impl EnlsArgs {
+    /// Refuses what kube-proxy refuses: `primary` together with CIDRs.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.nodeport_primary() && self.nodeport_addresses.len() > 1 {
+            anyhow::bail!("--nodeport-addresses: `primary` cannot be combined with CIDRs");
+        }
+        Ok(())
+    }
+
+    /// The CIDRs of `--nodeport-addresses` (empty: no restriction by prefix).
+    pub fn nodeport_prefixes(&self) -> Vec<IpNet> {
+        self.nodeport_addresses
+            .iter()
+            .filter_map(|a| match a {
+                NodePortAddress::Cidr(net) => Some(*net),
+                NodePortAddress::Primary => None,
+            })
+            .collect()
+    }
+
+    /// `--nodeport-addresses primary`.
+    pub fn nodeport_primary(&self) -> bool {
+        self.nodeport_addresses.contains(&NodePortAddress::Primary)
+    }
+
     pub fn enls_config(&self) -> EnlsConfig {
         EnlsConfig {
             node_name: self.node.clone(),
             service_proxy_name: self.service_proxy_name.clone(),
-            nodeport_addresses: self.nodeport_addresses.clone(),
+            nodeport_addresses: self.nodeport_prefixes(),
+            nodeport_primary: self.nodeport_primary(),
             prefer_same_node: self.prefer_same_node,
         }
     }

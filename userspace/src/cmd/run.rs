@@ -18,7 +18,7 @@ use super::{EnlsArgs, metadata_proxy};
 use crate::{
     admin::{
         self, AdminState, Health,
-        service_health::{ServiceHealthMetrics, ServiceHealthServers},
+        service_health::{Listen, ServiceHealthMetrics, ServiceHealthServers},
     },
     dataplane::{
         Dataplane, MapSizes, XdpModeArg,
@@ -243,11 +243,13 @@ async fn embedded_proxy(
     })
 }
 
-/// `--localhost-nodeports`, unless `--nodeport-addresses` leaves loopback out (kube-proxy).
+/// `--localhost-nodeports`, unless `--nodeport-addresses` leaves loopback out (kube-proxy;
+/// `primary` does).
 fn localhost_nodeports(args: &Args) -> bool {
     let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-    let prefixes = &args.enls.nodeport_addresses;
+    let prefixes = args.enls.nodeport_prefixes();
     args.localhost_nodeports
+        && !args.enls.nodeport_primary()
         && (prefixes.is_empty() || prefixes.iter().any(|p| p.contains(&loopback)))
 }
 
@@ -300,6 +302,7 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    args.enls.check()?;
     let uplinks = if args.uplinks.is_empty() {
         vec![
             crate::netif::default_route_interface()
@@ -433,12 +436,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.health_check_node_ports {
         let (hc_tx, hc_rx) = mpsc::channel::<Arc<Update>>(64);
         subscribers.push(hc_tx);
-        let servers = ServiceHealthServers::new(
-            health.clone(),
-            health_check_addresses(&args.enls.nodeport_addresses),
-            hc_metrics,
-            events.clone(),
-        );
+        let listen = if args.enls.nodeport_primary() {
+            Listen::NodePrimary
+        } else {
+            Listen::At(health_check_addresses(&args.enls.nodeport_prefixes()))
+        };
+        let servers = ServiceHealthServers::new(health.clone(), listen, hc_metrics, events.clone());
         tokio::spawn(servers.follow(hc_rx));
     }
     if let Some(e) = embedded {
@@ -554,5 +557,43 @@ mod tests {
             "{e}"
         );
         assert!(parse_maglev_size("big").is_err());
+    }
+
+    #[test]
+    fn nodeport_addresses_take_cidrs_or_primary_alone() {
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            args: Args,
+        }
+        let parse = |v: &str| {
+            <Run as clap::Parser>::try_parse_from([
+                "run",
+                "--node",
+                "n",
+                "--source",
+                "kube",
+                "--nodeport-addresses",
+                v,
+            ])
+            .map(|r| r.args)
+        };
+        let primary = parse("primary").unwrap();
+        assert!(primary.enls.check().is_ok());
+        assert!(primary.enls.nodeport_primary());
+        assert!(primary.enls.nodeport_prefixes().is_empty());
+        assert!(
+            !localhost_nodeports(&primary),
+            "primary leaves loopback out"
+        );
+        let cidrs = parse("10.0.0.0/8,127.0.0.0/8").unwrap();
+        assert!(!cidrs.enls.nodeport_primary());
+        assert_eq!(cidrs.enls.nodeport_prefixes().len(), 2);
+        assert!(localhost_nodeports(&cidrs));
+        let mixed = parse("primary,10.0.0.0/8").unwrap();
+        let e = mixed.enls.check().unwrap_err().to_string();
+        assert!(e.contains("cannot be combined"), "{e}");
+        let e = parse("nodes").err().unwrap().to_string();
+        assert!(e.contains("neither a CIDR"), "{e}");
     }
 }

@@ -22,6 +22,8 @@ pub struct NodeContext<'a> {
     /// `--nodeport-addresses`: node addresses outside these prefixes get no NodePort frontends
     /// (empty: all of the node's InternalIP/ExternalIP addresses).
     pub nodeport_addresses: &'a [IpNet],
+    /// `--nodeport-addresses primary`: only the node's primary IP of each family.
+    pub nodeport_primary: bool,
     pub prefer_same_node: bool,
 }
 
@@ -29,7 +31,13 @@ impl NodeContext<'_> {
     fn nodeport_ips(&self, family: IpFamily) -> Vec<IpAddr> {
         self.node
             .into_iter()
-            .flat_map(|n| &n.addresses)
+            .flat_map(|n| {
+                if self.nodeport_primary {
+                    &n.primary
+                } else {
+                    &n.addresses
+                }
+            })
             .filter(|ip| IpFamily::of(ip) == family)
             .filter(|ip| {
                 self.nodeport_addresses.is_empty()

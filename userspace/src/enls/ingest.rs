@@ -658,6 +658,7 @@ pub fn node(node: &Node, cfg: &IngestConfig) -> Result<Ingested<NodeInfo>, Rejec
         .map(|z| Arc::<str>::from(z.as_str()));
     let mut warnings = Vec::new();
     let mut addresses = Vec::new();
+    let mut typed = Vec::new();
     for a in node
         .status
         .as_ref()
@@ -669,8 +670,12 @@ pub fn node(node: &Node, cfg: &IngestConfig) -> Result<Ingested<NodeInfo>, Rejec
             continue;
         }
         match parse_ip(&a.address) {
-            Some(ip) if !addresses.contains(&ip) => addresses.push(ip),
-            Some(_) => {}
+            Some(ip) => {
+                typed.push((a.type_ == "InternalIP", ip));
+                if !addresses.contains(&ip) {
+                    addresses.push(ip);
+                }
+            }
             None => warnings.push(Rejection {
                 kind: Kind::Node,
                 object: key.to_string(),
@@ -689,10 +694,25 @@ pub fn node(node: &Node, cfg: &IngestConfig) -> Result<Ingested<NodeInfo>, Rejec
         record: Some(NodeInfo {
             zone,
             addresses,
+            primary: primary_ips(&typed),
             eligible: !deleting && !to_be_deleted,
         }),
         warnings,
     })
+}
+
+/// kube-proxy's primary node IPs (`GetNodeHostIPs`): per family, the first InternalIP, else the
+/// first ExternalIP; `typed` is (is InternalIP, address) in the Node object's order.
+fn primary_ips(typed: &[(bool, IpAddr)]) -> Vec<IpAddr> {
+    let mut primary: Vec<IpAddr> = Vec::new();
+    for internal in [true, false] {
+        for &(_, ip) in typed.iter().filter(|(i, _)| *i == internal) {
+            if !primary.iter().any(|p| p.is_ipv4() == ip.is_ipv4()) {
+                primary.push(ip);
+            }
+        }
+    }
+    primary
 }
 
 /// A pod on this node (its identity for the metadata proxy); `None` for other nodes' pods.

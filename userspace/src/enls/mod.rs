@@ -46,6 +46,8 @@ pub struct EnlsConfig {
     pub service_proxy_name: Option<String>,
     /// `--nodeport-addresses`: restrict NodePort frontends to node addresses in these prefixes.
     pub nodeport_addresses: Vec<IpNet>,
+    /// `--nodeport-addresses primary`: NodePort frontends on the node's primary IPs only.
+    pub nodeport_primary: bool,
     /// The PreferSameTrafficDistribution behaviour (node hints); on by default, as upstream.
     pub prefer_same_node: bool,
 }
@@ -56,6 +58,7 @@ impl EnlsConfig {
             node_name: node_name.to_owned(),
             service_proxy_name: None,
             nodeport_addresses: Vec::new(),
+            nodeport_primary: false,
             prefer_same_node: true,
         }
     }
@@ -489,6 +492,7 @@ impl Enls {
         let ctx = NodeContext {
             node: self.node.as_ref(),
             nodeport_addresses: &self.cfg.nodeport_addresses,
+            nodeport_primary: self.cfg.nodeport_primary,
             prefer_same_node: self.cfg.prefer_same_node,
         };
         let mut update = Update::default();

@@ -328,6 +328,10 @@ pub struct NodeInfo {
     pub zone: Option<Arc<str>>,
     /// InternalIP and ExternalIP addresses, in the Node object's order.
     pub addresses: Vec<IpAddr>,
+    /// kube-proxy's primary node IPs: per family, the first InternalIP, else the first
+    /// ExternalIP (`--nodeport-addresses primary`).
+    #[serde(skip)]
+    pub primary: Vec<IpAddr>,
     /// kube-proxy's node eligibility: no deletionTimestamp, no ToBeDeletedByClusterAutoscaler.
     pub eligible: bool,
 }

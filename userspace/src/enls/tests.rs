@@ -801,6 +801,49 @@ fn node_changes_recompute_topology_and_nodeports() {
 }
 
 #[test]
+fn nodeport_addresses_primary_keeps_the_first_internal_ip_of_each_family() {
+    let mut cfg = EnlsConfig::new(NODE);
+    cfg.nodeport_primary = true;
+    let mut h = Harness::with(cfg);
+    let nodeport_ips = |h: &Harness| -> Vec<String> {
+        h.port("np")
+            .frontends
+            .iter()
+            .filter(|f| f.kind == FrontendKind::NodePort)
+            .map(|f| f.ip.to_string())
+            .collect()
+    };
+    h.initial(vec![
+        service("np", json!({"type": "NodePort", "clusterIP": "10.96.3.1", "ports": [{"port": 80, "nodePort": 30001}]})),
+        node(json!({}), json!([
+            {"type": "ExternalIP", "address": "203.0.113.5"},
+            {"type": "Hostname", "address": "node-a"},
+            {"type": "InternalIP", "address": "192.168.1.10"},
+            {"type": "InternalIP", "address": "192.168.1.11"},
+            {"type": "ExternalIP", "address": "2001:db8::5"}])),
+    ]);
+    assert_eq!(nodeport_ips(&h), ["192.168.1.10"]);
+    let n = h.enls.node.as_ref().unwrap();
+    assert_eq!(
+        n.primary,
+        [
+            "192.168.1.10".parse::<std::net::IpAddr>().unwrap(),
+            "2001:db8::5".parse().unwrap()
+        ],
+        "an ExternalIP when the family has no InternalIP"
+    );
+    // Without an InternalIP, the first ExternalIP.
+    h.apply(node(
+        json!({}),
+        json!([
+        {"type": "ExternalIP", "address": "203.0.113.5"},
+        {"type": "ExternalIP", "address": "203.0.113.6"}]),
+    ))
+    .unwrap();
+    assert_eq!(nodeport_ips(&h), ["203.0.113.5"]);
+}
+
+#[test]
 fn slice_moving_between_services_updates_both() {
     let mut h = Harness::new();
     h.initial(vec![
