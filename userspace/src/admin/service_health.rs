@@ -6,11 +6,11 @@
 //! For each such Service, an HTTP server listens on the port (on every address, or on the
 //! node's addresses in `--nodeport-addresses`, or its primary IPs with `primary`). Any path
 //! answers 200 when the node has at least one local Ready endpoint of the Service (distinct
-//! addresses, across its ports) and the agent is healthy (`/livez`: no update waiting longer than the health timeout), else 503,
-//! with kube-proxy's JSON body. A port that cannot be opened (another process holds it) is
-//! logged, counted, recorded as a Warning Event on the Service (kube-proxy's
-//! `FailedToStartServiceHealthcheck`), and tried again every few seconds; it affects no other
-//! Service.
+//! addresses, across its ports) and the agent is healthy (`/livez`: no update waiting longer
+//! than the health timeout), else 503, with kube-proxy's JSON body. A port that cannot be
+//! opened (another process holds it) is logged, counted, recorded as a Warning Event on the
+//! Service (kube-proxy's `FailedToStartServiceHealthcheck`), and tried again every few
+//! seconds; it affects no other Service.
 //!
 //! ```text
 //! ENLS updates ──▶ ServiceHealthServers::apply ──▶ one listener per Service (open / close /
@@ -225,10 +225,11 @@ impl ServiceHealthServers {
     }
 
     fn set(&mut self, key: &ObjKey, wanted: Option<Wanted>) {
-        if let (Some(open), Some(w)) = (self.open.get(key), &wanted)
+        if let (Some(open), Some(w)) = (self.open.get_mut(key), &wanted)
             && open.port == w.port
         {
             open.answer.endpoints.store(w.endpoints, Ordering::Relaxed);
+            open.uid.clone_from(&w.uid);
             return;
         }
         if let Some(old) = self.open.remove(key) {
