@@ -114,10 +114,7 @@ fn convert(item: serde_json::Value, kind: &str) -> Result<Option<Object>, ItemEr
         "EndpointSlice" => Object::EndpointSlice(Box::new(typed::<EndpointSlice>(item, kind)?)),
         "Node" => Object::Node(Box::new(typed::<Node>(item, kind)?)),
         "Pod" => Object::Pod(Box::new(typed::<Pod>(item, kind)?)),
-        other => {
-            tracing::debug!(kind = other, "manifest: ignoring kind");
-            return Ok(None);
-        }
+        _ => return Ok(None),
     }))
 }
 
@@ -406,6 +403,13 @@ fn objects_of(doc: Doc, document: usize, out: &mut Vec<Object>) -> Result<(), Ma
         // One object (an `items` field means nothing to the kinds used, and is dropped).
         let object =
             convert(serde_json::Value::Object(fields), &kind).map_err(|e| e.at(document))?;
+        if object.is_none() {
+            tracing::debug!(
+                document,
+                kind,
+                "manifest: ignoring a kind the node-local state does not use"
+            );
+        }
         out.extend(object);
         return Ok(());
     };
@@ -426,7 +430,14 @@ fn objects_of(doc: Doc, document: usize, out: &mut Vec<Object>) -> Result<(), Ma
             // A `List`'s untyped items name no kind: ignored, as an unknown kind.
             Item::Untyped(item) => convert(item, list_kind),
         };
-        out.extend(object.map_err(|e| e.at(document))?);
+        let object = object.map_err(|e| e.at(document))?;
+        if object.is_none() {
+            tracing::debug!(
+                document,
+                "manifest: ignoring a list item of a kind the node-local state does not use"
+            );
+        }
+        out.extend(object);
     }
     Ok(())
 }
