@@ -998,8 +998,14 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<(Vec<CountResult>, 
     Ok((results, calibration))
 }
 
-/// ENLS + writer in this process, on maps pinned in a test-bed bpffs directory.
-fn programming(opts: &Options, maglev: bool) -> anyhow::Result<Programming> {
+/// ENLS + writer in this process, on maps pinned in a test-bed bpffs directory; with Maglev
+/// tables of `maglev_size` entries (the default 4093) when `maglev`.
+pub fn programming(
+    opts: &Options,
+    maglev: bool,
+    maglev_size: Option<u32>,
+) -> anyhow::Result<Programming> {
+    let maglev_size = maglev_size.unwrap_or(tollgate_common::lb::maglev::DEFAULT_SIZE);
     let services = opts.counts.iter().copied().max().unwrap_or(10_000);
     let cluster = Cluster::new(&ClusterSpec {
         pods_per_node: vec![1],
@@ -1007,9 +1013,14 @@ fn programming(opts: &Options, maglev: bool) -> anyhow::Result<Programming> {
         ..Default::default()
     });
     let node = cluster.node("node1");
-    let dp = Dataplane::load(&node.bpffs, &MapSizes::default()).context("loading")?;
+    let sizes = MapSizes {
+        maglev: MapSizes::maglev_chunks(maglev_size),
+        ..MapSizes::default()
+    };
+    let dp = Dataplane::load(&node.bpffs, &sizes).context("loading")?;
     let mut writer = Writer::new(LbMaps::open(dp.pins())?);
     writer.set_maglev(maglev);
+    writer.set_maglev_size(maglev_size);
     let mut enls = Enls::new(EnlsConfig::new("node1"), EnlsMetrics::detached());
     let mut objects = cluster.base_objects();
     let mut services_objects = manifest_objects(
@@ -1044,7 +1055,11 @@ fn programming(opts: &Options, maglev: bool) -> anyhow::Result<Programming> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", c.key))?;
     }
     let full_write_ms = start.elapsed().as_secs_f64() * 1e3;
-    let how = if maglev { " (maglev)" } else { "" };
+    let how = if maglev {
+        format!(" (maglev, M = {maglev_size})")
+    } else {
+        String::new()
+    };
     eprintln!("dataplane: full write of {services} services{how}: {full_write_ms:.0} ms");
 
     let mut change = Vec::with_capacity(opts.changes);
@@ -1147,8 +1162,8 @@ pub fn run(opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow::Result<Re
         commit,
         wrk: wrk_version,
         counts,
-        programming: programming(opts, false)?,
-        programming_maglev: programming(opts, true)?,
+        programming: programming(opts, false, None)?,
+        programming_maglev: programming(opts, true, None)?,
         calibration,
     };
     write(&report, opts, out_dir, markdown)?;

@@ -71,6 +71,23 @@ enum Suite {
         #[arg(long, default_value_t = 5)]
         duration: u64,
     },
+    /// The dataplane's programming times alone (ENLS + map writer in this process, as in
+    /// `dataplane`), optionally with Maglev tables of another size. Prints the result as JSON;
+    /// writes nothing else.
+    Programming {
+        /// Services (each with `--endpoints` endpoints).
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        #[arg(long, default_value_t = bench::dataplane::Options::default().endpoints)]
+        endpoints: usize,
+        /// Changes and adds timed.
+        #[arg(long, default_value_t = bench::dataplane::Options::default().changes)]
+        changes: usize,
+        /// With `--lb-algorithm maglev` and an externalIP on every Service, tables of this size
+        /// (`--maglev-table-size`); without it, random selection.
+        #[arg(long)]
+        maglev_table_size: Option<u32>,
+    },
     /// Per-packet cost of the TC and XDP programs (BPF_PROG_TEST_RUN), optionally beside
     /// other builds' kernel objects.
     Programs {
@@ -143,6 +160,26 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             let p = bench::dataplane::paired(&a, &b, services, &opts)?;
+            println!("{}", serde_json::to_string_pretty(&p)?);
+        }
+        Suite::Programming {
+            services,
+            endpoints,
+            changes,
+            maglev_table_size,
+        } => {
+            tollgate_tests::require_root();
+            let opts = bench::dataplane::Options {
+                counts: vec![services],
+                endpoints,
+                changes,
+                ..Default::default()
+            };
+            let p = bench::dataplane::programming(
+                &opts,
+                maglev_table_size.is_some(),
+                maglev_table_size,
+            )?;
             println!("{}", serde_json::to_string_pretty(&p)?);
         }
         Suite::Programs { object, repeat } => {
