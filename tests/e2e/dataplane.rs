@@ -705,7 +705,11 @@ fn socket_lb_host_namespace_only_leaves_pods_sockets_to_the_per_packet_path() {
         let t = Scenario::finish(p, Duration::from_secs(15));
         assert_eq!(t.ok, 20, "{t:?}");
     }
-    // UDP, hairpin, and REJECT for a service without endpoints, per packet.
+    // IPv6, UDP, hairpin, and REJECT for a service without endpoints, per packet.
+    let web6 = format!("[{}]:80", scenario::WEB6);
+    let t = s.client(s.pod("n2p2").placement(), &web6, 20, Mode::Tcp, T);
+    assert_eq!((t.ok, t.names()), (20, vec!["n1p1", "n2p1"]), "{t:?}");
+    assert_eq!(t.peers, std::slice::from_ref(&web6), "{t:?}");
     let dns = format!("{}:53", scenario::DNS);
     let t = s.client(s.pod("n1p1").placement(), &dns, 20, Mode::Udp, T);
     assert_eq!((t.ok, t.names()), (20, vec!["n1p2", "n2p2"]), "{t:?}");
