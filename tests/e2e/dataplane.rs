@@ -56,6 +56,21 @@ fn cluster_ip_from_pods_and_host_tcp_and_udp() {
     // From a host process of node2.
     let t = s.client(s.node("node2").host(), &web, 20, Mode::Tcp, T);
     assert_eq!(t.ok, 20, "{t:?}");
+    // `tollgate maps` shows the node settings the programs read.
+    let node = &s.maps(s.node("node1"))["node"];
+    assert_eq!(
+        *node,
+        serde_json::json!({
+            "ready": true,
+            "snat_v4": s.node("node1").ip.to_string(),
+            "snat_v6": s.node("node1").ip6.to_string(),
+            "snat_ports": "61000-65535",
+            "socket_lb_peer": true,
+            "localhost_nodeports": true,
+            "socket_lb_host_namespace_only": false,
+            "metadata": "off",
+        })
+    );
     // UDP, connected and unconnected: replies come from the service address.
     let dns = format!("{}:53", scenario::DNS);
     let t = s.client(s.pod("n2p1").placement(), &dns, 20, Mode::Udp, T);
@@ -674,6 +689,10 @@ fn socket_lb_host_namespace_only_leaves_pods_sockets_to_the_per_packet_path() {
     let web = format!("{}:80", scenario::WEB);
     // A pod's connections reach both backends (on its node and on the other) and see the
     // service address.
+    assert_eq!(
+        s.maps(s.node("node1"))["node"]["socket_lb_host_namespace_only"],
+        true
+    );
     let t = s.client(s.pod("n1p2").placement(), &web, 40, Mode::Tcp, T);
     assert_eq!(t.ok, 40, "{t:?}");
     assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");

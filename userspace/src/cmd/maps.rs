@@ -1,5 +1,5 @@
-//! `tollgate maps`: the pinned maps as readable tables (service → frontends → backends with
-//! counters, then interface counters), or JSON.
+//! `tollgate maps`: the pinned maps as readable tables (the node settings, service → frontends
+//! → backends with counters, then interface counters), or JSON.
 
 use std::path::PathBuf;
 
@@ -17,18 +17,38 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let pins = PinLayout::existing(&args.bpffs);
+    let node = inspect::node(&pins)?;
     let services = inspect::services(&pins)?;
     let interfaces = dataplane::stats::iface_stats(&pins)?;
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
+                "node": node,
                 "services": services,
                 "interfaces": interfaces,
             }))?
         );
         return Ok(());
     }
+    match &node {
+        Some(n) => {
+            let none = || "-".to_owned();
+            println!(
+                "NODE  ready {}  snat {} / {} ports {}  socket-lb-peer {}  localhost-nodeports {}  socket-lb-host-namespace-only {}",
+                n.ready,
+                n.snat_v4.clone().unwrap_or_else(none),
+                n.snat_v6.clone().unwrap_or_else(none),
+                n.snat_ports,
+                n.socket_lb_peer,
+                n.localhost_nodeports,
+                n.socket_lb_host_namespace_only
+            );
+            println!("      metadata {}", n.metadata);
+        }
+        None => println!("NODE  no settings written yet"),
+    }
+    println!();
     println!(
         "{:<32} {:<12} {:<11} {:<28} {:<8} {:>7} {:>9} {:>11} {:>7}",
         "SERVICE", "PORT", "KIND", "FRONTEND", "SCOPE", "CONNS", "PACKETS", "BYTES", "REFUSED"

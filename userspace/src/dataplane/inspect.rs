@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use tollgate_common::lb::{scope, stats::Counters, svc_flags, svcinfo::SvcInfo};
+use tollgate_common::lb::{md_mode, scope, stats::Counters, svc_flags, svcinfo::SvcInfo};
 
 use super::{
     DataplaneError, PinLayout,
@@ -62,6 +62,69 @@ pub struct ServiceView {
     pub family: u8,
     pub counters: CounterView,
     pub frontends: Vec<FrontendView>,
+}
+
+/// The node-wide settings the programs read (`tg_config_v2`), as the agent last wrote them.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NodeView {
+    /// The agent has programmed a complete state.
+    pub ready: bool,
+    /// SNAT sources for NodePort/externalIP traffic to remote backends (none: unset).
+    pub snat_v4: Option<String>,
+    pub snat_v6: Option<String>,
+    pub snat_ports: String,
+    /// getpeername() of a balanced TCP socket shows the service (`--socket-lb-peer`).
+    pub socket_lb_peer: bool,
+    pub localhost_nodeports: bool,
+    pub socket_lb_host_namespace_only: bool,
+    /// `off`, or `redirect` with where to and whether the proxy is ready.
+    pub metadata: String,
+}
+
+/// The node settings; `None` before an agent wrote them.
+pub fn node(pins: &PinLayout) -> Result<Option<NodeView>, DataplaneError> {
+    let maps = LbMaps::open(pins)?;
+    let Ok(c) = maps.config.get(&0, 0) else {
+        return Ok(None);
+    };
+    if c == tollgate_common::lb::config::Config::default() {
+        return Ok(None);
+    }
+    let addr = |w: [u32; 4]| (w != [0; 4]).then(|| ip(w).to_string());
+    let metadata = if c.md_mode == md_mode::REDIRECT {
+        let ports: Vec<String> = c
+            .md_ports
+            .iter()
+            .filter(|p| **p != 0)
+            .map(|p| port_host(*p).to_string())
+            .collect();
+        format!(
+            "redirect {}:{} → {} ({})",
+            ip(c.md_addr),
+            ports.join(","),
+            EndpointAddr {
+                ip: ip(c.md_proxy_addr),
+                port: port_host(c.md_proxy_port),
+            },
+            if c.md_ready != 0 {
+                "ready"
+            } else {
+                "refusing until ready"
+            }
+        )
+    } else {
+        "off".into()
+    };
+    Ok(Some(NodeView {
+        ready: c.ready != 0,
+        snat_v4: addr(c.snat_v4),
+        snat_v6: addr(c.snat_v6),
+        snat_ports: format!("{}-{}", c.snat_port_min, c.snat_port_max),
+        socket_lb_peer: c.tcp_peer_off == 0,
+        localhost_nodeports: c.localhost_nodeports != 0,
+        socket_lb_host_namespace_only: c.socket_lb_host_only != 0,
+        metadata,
+    }))
 }
 
 fn text(b: &[u8]) -> String {
