@@ -191,5 +191,42 @@ mod tests {
             });
             assert!(allowed, "list+watch on {group}/{resource}");
         }
+        // The Events the agent records (kube-rs's Recorder creates, then patches a series).
+        let events = role.rules.iter().flatten().any(|r| {
+            r.api_groups.iter().flatten().any(|g| g == "events.k8s.io")
+                && r.resources.iter().flatten().any(|x| x == "events")
+                && ["create", "patch"]
+                    .iter()
+                    .all(|v| r.verbs.iter().any(|x| x == v))
+        });
+        assert!(events, "create+patch on events.k8s.io/events");
+    }
+
+    #[test]
+    fn the_daemonset_can_be_given_the_api_servers_own_address() {
+        // Without kube-proxy the `kubernetes` ClusterIP works only once the agent runs: the
+        // in-cluster client's two variables come from the optional ConfigMap when it exists.
+        let ds: DaemonSet = serde_saphyr::from_str(&deploy("daemonset.yaml")).unwrap();
+        let spec = ds.spec.unwrap().template.spec.unwrap();
+        let env = spec.containers[0].env.clone().unwrap_or_default();
+        for (name, key) in [
+            ("KUBERNETES_SERVICE_HOST", "host"),
+            ("KUBERNETES_SERVICE_PORT", "port"),
+        ] {
+            let var = env
+                .iter()
+                .find(|e| e.name == name)
+                .unwrap_or_else(|| panic!("{name} is not set"));
+            let r = var
+                .value_from
+                .as_ref()
+                .and_then(|v| v.config_map_key_ref.as_ref())
+                .unwrap_or_else(|| panic!("{name} is not from a ConfigMap"));
+            assert_eq!(
+                (r.name.as_str(), r.key.as_str(), r.optional),
+                ("tollgate-api-server", key, Some(true)),
+                "{name}"
+            );
+        }
     }
 }
