@@ -238,9 +238,9 @@ fn lb_local_slice(s: &Cluster, pods: &[&str]) -> serde_json::Value {
 
 /// What the outside client gets from `node`'s port: (status, localEndpoints, serviceProxyHealthy);
 /// status 0 when nothing answers there.
-fn health_check(s: &Scenario, node: &str, port: u16) -> (u16, Option<u64>, Option<bool>) {
-    let url = format!("http://{}:{port}/healthz", s.node(node).ip);
-    let (status, body) = http_get(s.cluster.outside(), &url);
+fn health_check(c: &Cluster, node: &str, port: u16) -> (u16, Option<u64>, Option<bool>) {
+    let url = format!("http://{}:{port}/healthz", c.node(node).ip);
+    let (status, body) = http_get(c.outside(), &url);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     if status != 0 {
         assert!(
@@ -256,10 +256,20 @@ fn health_check(s: &Scenario, node: &str, port: u16) -> (u16, Option<u64>, Optio
     )
 }
 
-fn wait_health_check(s: &Scenario, node: &str, port: u16, want: (u16, Option<u64>, Option<bool>)) {
+fn wait_health_check(c: &Cluster, node: &str, port: u16, want: (u16, Option<u64>, Option<bool>)) {
     tollgate_tests::wait_for(&format!("{node}:{port} to answer {want:?}"), T * 5, || {
-        (health_check(s, node, port) == want).then_some(())
+        (health_check(c, node, port) == want).then_some(())
     });
+}
+
+/// Another process holding `port` on `node` (every address).
+fn blocker(node: &tollgate_tests::Node, port: u16) -> tollgate_tests::BgProcess {
+    let mut cmd = Command::new(tollgate_tests::tools::testbed_bin());
+    cmd.args(["serve", "--name", "blocker", "--tcp"]);
+    cmd.arg(format!("0.0.0.0:{port}"));
+    let mut blocker = node.spawn("blocker", cmd);
+    blocker.wait_for_log("serving", Duration::from_secs(5));
+    blocker
 }
 
 #[test]
@@ -273,30 +283,21 @@ fn health_check_node_ports_answer_whether_the_node_has_local_endpoints() {
         o
     });
     // node2 has the endpoint, node1 has none: the load balancer sends to node2 only.
-    wait_health_check(&s, "node2", HC, (200, Some(1), Some(true)));
-    wait_health_check(&s, "node1", HC, (503, Some(0), Some(true)));
+    wait_health_check(&s.cluster, "node2", HC, (200, Some(1), Some(true)));
+    wait_health_check(&s.cluster, "node1", HC, (503, Some(0), Some(true)));
 
     // The endpoints move to node1 (two pods there).
     s.update(vec![lb_local_slice(&s.cluster, &["n1p1", "n1p2"])]);
-    wait_health_check(&s, "node1", HC, (200, Some(2), Some(true)));
-    wait_health_check(&s, "node2", HC, (503, Some(0), Some(true)));
+    wait_health_check(&s.cluster, "node1", HC, (200, Some(2), Some(true)));
+    wait_health_check(&s.cluster, "node2", HC, (503, Some(0), Some(true)));
 
     // Another process holds the new port on node1: node2 serves it at once, node1 tries again
     // until the port is free, and the old port closes on both.
-    let mut blocker = Command::new(tollgate_tests::tools::testbed_bin());
-    blocker.args([
-        "serve",
-        "--name",
-        "blocker",
-        "--tcp",
-        &format!("0.0.0.0:{BUSY}"),
-    ]);
-    let mut blocker = s.node("node1").spawn("blocker", blocker);
-    blocker.wait_for_log("serving", Duration::from_secs(5));
+    let blocker = blocker(s.node("node1"), BUSY);
     s.update(vec![lb_local(BUSY, "Local")]);
-    wait_health_check(&s, "node2", BUSY, (503, Some(0), Some(true)));
+    wait_health_check(&s.cluster, "node2", BUSY, (503, Some(0), Some(true)));
     for node in ["node1", "node2"] {
-        wait_health_check(&s, node, HC, (0, None, None));
+        wait_health_check(&s.cluster, node, HC, (0, None, None));
     }
     let failures = || {
         metric_opt(
@@ -328,7 +329,7 @@ fn health_check_node_ports_answer_whether_the_node_has_local_endpoints() {
     );
     assert_eq!(t.ok, 3, "{t:?}");
     drop(blocker);
-    wait_health_check(&s, "node1", BUSY, (200, Some(2), Some(true)));
+    wait_health_check(&s.cluster, "node1", BUSY, (200, Some(2), Some(true)));
     assert_eq!(
         metric(
             &admin_get(s.node("node1"), "/metrics").1,
@@ -340,7 +341,7 @@ fn health_check_node_ports_answer_whether_the_node_has_local_endpoints() {
     // externalTrafficPolicy Cluster: no health check any more.
     s.update(vec![lb_local(BUSY, "Cluster")]);
     for node in ["node1", "node2"] {
-        wait_health_check(&s, node, BUSY, (0, None, None));
+        wait_health_check(&s.cluster, node, BUSY, (0, None, None));
         assert_eq!(
             metric(
                 &admin_get(s.node(node), "/metrics").1,
@@ -366,7 +367,7 @@ fn health_check_node_ports_listen_only_on_nodeport_addresses_when_given() {
                 o
             },
         );
-        wait_health_check(&s, "node1", HC, (200, Some(1), Some(true)));
+        wait_health_check(&s.cluster, "node1", HC, (200, Some(1), Some(true)));
         // Not on the node's other addresses (its loopback here).
         let node1 = s.node("node1");
         let (status, body) = http_get(node1.host(), &format!("http://127.0.0.1:{HC}/"));
@@ -421,11 +422,7 @@ fn agents_on_the_kube_source_record_events_on_their_node_and_on_services() {
             .to_owned()
     };
     // Another process holds the healthCheckNodePort on node1.
-    let mut blocker = Command::new(tollgate_tests::tools::testbed_bin());
-    blocker.args(["serve", "--name", "blocker", "--tcp"]);
-    blocker.arg(format!("0.0.0.0:{BUSY}"));
-    let mut blocker = cluster.node("node1").spawn("blocker", blocker);
-    blocker.wait_for_log("serving", Duration::from_secs(5));
+    let _blocker = blocker(cluster.node("node1"), BUSY);
     let _agents: Vec<_> = cluster
         .nodes
         .iter()
@@ -474,7 +471,7 @@ fn agents_on_the_kube_source_record_events_on_their_node_and_on_services() {
         "{note}"
     );
     // The agents serve from the API server's state meanwhile: node2 has the endpoint.
-    wait_health_check_at(&cluster, "node2", BUSY, 200);
+    wait_health_check(&cluster, "node2", BUSY, (200, Some(1), Some(true)));
 
     // A Service too big for the maps: each node says so on it.
     let big_eps: Vec<serde_json::Value> = (1..=20)
@@ -557,14 +554,6 @@ fn agents_on_the_kube_source_record_events_on_their_node_and_on_services() {
         metric_opt(&text, "tollgate_kubernetes_events_total{result=\"failed\"}"),
         None
     );
-}
-
-/// Waits until `node` answers `status` on `port` to the outside client.
-fn wait_health_check_at(cluster: &Cluster, node: &str, port: u16, status: u16) {
-    let url = format!("http://{}:{port}/", cluster.node(node).ip);
-    tollgate_tests::wait_for(&format!("{url} to answer {status}"), T * 5, || {
-        (http_get(cluster.outside(), &url).0 == status).then_some(())
-    });
 }
 
 #[test]

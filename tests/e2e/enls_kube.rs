@@ -60,13 +60,7 @@ fn rand_suffix() -> u64 {
 
 async fn pipeline(double: &ApiServerDouble, node: &str) -> Pipeline {
     let dir = TempDir::new();
-    let kubeconfig = double.write_kubeconfig(&dir.0);
-    let opts = SourceOptions {
-        node_name: node.into(),
-        service_proxy_name: None,
-        kubeconfig: Some(kubeconfig),
-        file_poll: Duration::from_secs(1),
-    };
+    let opts = options(node, double.write_kubeconfig(&dir.0));
     let (events_tx, events_rx) = mpsc::channel(8192);
     let (updates_tx, updates) = mpsc::channel(64);
     let (status_tx, status) = watch::channel(EnlsStatus::default());
@@ -211,13 +205,12 @@ fn options(node: &str, kubeconfig: std::path::PathBuf) -> SourceOptions {
     }
 }
 
+/// `tollgate_kubernetes_events_total{result}` (0 before the first).
 fn metric(reg: &prometheus_client::registry::Registry, result: &str) -> f64 {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, reg).unwrap();
-    let needle = format!("tollgate_kubernetes_events_total{{result=\"{result}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    let name = format!("tollgate_kubernetes_events_total{{result=\"{result}\"}}");
+    tollgate_tests::agent::metric_opt(&text, &name).unwrap_or(0.0)
 }
 
 /// Waits until the double holds `n` Events, the last `published` of them counted.

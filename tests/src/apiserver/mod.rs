@@ -2,14 +2,14 @@
 //! drive the real kube-rs client and watcher (no kube-apiserver binary exists on these machines).
 //!
 //! Supported: Services, EndpointSlices, Nodes, Pods (and ConfigMaps, events.k8s.io Events);
-//! cluster-wide and namespaced
-//! paths; GET (one object), list (label and field selectors, `limit`/`continue` pagination over
-//! a snapshot, `resourceVersion` in the list metadata), watch (from a resourceVersion, or with
-//! synthetic ADDED events from "0"; selector entries/exits as ADDED/DELETED; BOOKMARK events;
-//! `timeoutSeconds`; an ERROR event with 410 Gone when the version is older than the event log),
-//! POST, PUT (with resourceVersion conflicts), PATCH (JSON merge patch), DELETE. Test controls: [`ApiServerDouble::compact`]
-//! (forget history: resuming watches get 410) and [`ApiServerDouble::drop_watches`] (end every
-//! watch stream, as an API server restart would).
+//! cluster-wide and namespaced paths; GET (one object), list (label and field selectors,
+//! `limit`/`continue` pagination over a snapshot, `resourceVersion` in the list metadata), watch
+//! (from a resourceVersion, or with synthetic ADDED events from "0"; selector entries/exits as
+//! ADDED/DELETED; BOOKMARK events; `timeoutSeconds`; an ERROR event with 410 Gone when the
+//! version is older than the event log), POST, PUT (with resourceVersion conflicts), PATCH (JSON
+//! merge patch), DELETE. Test controls: [`ApiServerDouble::compact`] (forget history: resuming
+//! watches get 410) and [`ApiServerDouble::drop_watches`] (end every watch stream, as an API
+//! server restart would).
 
 pub mod selector;
 pub mod store;
@@ -419,13 +419,9 @@ async fn handle(
         }
         (Method::POST, None) | (Method::PUT, Some(_)) => {
             let is_create = req.method() == Method::POST;
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return Ok(bad_request(e.to_string())),
-            };
-            let mut obj: Value = match serde_json::from_slice(&body) {
+            let mut obj = match json_body(req).await {
                 Ok(v) => v,
-                Err(e) => return Ok(bad_request(format!("body is not JSON: {e}"))),
+                Err(resp) => return Ok(resp),
             };
             if let (Some(ns), Some(meta)) =
                 (ns, obj.get_mut("metadata").and_then(Value::as_object_mut))
@@ -462,13 +458,9 @@ async fn handle(
                     json!({"kind": "Status", "code": 415, "status": "Failure", "reason": "UnsupportedMediaType", "message": "the double applies JSON merge patches only"}),
                 ));
             }
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return Ok(bad_request(e.to_string())),
-            };
-            let patch: Value = match serde_json::from_slice(&body) {
+            let patch = match json_body(req).await {
                 Ok(v) => v,
-                Err(e) => return Ok(bad_request(format!("body is not JSON: {e}"))),
+                Err(resp) => return Ok(resp),
             };
             shared.stats.writes.fetch_add(1, Ordering::Relaxed);
             let mut store = shared.lock();
@@ -503,6 +495,15 @@ async fn handle(
         ),
     };
     Ok(resp)
+}
+
+/// The request's body as JSON, or the 400 answer.
+async fn json_body(req: Request<hyper::body::Incoming>) -> Result<Value, Response<Body>> {
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Err(bad_request(e.to_string())),
+    };
+    serde_json::from_slice(&body).map_err(|e| bad_request(format!("body is not JSON: {e}")))
 }
 
 /// RFC 7386: objects merge key by key, `null` removes a key, anything else replaces.

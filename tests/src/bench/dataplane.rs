@@ -998,13 +998,10 @@ fn traffic(opts: &Options, workdir: &Path) -> anyhow::Result<(Vec<CountResult>, 
     Ok((results, calibration))
 }
 
-/// ENLS + writer in this process, on maps pinned in a test-bed bpffs directory; with Maglev
-/// tables of `maglev_size` entries (the default 4093) when `maglev`.
-pub fn programming(
-    opts: &Options,
-    maglev: bool,
-    maglev_size: Option<u32>,
-) -> anyhow::Result<Programming> {
+/// ENLS + writer in this process, on maps pinned in a test-bed bpffs directory; with
+/// `maglev_size: Some(M)`, `--lb-algorithm maglev` with tables of M entries.
+pub fn programming(opts: &Options, maglev_size: Option<u32>) -> anyhow::Result<Programming> {
+    let maglev = maglev_size.is_some();
     let maglev_size = maglev_size.unwrap_or(tollgate_common::lb::maglev::DEFAULT_SIZE);
     let services = opts.counts.iter().copied().max().unwrap_or(10_000);
     let cluster = Cluster::new(&ClusterSpec {
@@ -1162,8 +1159,8 @@ pub fn run(opts: &Options, out_dir: &Path, markdown: &Path) -> anyhow::Result<Re
         commit,
         wrk: wrk_version,
         counts,
-        programming: programming(opts, false, None)?,
-        programming_maglev: programming(opts, true, None)?,
+        programming: programming(opts, None)?,
+        programming_maglev: programming(opts, Some(tollgate_common::lb::maglev::DEFAULT_SIZE))?,
         calibration,
     };
     write(&report, opts, out_dir, markdown)?;

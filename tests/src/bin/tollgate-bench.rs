@@ -175,11 +175,7 @@ fn main() -> anyhow::Result<()> {
                 changes,
                 ..Default::default()
             };
-            let p = bench::dataplane::programming(
-                &opts,
-                maglev_table_size.is_some(),
-                maglev_table_size,
-            )?;
+            let p = bench::dataplane::programming(&opts, maglev_table_size)?;
             println!("{}", serde_json::to_string_pretty(&p)?);
         }
         Suite::Programs { object, repeat } => {

@@ -157,9 +157,10 @@ impl Drop for Instance {
 /// The servers of every Service with a health check, kept in step with the ENLS.
 pub struct ServiceHealthServers {
     health: Health,
-    listen: Listen,
-    /// Where each server listens now: these addresses, or (`Listen::At`) every address when
-    /// empty.
+    /// `Listen::NodePrimary`: `addresses` follow the Node's primary IPs.
+    follow_primary: bool,
+    /// Where each server listens now: these addresses; when empty, every address (or, while
+    /// following the primary IPs before they are known, nowhere).
     addresses: Vec<IpAddr>,
     open: HashMap<ObjKey, Instance>,
     /// Wanted but not listening (the port could not be opened), tried again at `retry_at`.
@@ -176,14 +177,14 @@ impl ServiceHealthServers {
         metrics: ServiceHealthMetrics,
         events: Events,
     ) -> Self {
-        let addresses = match &listen {
-            Listen::At(a) => a.clone(),
-            Listen::NodePrimary => Vec::new(),
+        let (follow_primary, addresses) = match listen {
+            Listen::At(a) => (false, a),
+            Listen::NodePrimary => (true, Vec::new()),
         };
         Self {
             events,
             health,
-            listen,
+            follow_primary,
             addresses,
             open: HashMap::new(),
             failed: HashMap::new(),
@@ -210,7 +211,7 @@ impl ServiceHealthServers {
     /// Opens, closes and updates the servers of the Services an update changed. Must run
     /// inside a tokio runtime (the servers are its tasks).
     pub fn apply(&mut self, update: &Update) {
-        if self.listen == Listen::NodePrimary
+        if self.follow_primary
             && let Some(node) = &update.node
             && node.primary != self.addresses
         {
@@ -317,7 +318,7 @@ impl ServiceHealthServers {
             health: self.health.clone(),
         });
         let listeners = if self.addresses.is_empty() {
-            if self.listen == Listen::NodePrimary {
+            if self.follow_primary {
                 return Err(io::Error::other(
                     "the node's primary IPs are not known yet (no Node object)",
                 ));

@@ -33,12 +33,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     match &node {
         Some(n) => {
-            let none = || "-".to_owned();
             println!(
                 "NODE  ready {}  snat {} / {} ports {}  socket-lb-peer {}  localhost-nodeports {}  socket-lb-host-namespace-only {}",
                 n.ready,
-                n.snat_v4.clone().unwrap_or_else(none),
-                n.snat_v6.clone().unwrap_or_else(none),
+                n.snat_v4.as_deref().unwrap_or("-"),
+                n.snat_v6.as_deref().unwrap_or("-"),
                 n.snat_ports,
                 n.socket_lb_peer,
                 n.localhost_nodeports,

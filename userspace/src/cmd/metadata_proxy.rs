@@ -133,10 +133,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             kubeconfig: args.kubeconfig.clone(),
             file_poll: Duration::from_millis(args.file_poll_ms.max(10)),
         };
-        let sources = source::start(spec, &opts, events_tx)
+        // The tasks run on (a dropped JoinHandle detaches).
+        source::start(spec, &opts, events_tx)
             .await
             .context("starting the source")?;
-        drop(sources); // the tasks run on (a dropped JoinHandle detaches)
         tokio::spawn(runner::run(engine, events_rx, vec![updates_tx], status_tx));
         tokio::spawn(metadata::follow_pods(index, updates_rx));
     }

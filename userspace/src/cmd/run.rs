@@ -322,7 +322,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let dp_metrics = DataplaneMetrics::register(&mut registry);
     let health = Health::register(&mut registry, Duration::from_secs(args.health_timeout));
     let hc_metrics = ServiceHealthMetrics::register(&mut registry);
-    let events = events_to(&args.enls, EventMetrics::register(&mut registry)).await?;
+    let event_metrics = EventMetrics::register(&mut registry);
 
     let sizes = MapSizes {
         lb: args.lb_map_size,
@@ -429,9 +429,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (events_tx, events_rx) = mpsc::channel(256);
     let (updates_tx, updates_rx) = mpsc::channel::<Arc<Update>>(64);
     let (status_tx, status_rx) = watch::channel(EnlsStatus::default());
-    let _sources = source::start(&args.enls.source, &args.enls.source_options(), events_tx)
+    let sources = source::start(&args.enls.source, &args.enls.source_options(), events_tx)
         .await
         .context("starting the source")?;
+    // Events go to the API server through the source's client; a manifest file has none.
+    let events = match sources.client {
+        Some(client) => Events::start(client, &args.enls.node, event_metrics),
+        None => Events::off(&args.enls.node, event_metrics),
+    };
     let mut subscribers = vec![updates_tx];
     if args.health_check_node_ports {
         let (hc_tx, hc_rx) = mpsc::channel::<Arc<Update>>(64);
@@ -511,19 +516,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     drop(attacher);
     tracing::info!("terminating; programs stay attached through their pinned links");
     Ok(())
-}
-
-/// Events go to the API server with `--source kube` (the same kubeconfig), nowhere with a file.
-async fn events_to(enls: &EnlsArgs, metrics: EventMetrics) -> anyhow::Result<Events> {
-    Ok(match &enls.source {
-        source::SourceSpec::Kube => {
-            let client = source::kube::client(&enls.source_options())
-                .await
-                .context("the Kubernetes client for Events")?;
-            Events::start(client, &enls.node, metrics)
-        }
-        source::SourceSpec::File(_) => Events::off(&enls.node, metrics),
-    })
 }
 
 async fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {

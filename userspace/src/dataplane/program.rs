@@ -19,14 +19,14 @@ use super::{
     addr::words,
     gc,
     lbmaps::LbMaps,
-    writer::{Purge, WriteError, Writer},
+    writer::{Purge, WriteError, Writer, balanced},
 };
 use crate::{
     admin::Health,
     enls::{
         ServiceChange, Update,
         metrics::ProgrammingMetrics,
-        model::{NodeInfo, ObjKey, Protocol, ServiceState},
+        model::{NodeInfo, ObjKey, ServiceState},
     },
     events::{Event, Events, Regarding},
 };
@@ -415,7 +415,7 @@ impl Programmer {
             && unbalanced != unbalanced_before
             && let Some(new) = &change.new
         {
-            self.unbalanced_event(new);
+            self.report_unbalanced(new);
         }
         if let Err(e) = result {
             tracing::error!(service = %change.key, "not programmed (retried on later updates): {e}");
@@ -444,16 +444,22 @@ impl Programmer {
         }
     }
 
-    /// A Warning on a Service whose SCTP ports the programs leave out (the writer logs it too).
-    fn unbalanced_event(&self, service: &ServiceState) {
+    /// A Service gained SCTP ports the programs leave out, or their number changed: a warning
+    /// in the log and on the Service.
+    fn report_unbalanced(&self, service: &ServiceState) {
         let mut ports: Vec<String> = service
             .ports
             .iter()
-            .filter(|p| p.protocol == Protocol::Sctp)
+            .filter(|p| !balanced(p))
             .map(|p| format!("{}/SCTP", p.port))
             .collect();
         ports.sort();
         ports.dedup();
+        tracing::warn!(
+            service = %service.key(),
+            ports = ?ports,
+            "SCTP service ports are not load-balanced: Tollgate's kernel programs handle TCP and UDP"
+        );
         self.events.record(
             Regarding::service(&service.namespace, &service.name, &service.uid),
             Event {

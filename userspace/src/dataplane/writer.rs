@@ -261,7 +261,7 @@ pub struct Writer {
 
 /// Can the kernel programs balance this port's protocol? They handle TCP and UDP; an SCTP
 /// port is left out of the maps (reported, never half-programmed).
-fn balanced(port: &ServicePortState) -> bool {
+pub fn balanced(port: &ServicePortState) -> bool {
     port.protocol != Protocol::Sctp
 }
 
@@ -368,23 +368,16 @@ impl Writer {
         self.unbalanced.get(key).copied().unwrap_or(0)
     }
 
-    /// Keeps count of a service's SCTP ports, warning when that count changes.
+    /// Keeps count of a service's SCTP ports (the programmer reports a change of it).
     fn note_unbalanced(&mut self, change: &ServiceChange) {
         let count = change
             .new
             .as_ref()
             .map_or(0, |s| s.ports.iter().filter(|p| !balanced(p)).count());
-        let before = if count == 0 {
-            self.unbalanced.remove(&change.key)
+        if count == 0 {
+            self.unbalanced.remove(&change.key);
         } else {
-            self.unbalanced.insert(change.key.clone(), count)
-        };
-        if count > 0 && before != Some(count) {
-            tracing::warn!(
-                service = %change.key,
-                ports = count,
-                "SCTP service ports are not load-balanced: Tollgate's kernel programs handle TCP and UDP"
-            );
+            self.unbalanced.insert(change.key.clone(), count);
         }
     }
 

@@ -39,11 +39,12 @@ pub async fn client(opts: &SourceOptions) -> Result<Client, SourceError> {
 /// Objects per list page.
 const LIST_PAGE_SIZE: u32 = 100;
 
-pub async fn start(
+/// One watcher per kind, on `client`.
+pub fn start(
+    client: &Client,
     opts: &SourceOptions,
     tx: mpsc::Sender<SourceEvent>,
-) -> Result<Vec<JoinHandle<()>>, SourceError> {
-    let client = client(opts).await?;
+) -> Vec<JoinHandle<()>> {
     // R1: without a proxy name, services claimed by any proxy are filtered by the API server;
     // with one, the ENLS keeps ours (and unlabelled ones) and drops the rest.
     // Small pages bound the memory a (re-)list holds at once: a page of objects decoded and
@@ -60,7 +61,7 @@ pub async fn start(
         .clone()
         .fields(&format!("metadata.name={}", opts.node_name));
     let pods = base.fields(&format!("spec.nodeName={}", opts.node_name));
-    Ok(vec![
+    vec![
         spawn_watch(
             Api::<Service>::all(client.clone()),
             services,
@@ -83,13 +84,13 @@ pub async fn start(
             tx.clone(),
         ),
         spawn_watch(
-            Api::<Pod>::all(client),
+            Api::<Pod>::all(client.clone()),
             pods,
             ingest::Kind::Pod,
             |o| Object::Pod(Box::new(o)),
             tx,
         ),
-    ])
+    ]
 }
 
 fn spawn_watch<K>(

@@ -29,6 +29,13 @@ pub enum ManifestError {
     },
 }
 
+/// What follows a YAML document marker (`---` alone or before blanks) that starts `line`;
+/// `None` when the line is no marker.
+fn after_marker(line: &str) -> Option<&str> {
+    line.strip_prefix("---")
+        .filter(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+}
+
 /// First line (1-based) of each YAML document in `text` that the parser yields: it skips
 /// empty documents and those that are only a null (`~`, `null`), so the n-th here is the
 /// parser's n-th. A document starts on the line after its `---`, or on that line when content
@@ -45,9 +52,7 @@ fn document_lines(text: &str) -> Vec<usize> {
         }
     };
     for (i, line) in text.lines().enumerate() {
-        let after_marker = line
-            .strip_prefix("---")
-            .filter(|rest| rest.is_empty() || rest.starts_with([' ', '\t']));
+        let after_marker = after_marker(line);
         if after_marker.is_some() {
             close(start, content_lines, only_null);
             start = i + 2;
@@ -192,12 +197,10 @@ fn parse_json(text: &str) -> Option<Result<Vec<Object>, ManifestError>> {
     }))
 }
 
-/// Is there a YAML document marker (`---` alone, or before spaces) at `at`, the start of a
-/// line?
+/// Is there a YAML document marker at `at`, the start of a line?
 fn document_marker(text: &str, at: usize) -> bool {
     let line_start = at == 0 || text[..at].ends_with('\n');
-    let after = text[at..].strip_prefix("---");
-    line_start && after.is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t', '\r', '\n']))
+    line_start && text[at..].lines().next().and_then(after_marker).is_some()
 }
 
 impl ManifestError {

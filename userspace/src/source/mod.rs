@@ -51,14 +51,31 @@ pub enum SourceError {
     Manifest(#[from] manifest::ManifestError),
 }
 
+/// A started source: its tasks (they send until the channel closes; a dropped handle detaches
+/// its task) and, for `kube`, the client they use (for anything else the agent tells the API
+/// server, such as Events).
+pub struct Started {
+    pub tasks: Vec<JoinHandle<()>>,
+    pub client: Option<::kube::Client>,
+}
+
 /// Starts the source's tasks; they send into `tx` until it closes.
 pub async fn start(
     spec: &SourceSpec,
     opts: &SourceOptions,
     tx: mpsc::Sender<SourceEvent>,
-) -> Result<Vec<JoinHandle<()>>, SourceError> {
-    match spec {
-        SourceSpec::Kube => kube::start(opts, tx).await,
-        SourceSpec::File(path) => Ok(vec![file::start(path.clone(), opts.file_poll, tx)]),
-    }
+) -> Result<Started, SourceError> {
+    Ok(match spec {
+        SourceSpec::Kube => {
+            let client = kube::client(opts).await?;
+            Started {
+                tasks: kube::start(&client, opts, tx),
+                client: Some(client),
+            }
+        }
+        SourceSpec::File(path) => Started {
+            tasks: vec![file::start(path.clone(), opts.file_poll, tx)],
+            client: None,
+        },
+    })
 }
