@@ -90,6 +90,41 @@ fn cluster_ip_from_pods_and_host_tcp_and_udp() {
     );
 }
 
+/// IPv6 NodePort from outside, to the local and the remote backend: TCP, UDP, and datagrams
+/// larger than the MTU, whose IPv6 fragments (a Fragment extension header; only the first has
+/// the UDP header) are each translated, both ways.
+#[test]
+fn ipv6_nodeport_from_outside_tcp_udp_and_fragments() {
+    let s = Scenario::with_objects(Default::default(), &[], |c| {
+        [scenario::objects(c), scenario::nodeport6(c)].concat()
+    });
+    let node1 = s.node("node1").ip6;
+    let outside = || s.cluster.outside();
+    let np = format!("[{node1}]:{}", scenario::NODEPORT6);
+    let t = s.client(outside(), &np, 40, Mode::Tcp, T);
+    assert_eq!(t.ok, 40, "{t:?}");
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
+    assert!(
+        t.seen_as
+            .iter()
+            .all(|a| a.starts_with(&format!("[{node1}]:"))),
+        "SNAT to the node's IPv6 address: {t:?}"
+    );
+    assert_eq!(t.peers, std::slice::from_ref(&np));
+    let np_udp = format!("[{node1}]:{}", scenario::NODEPORT6_UDP);
+    let t = s.client(outside(), &np_udp, 10, Mode::Udp, T);
+    assert_eq!(t.ok, 10, "{t:?}");
+    let t = s.client(outside(), &np_udp, 20, Mode::UdpLarge, T);
+    assert_eq!(t.ok, 20, "{t:?}");
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
+    assert!(
+        t.seen_as
+            .iter()
+            .all(|a| a.starts_with(&format!("[{node1}]:"))),
+        "{t:?}"
+    );
+}
+
 #[test]
 fn nodeport_external_ip_and_load_balancer_from_outside() {
     let s = Scenario::new();
@@ -1696,8 +1731,11 @@ fn a_full_service_map_fails_only_the_service_that_does_not_fit_until_room_frees(
 
 #[test]
 fn bpftool_prints_every_pinned_map_with_field_names() {
-    // Maglev on, so the NodePort's service port has a table to print.
-    let s = Scenario::with(Default::default(), &["--lb-algorithm", "maglev"]);
+    // Maglev on, so the NodePort's service port has a table to print; an IPv6 NodePort for
+    // IPv6 fragments.
+    let s = Scenario::with_objects(Default::default(), &["--lb-algorithm", "maglev"], |c| {
+        [scenario::objects(c), scenario::nodeport6(c)].concat()
+    });
     let node1 = s.node("node1");
     // Traffic that leaves an entry in every map: a NodePort flow from outside to a remote
     // backend (conntrack), a ClusterIP service with affinity (affinity, socket LB), UDP
@@ -1715,6 +1753,9 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
     let np_udp = format!("{}:{}", node1.ip, scenario::NODEPORT_UDP);
     let t = s.client(s.cluster.outside(), &np_udp, 1, Mode::UdpLarge, T);
     assert_eq!(t.ok, 1, "{t:?}");
+    let np6_udp = format!("[{}]:{}", node1.ip6, scenario::NODEPORT6_UDP);
+    let t = s.client(s.cluster.outside(), &np6_udp, 1, Mode::UdpLarge, T);
+    assert_eq!(t.ok, 1, "{t:?}");
 
     let fields: &[(&str, &[&str])] = &[
         ("tg_ifstats_v1", &["ifindex", "hook", "packets"]),
@@ -1731,6 +1772,7 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
         ("tg_ctmark_v1", &["flows"]),
         ("tg_feport_v1", &["value"]),
         ("tg_frag_v1", &["saddr", "id", "proto", "sport", "dport"]),
+        ("tg_frag6_v1", &["saddr", "id", "proto", "sport", "dport"]),
         ("tg_affinity_v1", &["client", "service_id", "last_used"]),
         ("tg_sockct_v1", &["cookie", "backend_id", "service_id"]),
         ("tg_sockrev_v1", &["cookie", "addr", "port"]),

@@ -27,6 +27,9 @@ const XDP_TX: u32 = 3;
 
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 11);
 const NODE6: &str = "fd00:77::11";
+const PEER_NODE6: &str = "fd00:77::12";
+const CLIENT6: &str = "fd00:77::100";
+const REMOTE_POD6: &str = "fd00:244:2::11";
 const PEER_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 12);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
@@ -77,6 +80,71 @@ fn ipv6(proto: u8, src: &IpAddr, dst: &IpAddr, l4: &[u8]) -> Vec<u8> {
     ip.extend_from_slice(&d.octets());
     ip.extend_from_slice(l4);
     ip
+}
+
+/// IPv6 extension headers: (type, the header's bytes; its first byte, Next Header, is filled
+/// in by [`ipv6_exts`]).
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const DEST_OPTS: u8 = 60;
+
+/// An 8-byte Hop-by-Hop or Destination Options header: one PadN option.
+fn options_header() -> Vec<u8> {
+    vec![0, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// A Fragment header: `offset` in bytes (a multiple of 8), `more` = more fragments follow.
+fn fragment_header(id: u32, offset: usize, more: bool) -> Vec<u8> {
+    assert_eq!(offset % 8, 0);
+    let field = offset as u16 | u16::from(more);
+    let mut h = vec![0, 0];
+    h.extend_from_slice(&field.to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h
+}
+
+/// An IPv6 packet with extension headers `exts` in that order before `payload` (of protocol
+/// `proto`): each header's Next Header names the one after it.
+fn ipv6_exts(
+    src: &IpAddr,
+    dst: &IpAddr,
+    exts: &[(u8, Vec<u8>)],
+    proto: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let first = exts.first().map_or(proto, |e| e.0);
+    let mut rest = Vec::new();
+    for (i, (_, h)) in exts.iter().enumerate() {
+        let mut h = h.clone();
+        h[0] = exts.get(i + 1).map_or(proto, |e| e.0);
+        rest.extend_from_slice(&h);
+    }
+    rest.extend_from_slice(payload);
+    ipv6(first, src, dst, &rest)
+}
+
+/// Offset and protocol of the upper-layer header of an IPv6 packet (`ip` from its first
+/// byte), after its extension headers; a later fragment stops at its Fragment header.
+fn ipv6_upper_layer(ip: &[u8]) -> (usize, u8) {
+    let (mut off, mut next) = (40, ip[6]);
+    loop {
+        match next {
+            HOP_BY_HOP | ROUTING | DEST_OPTS => {
+                next = ip[off];
+                off += (usize::from(ip[off + 1]) + 1) * 8;
+            }
+            FRAGMENT => {
+                let field = u16::from_be_bytes([ip[off + 2], ip[off + 3]]);
+                next = ip[off];
+                off += 8;
+                if field & !7 != 0 {
+                    return (off, next);
+                }
+            }
+            _ => return (off, next),
+        }
+    }
 }
 
 fn pseudo(src: &IpAddr, dst: &IpAddr, proto: u8, len: usize) -> u32 {
@@ -196,11 +264,12 @@ fn parse(frame: &[u8]) -> Seen {
             let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
             let s: [u8; 16] = ip[8..24].try_into().unwrap();
             let d: [u8; 16] = ip[24..40].try_into().unwrap();
+            let (l4, proto) = ipv6_upper_layer(ip);
             (
                 IpAddr::V6(Ipv6Addr::from(s)),
                 IpAddr::V6(Ipv6Addr::from(d)),
-                ip[6],
-                &ip[40..40 + len],
+                proto,
+                &ip[l4..40 + len],
             )
         }
         other => panic!("ethertype {other:#x}"),
@@ -284,6 +353,20 @@ fn objects() -> Vec<Value> {
             json!({"type": "NodePort", "clusterIP": "fd00:96::7", "clusterIPs": ["fd00:96::7"], "ipFamilies": ["IPv6"],
             "ports": [{"name": "http", "port": 80, "nodePort": 30095}, {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30097}]}),
         ),
+        // IPv6, Cluster policy, remote backend: DNAT + SNAT.
+        svc(
+            "remote6",
+            json!({"type": "NodePort", "clusterIP": "fd00:96::8", "clusterIPs": ["fd00:96::8"], "ipFamilies": ["IPv6"],
+            "ports": [{"name": "http", "port": 80, "nodePort": 30084}, {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30054}]}),
+        ),
+        slice(
+            "remote6-1",
+            "remote6",
+            json!([{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]),
+            vec![
+                json!({"addresses": [REMOTE_POD6], "nodeName": "node2", "conditions": {"ready": true}}),
+            ],
+        ),
         // IPv6, Local policy, local backend.
         svc(
             "six",
@@ -332,6 +415,25 @@ fn bench_with(node: &Node, extra: Vec<Value>, maglev: Option<u32>) -> Bench {
         "via",
         &PEER_NODE.to_string(),
     ]);
+    node.ns
+        .ip(&["-6", "route", "add", "fd00:244:2::/64", "via", PEER_NODE6]);
+    for (addr, mac) in [
+        (PEER_NODE6, "02:00:00:00:00:12"),
+        (CLIENT6, "02:00:00:00:01:00"),
+    ] {
+        node.ns.ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+    }
     node.ns.ip(&[
         "neigh",
         "replace",
@@ -880,8 +982,9 @@ fn maglev_picks_with(size: u32) {
         let table = maglev::table(&members, size);
         assert_eq!(
             maps.maglev.keys().count(),
-            5 * chunks(size) as usize,
-            "a table per external service port with backends: remote (2 ports), local, six, spread"
+            7 * chunks(size) as usize,
+            "a table per external service port with backends: remote (2 ports), remote6 (2 ports), \
+             local, six, spread"
         );
         let expected = |sport: u16| {
             let h = hash(
@@ -1304,5 +1407,219 @@ fn every_fragment_of_a_udp_datagram_is_translated_both_ways() {
             outs.push(fragment_parts(&out).4);
         }
         assert!(reassembled_ok(NODE, REMOTE_POD, &outs[0], &outs[1]));
+    });
+}
+
+/// A frame of `ipv6_exts` from the client to node1 as it arrives on eth0.
+fn client6_frame(b: &Bench, exts: &[(u8, Vec<u8>)], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let (s, d): (IpAddr, IpAddr) = (CLIENT6.parse().unwrap(), NODE6.parse().unwrap());
+    ether(
+        b.eth0_mac,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6_exts(&s, &d, exts, proto, l4),
+    )
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked_to_the_tcp_header() {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        let (s, d): (IpAddr, IpAddr) = (CLIENT6.parse().unwrap(), NODE6.parse().unwrap());
+        let backend: IpAddr = "fd00:244:1::11".parse().unwrap();
+        let exts = [
+            (HOP_BY_HOP, options_header()),
+            (DEST_OPTS, options_header()),
+        ];
+        // A SYN to the IPv6 NodePort (Local policy) behind a Hop-by-Hop and a Destination
+        // Options header: translated, the headers kept, the checksum right.
+        let syn = client6_frame(&b, &exts, 6, &tcp(&s, &d, 40020, 30086, 0x02, &[]));
+        let (verdict, out) = b.tc("tg_tc_ingress", &syn);
+        assert_eq!(verdict, TC_ACT_OK);
+        let p = parse(&out);
+        assert_eq!(
+            (p.src, p.sport, p.dst, p.dport),
+            (s, 40020, backend, 8080),
+            "DNAT behind extension headers, checksum verified"
+        );
+        assert_eq!(out.len(), syn.len(), "the extension headers stay");
+        assert_eq!(out[14 + 6], HOP_BY_HOP);
+        // The backend's answer, with a Destination Options header, comes from the NodePort.
+        let seg = tcp(&backend, &s, 8080, 40020, 0x12, &[]);
+        let answer = ether(
+            CLIENT_MAC,
+            b.eth0_mac,
+            0x86dd,
+            &ipv6_exts(&backend, &s, &[(DEST_OPTS, options_header())], 6, &seg),
+        );
+        let (_, out) = b.tc("tg_tc_from_pod", &answer);
+        let p = parse(&out);
+        assert_eq!((p.src, p.sport, p.tcp_flags), (d, 30086, 0x12));
+        // XDP, to the remote backend (DNAT + SNAT), transmitted in place.
+        let syn = client6_frame(&b, &exts, 6, &tcp(&s, &d, 40021, 30084, 0x02, &[]));
+        let (verdict, out) = b.xdp(&syn);
+        assert_eq!(verdict, XDP_TX);
+        let p = parse(&out);
+        assert_eq!(
+            (p.src, p.dst, p.dport),
+            (d, REMOTE_POD6.parse().unwrap(), 8080),
+            "XDP: DNAT + SNAT behind extension headers, checksum verified"
+        );
+        // A Routing header with segments left: the destination is not the final one, so the
+        // packet is not a frontend's; it passes untouched.
+        let mut routing = vec![0, 2, 0, 1, 0, 0, 0, 0];
+        routing.extend_from_slice(&[0; 16]);
+        let routed = client6_frame(
+            &b,
+            &[(ROUTING, routing.clone())],
+            6,
+            &tcp(&s, &d, 40022, 30086, 0x02, &[]),
+        );
+        let (verdict, out) = b.tc("tg_tc_ingress", &routed);
+        assert_eq!((verdict, out), (TC_ACT_UNSPEC, routed));
+        // With no segments left, it is.
+        routing[3] = 0;
+        let routed = client6_frame(
+            &b,
+            &[(ROUTING, routing)],
+            6,
+            &tcp(&s, &d, 40023, 30086, 0x02, &[]),
+        );
+        let (_, out) = b.tc("tg_tc_ingress", &routed);
+        assert_eq!(parse(&out).dst, backend);
+        // REJECT: a SYN behind a Hop-by-Hop header to a NodePort without endpoints gets a
+        // reset with a plain IPv6 header.
+        let syn = client6_frame(&b, &exts[..1], 6, &tcp(&s, &d, 40024, 30095, 0x02, &[]));
+        let (verdict, out) = b.tc("tg_tc_ingress", &syn);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let r = parse(&out);
+        assert_eq!(
+            (r.src, r.sport, r.dst, r.dport, r.tcp_flags),
+            (d, 30095, s, 40024, 0x14),
+            "a reset, checksum verified"
+        );
+        assert_eq!((out[14 + 6], out.len()), (6, 14 + 40 + 20));
+    });
+}
+
+/// The IPv6 fragments of a datagram: the first with the Fragment header's offset 0 and the
+/// UDP header, the later ones from byte `split` of `dgram` (the UDP header and payload).
+fn ipv6_fragments(
+    b: &Bench,
+    from: &IpAddr,
+    to: &IpAddr,
+    id: u32,
+    dgram: &[u8],
+    split: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    let frame = |off: usize, end: usize, more: bool| {
+        let ip = ipv6_exts(
+            from,
+            to,
+            &[(FRAGMENT, fragment_header(id, off, more))],
+            17,
+            &dgram[off..end],
+        );
+        ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ip)
+    };
+    (frame(0, split, true), frame(split, dgram.len(), false))
+}
+
+/// Addresses, Fragment header (offset field, identification) and the fragment's part of the
+/// datagram.
+fn fragment6_parts(frame: &[u8]) -> (IpAddr, IpAddr, u16, u32, Vec<u8>) {
+    let ip = &frame[14..];
+    assert_eq!(ip[6], FRAGMENT);
+    let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    let s: [u8; 16] = ip[8..24].try_into().unwrap();
+    let d: [u8; 16] = ip[24..40].try_into().unwrap();
+    (
+        IpAddr::V6(Ipv6Addr::from(s)),
+        IpAddr::V6(Ipv6Addr::from(d)),
+        u16::from_be_bytes([ip[42], ip[43]]),
+        u32::from_be_bytes(ip[44..48].try_into().unwrap()),
+        ip[48..40 + len].to_vec(),
+    )
+}
+
+#[test]
+fn every_ipv6_fragment_of_a_udp_datagram_is_translated_both_ways() {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        let (client, node6, backend): (IpAddr, IpAddr, IpAddr) = (
+            CLIENT6.parse().unwrap(),
+            NODE6.parse().unwrap(),
+            REMOTE_POD6.parse().unwrap(),
+        );
+        let payload: Vec<u8> = (0..120u8).collect();
+        let tc = |frame: &[u8]| {
+            let (verdict, out) = b.tc("tg_tc_ingress", frame);
+            (verdict, fragment6_parts(&out))
+        };
+        let reassembled_ok = |src: &IpAddr, dst: &IpAddr, a: &[u8], b: &[u8]| {
+            let whole = [a, b].concat();
+            fold(sum16(&whole, pseudo(src, dst, 17, whole.len()))) == 0
+        };
+        // A datagram to the IPv6 UDP NodePort (remote backend: DNAT + SNAT) in two fragments.
+        let dgram = udp(&client, &node6, 5020, 30054, &payload, false);
+        let (first, later) = ipv6_fragments(&b, &client, &node6, 0x0102_0304, &dgram, 32);
+        // A later fragment before its first: nothing to go by, it passes untouched.
+        let (verdict, out) = b.tc("tg_tc_ingress", &later);
+        assert_eq!((verdict, &out), (TC_ACT_UNSPEC, &later));
+        let (v1, (s1, d1, field1, id1, l4a)) = tc(&first);
+        assert_eq!(v1, TC_ACT_REDIRECT);
+        assert_eq!((s1, d1, field1, id1), (node6, backend, 1, 0x0102_0304));
+        assert_eq!(u16::from_be_bytes([l4a[2], l4a[3]]), 5353);
+        let nat_port = u16::from_be_bytes([l4a[0], l4a[1]]);
+        let (v2, (s2, d2, field2, id2, l4b)) = tc(&later);
+        assert_eq!(
+            (v2, s2, d2, field2, id2),
+            (TC_ACT_REDIRECT, node6, backend, 32, 0x0102_0304),
+            "the later fragment follows the first"
+        );
+        assert!(reassembled_ok(&node6, &backend, &l4a, &l4b));
+        assert_eq!(&[l4a[8..].to_vec(), l4b].concat(), &payload);
+        // Another datagram with the same identification from another client: its later
+        // fragment does not take the first datagram's ports (the key has whole addresses).
+        let other: IpAddr = "fd00:78::100".parse().unwrap();
+        let odgram = udp(&other, &node6, 5021, 30054, &payload, false);
+        let (_, olater) = ipv6_fragments(&b, &other, &node6, 0x0102_0304, &odgram, 32);
+        let (verdict, out) = b.tc("tg_tc_ingress", &olater);
+        assert_eq!((verdict, &out), (TC_ACT_UNSPEC, &olater));
+
+        // The backend's answer comes back in fragments too: translated to the NodePort.
+        let answer: Vec<u8> = (0..100u8).rev().collect();
+        let adgram = udp(&backend, &node6, 5353, nat_port, &answer, false);
+        let (first, later) = ipv6_fragments(&b, &backend, &node6, 7, &adgram, 24);
+        let (v1, (s1, d1, _, _, l4a)) = tc(&first);
+        let (v2, (s2, d2, _, _, l4b)) = tc(&later);
+        assert_eq!((v1, s1, d1), (TC_ACT_REDIRECT, node6, client));
+        assert_eq!((v2, s2, d2), (TC_ACT_REDIRECT, node6, client));
+        assert_eq!(
+            (
+                u16::from_be_bytes([l4a[0], l4a[1]]),
+                u16::from_be_bytes([l4a[2], l4a[3]])
+            ),
+            (30054, 5020)
+        );
+        assert!(reassembled_ok(&node6, &client, &l4a, &l4b));
+
+        // XDP: the same in place, sent back out of the uplink.
+        let dgram = udp(&client, &node6, 5022, 30054, &payload, false);
+        let (first, later) = ipv6_fragments(&b, &client, &node6, 9, &dgram, 48);
+        let mut outs = Vec::new();
+        for frame in [&first, &later] {
+            let (verdict, out) = b.xdp(frame);
+            assert_eq!(verdict, XDP_TX);
+            let (s, d, .., part) = fragment6_parts(&out);
+            assert_eq!((s, d), (node6, backend));
+            assert_eq!(&out[0..6], &PEER_MAC, "to the peer node");
+            outs.push(part);
+        }
+        assert!(reassembled_ok(&node6, &backend, &outs[0], &outs[1]));
     });
 }

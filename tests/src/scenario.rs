@@ -36,6 +36,8 @@ pub const NODEPORT: u16 = 30080;
 pub const NODEPORT_LOCAL: u16 = 30081;
 pub const NODEPORT_EMPTY: u16 = 30099;
 pub const NODEPORT_UDP: u16 = 30053;
+pub const NODEPORT6: u16 = 30085;
+pub const NODEPORT6_UDP: u16 = 30055;
 
 /// An endpoint of `pod` (its node, ready unless told otherwise).
 pub fn endpoint(pod: &Pod, conditions: Value) -> Value {
@@ -129,6 +131,34 @@ pub fn objects(cluster: &Cluster) -> Vec<Value> {
             let pod = p(n);
             json!({"addresses": [pod.ip6.to_string()], "nodeName": format!("node{}", &pod.name[1..2]), "conditions": ready()})
         }).collect()),
+    ]
+}
+
+/// An IPv6 NodePort Service (Cluster policy; TCP [`NODEPORT6`] and UDP [`NODEPORT6_UDP`]) with
+/// the IPv6 addresses of n1p1 and n2p1 as endpoints, to add to [`objects`].
+pub fn nodeport6(cluster: &Cluster) -> Vec<Value> {
+    let endpoints = ["n1p1", "n2p1"]
+        .iter()
+        .map(|n| {
+            let pod = cluster.pod(n);
+            json!({"addresses": [pod.ip6.to_string()], "nodeName": format!("node{}", &pod.name[1..2]), "conditions": ready()})
+        })
+        .collect();
+    vec![
+        service(
+            "np6",
+            json!({"type": "NodePort", "clusterIP": "fd00:96::30", "clusterIPs": ["fd00:96::30"],
+            "ipFamilies": ["IPv6"], "ports": [
+            {"name": "http", "port": 80, "targetPort": 8080, "nodePort": NODEPORT6},
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353, "nodePort": NODEPORT6_UDP}]}),
+        ),
+        slice(
+            "np6-1",
+            "np6",
+            "IPv6",
+            json!([{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]),
+            endpoints,
+        ),
     ]
 }
 

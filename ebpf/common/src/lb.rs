@@ -393,15 +393,19 @@ pub mod affinity {
 }
 
 pub mod frag {
-    //! IPv4 fragments. Only a datagram's first fragment carries the TCP/UDP header whose ports
-    //! select the conntrack entry; kube-proxy's conntrack reassembles, the per-packet path here
-    //! remembers instead (as Cilium does): the first fragment's ports are kept by (source,
-    //! destination, IP id, protocol), and the later fragments of the datagram are translated
-    //! with them — their addresses only: they carry no L4 header, and the L4 checksum, which
-    //! covers the whole datagram, is fixed in the first fragment. A later fragment that comes
-    //! before its first, or whose entry was evicted, passes untranslated. Later fragments never
-    //! start a flow or get a REJECT reply. LRU: entries are not removed otherwise.
+    //! IPv4 and IPv6 fragments. Only a datagram's first fragment carries the TCP/UDP header
+    //! whose ports select the conntrack entry; kube-proxy's conntrack reassembles, the
+    //! per-packet path here remembers instead (as Cilium does): the first fragment's ports are
+    //! kept by (source, destination, IP id, protocol), and the later fragments of the datagram
+    //! are translated with them — their addresses only: they carry no L4 header, and the L4
+    //! checksum, which covers the whole datagram, is fixed in the first fragment. A later
+    //! fragment that comes before its first, or whose entry was evicted, passes untranslated.
+    //! Later fragments never start a flow or get a REJECT reply. LRU: entries are not removed
+    //! otherwise. IPv4 datagrams in `tg_frag_v1`, IPv6 ones (Fragment extension header, 32-bit
+    //! identification) in `tg_frag6_v1`.
     pub const NAME: &str = "tg_frag_v1";
+    pub const NAME6: &str = "tg_frag6_v1";
+    /// Entries of each of the two maps.
     pub const CAPACITY: u32 = 8_192;
 
     #[repr(C)]
@@ -421,6 +425,21 @@ pub mod frag {
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Frag6Key {
+        /// be: source address.
+        pub saddr: [u32; 4],
+        /// be: destination address.
+        pub daddr: [u32; 4],
+        /// be: the Fragment header's identification shared by the datagram's fragments.
+        pub id: u32,
+        /// The protocol after the Fragment header (TCP or UDP).
+        pub proto: u8,
+        pub pad: [u8; 3],
+    }
+    const _: () = assert!(core::mem::size_of::<Frag6Key>() == 40);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct FragPorts {
         /// be: the first fragment's source port.
         pub sport: u16,
@@ -429,7 +448,7 @@ pub mod frag {
     }
     const _: () = assert!(core::mem::size_of::<FragPorts>() == 4);
 
-    crate::impl_pod!(FragKey, FragPorts);
+    crate::impl_pod!(FragKey, Frag6Key, FragPorts);
 }
 
 pub mod sockct {

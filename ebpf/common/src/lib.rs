@@ -44,6 +44,7 @@ pub const MAP_NAMES: &[&str] = &[
     lb::ctmark::NAME,
     lb::feport::NAME,
     lb::frag::NAME,
+    lb::frag::NAME6,
     lb::affinity::NAME,
     lb::sockct::NAME,
     lb::sockrev::NAME,

@@ -15,7 +15,7 @@ use tollgate_common::{
         ct::{self, CtEntry, CtKey},
         ctmark::{self, Mark},
         feport,
-        frag::{self, FragKey, FragPorts},
+        frag::{self, Frag6Key, FragKey, FragPorts},
         maglev,
         revnat::{self, RevNat},
         sockct::{self, SockCtKey, SockCtValue},
@@ -58,6 +58,11 @@ pub static FRONTEND_PORTS: Array<u64, { feport::WORDS as usize }> = Array::new()
 /// `frag`).
 #[btf_map(name = "tg_frag_v1")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragPorts, { frag::CAPACITY as usize }> =
+    LruHashMap::new();
+
+/// The same for IPv6 datagrams.
+#[btf_map(name = "tg_frag6_v1")]
+pub static FRAGMENTS6: LruHashMap<Frag6Key, FragPorts, { frag::CAPACITY as usize }> =
     LruHashMap::new();
 
 #[btf_map(name = "tg_affinity_v1")]

@@ -101,13 +101,16 @@ fn set_addr(ctx: &TcContext, p: &mut Pkt, src: bool, new: [u32; 4]) -> R<()> {
         let mut n = new;
         // SAFETY: two 16-byte stack buffers.
         let diff = unsafe { bpf_csum_diff(o.as_mut_ptr(), 16, n.as_mut_ptr(), 16, 0) };
-        ctx.l4_csum_replace(
-            p.csum_off,
-            0,
-            diff as u64,
-            u64::from(BPF_F_PSEUDO_HDR) | l4_flags(p),
-        )
-        .map_err(|_| ())?;
+        // A later fragment has no L4 header (its first fragment's checksum covers it).
+        if p.frag != LATER_FRAGMENT {
+            ctx.l4_csum_replace(
+                p.csum_off,
+                0,
+                diff as u64,
+                u64::from(BPF_F_PSEUDO_HDR) | l4_flags(p),
+            )
+            .map_err(|_| ())?;
+        }
     } else {
         let off = p.l3 + if src { 12 } else { 16 };
         ctx.store(off, &new[3], 0).map_err(|_| ())?;
@@ -686,10 +689,9 @@ fn tcp_reset(ctx: &TcContext, p: &Pkt) -> i32 {
 
 #[inline(always)]
 fn tcp_reset_inner(ctx: &TcContext, p: &Pkt) -> R<i32> {
-    let hdr = if p.v6 { 40 } else { 20 };
-    if p.l4 != p.l3 + hdr {
-        return Err(());
-    }
+    // The reset has a plain IP header (no IPv4 options, no IPv6 extension headers): its TCP
+    // header goes right behind it, wherever the SYN's was.
+    let l4 = p.l3 + if p.v6 { 40 } else { 20 };
     let seq: u32 = load(ctx, p.l4 + 4)?;
     let doff = usize::from(load::<u8>(ctx, p.l4 + 12)? >> 4) * 4;
     let payload = (p.len as usize).saturating_sub(p.l4 + doff);
@@ -697,7 +699,7 @@ fn tcp_reset_inner(ctx: &TcContext, p: &Pkt) -> R<i32> {
         .wrapping_add(1)
         .wrapping_add(payload as u32)
         .to_be_bytes();
-    let total = p.l4 + 20;
+    let total = l4 + 20;
     // SAFETY: helper on our own skb; shrinks it to the headers.
     if unsafe { bpf_skb_change_tail(ctx.as_ptr().cast(), total as u32, 0) } != 0 {
         return Err(());
@@ -734,7 +736,7 @@ fn tcp_reset_inner(ctx: &TcContext, p: &Pkt) -> R<i32> {
         let ip = ipv4_header(40, PROTO_TCP, p.daddr[3], p.saddr[3]);
         ctx.store(p.l3, &ip, 0).map_err(|_| ())?;
     }
-    ctx.store(p.l4, &tcp, 0).map_err(|_| ())?;
+    ctx.store(l4, &tcp, 0).map_err(|_| ())?;
     Ok(bounce(ctx))
 }
 

@@ -17,9 +17,17 @@ pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
-/// Headers start within this offset (Ethernet + IPv4 with options); it also bounds the offsets
-/// for the verifier.
-pub const MAX_OFFSET: usize = ETH_HLEN + 60;
+/// Headers start within this offset (Ethernet + IPv6 + 64 bytes of extension headers, which
+/// also covers IPv4 with options); it also bounds the offsets for the verifier.
+pub const MAX_OFFSET: usize = ETH_HLEN + 40 + 64;
+
+/// IPv6 extension headers walked before the TCP/UDP header (Hop-by-Hop, Routing, Fragment,
+/// Destination Options: each at most once in a real packet).
+const MAX_EXT_HEADERS: usize = 4;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTS: u8 = 60;
 
 /// The parts of an IPv4/IPv6 TCP/UDP packet the translation needs.
 #[repr(C)]
@@ -36,10 +44,11 @@ pub struct Pkt {
     pub csum_off: usize,
     pub tcp_flags: u8,
     pub len: u32,
-    /// [`NOT_FRAGMENT`], [`FIRST_FRAGMENT`] or [`LATER_FRAGMENT`] (IPv4 only).
+    /// [`NOT_FRAGMENT`], [`FIRST_FRAGMENT`] or [`LATER_FRAGMENT`].
     pub frag: u8,
-    /// be: the IPv4 identification (fragments only).
-    pub frag_id: u16,
+    /// be: the identification of a fragment's datagram (IPv4: 16 bits, in the low half as
+    /// loaded; IPv6: the Fragment header's 32 bits).
+    pub frag_id: u32,
 }
 
 /// `Pkt::frag`: a whole datagram.
@@ -136,8 +145,9 @@ impl Frame for XdpContext {
 }
 
 /// Parses the packet; `None` for anything the translation leaves alone (not IP, not TCP/UDP,
-/// IPv6 extension headers, headers cut short). A later IPv4 fragment comes back without ports
-/// (`frag` = [`LATER_FRAGMENT`]; see [`parse_into`]).
+/// an IPv6 Routing header with segments left or AH/ESP, more than 64 bytes of IPv6 extension
+/// headers, headers cut short). A later fragment comes back without ports (`frag` =
+/// [`LATER_FRAGMENT`]; see [`parse_into`]).
 #[inline(always)]
 pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
     let l3 = ETH_HLEN;
@@ -158,14 +168,15 @@ pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
                 NOT_FRAGMENT
             };
             let (s, d) = (h.u32::<12>(), h.u32::<16>());
-            let (proto, id) = (h.u8::<9>(), h.u16::<4>());
+            let (proto, id) = (h.u8::<9>(), u32::from(h.u16::<4>()));
             (false, l3 + ihl, proto, v4_mapped(s), v4_mapped(d), frag, id)
         }
         ETH_P_IPV6 => {
             let h = Header::<40>::at(f, l3)?;
             let s = [h.u32::<8>(), h.u32::<12>(), h.u32::<16>(), h.u32::<20>()];
             let d = [h.u32::<24>(), h.u32::<28>(), h.u32::<32>(), h.u32::<36>()];
-            (true, l3 + 40, h.u8::<6>(), s, d, NOT_FRAGMENT, 0)
+            let (l4, proto, frag, id) = ipv6_payload(f, l3 + 40, h.u8::<6>())?;
+            (true, l4, proto, s, d, frag, id)
         }
         _ => return None,
     };
@@ -215,6 +226,48 @@ pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
         frag,
         frag_id,
     })
+}
+
+/// Walks the IPv6 extension headers from `off` (`next`: the IPv6 header's Next Header) to the
+/// upper-layer header: its offset and protocol, and the fragment kind and identification of a
+/// Fragment header. A later fragment stops at its Fragment header (what follows is the middle
+/// of the datagram). `None` for a Routing header with segments left (the destination is not
+/// the final one, so neither the frontend nor the pseudo-header checksum is) and for headers
+/// cut short; anything else (AH, ESP, more headers than walked) comes back as the protocol,
+/// which the caller leaves alone.
+#[inline(always)]
+fn ipv6_payload<F: Frame>(f: &F, mut off: usize, mut next: u8) -> Option<(usize, u8, u8, u32)> {
+    let (mut frag, mut id) = (NOT_FRAGMENT, 0u32);
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_DEST_OPTS | IPV6_ROUTING => {
+                let h = Header::<8>::at(f, off)?;
+                if next == IPV6_ROUTING && h.u8::<3>() != 0 {
+                    return None;
+                }
+                next = h.u8::<0>();
+                off += (usize::from(h.u8::<1>()) + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                let h = Header::<8>::at(f, off)?;
+                // Offset (13 bits, in 8-byte units), 2 reserved bits, M (more fragments).
+                let fo = u16::from_be(h.u16::<2>());
+                next = h.u8::<0>();
+                id = h.u32::<4>();
+                off += 8;
+                if fo & !7 != 0 {
+                    frag = LATER_FRAGMENT;
+                    break;
+                }
+                // An atomic fragment (offset 0, no more) is the whole datagram.
+                if fo & 1 != 0 {
+                    frag = FIRST_FRAGMENT;
+                }
+            }
+            _ => break,
+        }
+    }
+    Some((off, next, frag, id))
 }
 
 /// The fields of a TCP segment (IPv4 without options, or IPv6 without extension headers: what

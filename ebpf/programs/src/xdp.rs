@@ -78,9 +78,9 @@ fn set_end(
     new: ([u32; 4], u16),
 ) -> Option<()> {
     // Offsets come back from the scratch map as unknown numbers: bound them for the verifier
-    // (the IPv4 header is at most 60 bytes; IPv6 extension headers are not handled).
+    // (as the parser does).
     let l4 = p.l4;
-    if l4 > ETH_HLEN + 60 {
+    if l4 > pkt::MAX_OFFSET {
         return None;
     }
     let l3 = ETH_HLEN;
@@ -92,10 +92,10 @@ fn set_end(
         let check: u16 = read(ctx, l3 + 10)?;
         let (o, n) = ([0, 0, 0, old.0[3]], [0, 0, 0, new.0[3]]);
         write(ctx, l3 + 10, csum_replace(check, &o, &n, 0, 0))?;
-        if p.frag == LATER_FRAGMENT {
-            // No L4 header: the first fragment's ports and checksum were rewritten.
-            return Some(());
-        }
+    }
+    if p.frag == LATER_FRAGMENT {
+        // No L4 header: the first fragment's ports and checksum were rewritten.
+        return Some(());
     }
     write(ctx, l4 + if src { 0 } else { 2 }, new.1)?;
     let check: u16 = read(ctx, csum_off)?;
