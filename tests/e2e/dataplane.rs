@@ -769,6 +769,148 @@ fn socket_lb_host_namespace_only_leaves_pods_sockets_to_the_per_packet_path() {
     assert!(t.elapsed_ms < 500, "refused at once, not timed out: {t:?}");
 }
 
+/// `--traffic-metrics backends`: the programs' counters on `/metrics`, per service port, per
+/// backend and per interface, with the numbers `tollgate maps` shows.
+#[test]
+fn traffic_counters_are_on_metrics_as_tollgate_maps_shows_them() {
+    let s = Scenario::with(Default::default(), &["--traffic-metrics", "backends"]);
+    let node1 = s.node("node1");
+    // Socket-balanced connections from a pod: counted as connections, no packets.
+    let web = format!("{}:80", scenario::WEB);
+    let t = s.client(s.pod("n1p2").placement(), &web, 30, Mode::Tcp, T);
+    assert_eq!(t.ok, 30, "{t:?}");
+    // NodePort from outside: flows of the per-packet path, with packets and bytes.
+    let np = format!("{}:{}", node1.ip, scenario::NODEPORT);
+    let t = s.client(s.cluster.outside(), &np, 6, Mode::Tcp, T);
+    assert_eq!(t.ok, 6, "{t:?}");
+    // No endpoints: refused.
+    let empty = format!("{}:80", scenario::EMPTY);
+    let t = s.client(s.pod("n1p2").placement(), &empty, 3, Mode::Tcp, T);
+    assert_eq!((t.ok, t.refused), (0, 3), "{t:?}");
+
+    let (code, text) = admin_get(node1, "/metrics");
+    assert_eq!(code, 200);
+    let maps = s.maps(node1);
+    let service = |name: &str, port: &str, proto: &str| {
+        let view = maps["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name && v["port_name"] == port && v["protocol"] == proto)
+            .unwrap_or_else(|| panic!("{name}/{port} not in tollgate maps"))
+            .clone();
+        let metric = |counter: &str| {
+            metric_opt(
+                &text,
+                &format!(
+                    "tollgate_service_{counter}_total{{namespace=\"default\",service=\"{name}\",\
+                     port=\"{port}\",protocol=\"{proto}\",ip_family=\"IPv4\"}}"
+                ),
+            )
+            .unwrap_or_else(|| panic!("{counter} of {name}/{port} missing:\n{text}"))
+        };
+        let counters = ["connections", "packets", "bytes", "refused"].map(|c| metric(c) as u64);
+        let shown = ["connections", "packets", "bytes", "refused"]
+            .map(|c| view["counters"][c].as_u64().unwrap());
+        assert_eq!(counters, shown, "{name}/{port}: /metrics and tollgate maps");
+        counters
+    };
+    let [conns, packets, ..] = service("web", "http", "TCP");
+    assert_eq!((conns, packets), (30, 0), "socket-balanced: no packets");
+    let [conns, packets, bytes, _] = service("np", "http", "TCP");
+    assert_eq!(conns, 6);
+    assert!(
+        packets >= 6 * 3 && bytes > packets * 40,
+        "{packets} packets, {bytes} bytes"
+    );
+    let [conns, _, _, refused] = service("empty", "http", "TCP");
+    assert_eq!((conns, refused), (0, 3));
+    // A service nothing was sent to is there, at zero.
+    assert_eq!(service("dns", "dns", "UDP"), [0; 4]);
+    // Backends: web and np share n1p1:8080 and n2p1:8080, which served all 36 connections.
+    let backend = |pod: &str| {
+        let name = format!(
+            "tollgate_backend_connections_total{{backend=\"{}:8080\",protocol=\"TCP\"}}",
+            s.pod(pod).ip
+        );
+        metric_opt(&text, &name).unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert_eq!(backend("n1p1") + backend("n2p1"), 36.0);
+    assert!(
+        !text.contains("tollgate_backend_refused"),
+        "refusals are the service's"
+    );
+    // Interfaces: the uplink's TC ingress saw the NodePort's packets.
+    let uplink = metric(
+        &text,
+        "tollgate_interface_packets_total{interface=\"eth0\",hook=\"tc_ingress\"}",
+    );
+    assert!(uplink >= packets as f64, "{uplink}");
+    // A real Prometheus scrapes the agent: the target is up, the counters are typed as
+    // counters, and a query returns what the agent counted.
+    let dir = s.cluster.workdir().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        "scrape_configs:\n  - job_name: tollgate\n    scrape_interval: 1s\n    \
+         static_configs:\n      - targets: ['127.0.0.1:10256']\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!(
+        "--config.file={}",
+        dir.join("prometheus.yml").display()
+    ))
+    .arg(format!(
+        "--storage.tsdb.path={}",
+        dir.join("data").display()
+    ))
+    .arg("--web.listen-address=127.0.0.1:19090");
+    let _prometheus = node1.spawn("prometheus", cmd);
+    let api = |path: &str| {
+        let (code, body) = http_get(
+            node1.host(),
+            &format!("http://127.0.0.1:19090/api/v1/{path}"),
+        );
+        (code == 200)
+            .then(|| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .flatten()
+    };
+    let query = "query?query=tollgate_service_connections_total%7Bservice%3D%22web%22%7D";
+    let value = tollgate_tests::wait_for(
+        "Prometheus to scrape the agent",
+        Duration::from_secs(30),
+        || {
+            api(query).and_then(|v| {
+                v["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .map(String::from)
+            })
+        },
+    );
+    assert_eq!(value, "30");
+    let targets = api("targets").unwrap();
+    let target = &targets["data"]["activeTargets"][0];
+    assert_eq!(
+        (&target["health"], &target["lastError"]),
+        (&serde_json::json!("up"), &serde_json::json!("")),
+        "{target}"
+    );
+    let metadata = |metric: &str| {
+        api(&format!("targets/metadata?metric={metric}")).unwrap()["data"][0]["type"].clone()
+    };
+    for metric in [
+        "tollgate_service_connections",
+        "tollgate_dataplane_map_operations",
+    ] {
+        assert_eq!(metadata(metric), serde_json::json!("counter"), "{metric}");
+    }
+    // node2's agent, with the same flag, counted what reached it the same way: nothing for
+    // the empty service, which node1's pod never sent there.
+    let (_, text2) = admin_get(s.node("node2"), "/metrics");
+    assert!(text2.contains("tollgate_service_refused_total{namespace=\"default\",service=\"empty\",port=\"http\",protocol=\"TCP\",ip_family=\"IPv4\"} 0"), "{text2}");
+}
+
 #[test]
 fn reject_and_drop() {
     let s = Scenario::new();
@@ -1022,6 +1164,12 @@ fn connected_udp_sockets_are_terminated_when_their_backend_goes() {
     assert_eq!(
         tollgate_tests::agent::metric(&text, "tollgate_dataplane_socket_termination_errors_total"),
         0.0
+    );
+    // `--traffic-metrics services` (the default): service series, no backend series.
+    assert!(
+        text.contains("tollgate_service_connections_total{namespace=\"default\",service=\"dns\"")
+            && !text.contains("tollgate_backend_"),
+        "{text}"
     );
 }
 

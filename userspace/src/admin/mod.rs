@@ -52,18 +52,23 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
         "/metrics" => {
-            let mut text = String::new();
-            match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
-                Ok(()) => response(
+            // Collectors read BPF maps (a system call per entry): off the async workers.
+            let registry = state.clone();
+            let encoded = tokio::task::spawn_blocking(move || {
+                let mut text = String::new();
+                prometheus_client::encoding::text::encode(&mut text, &registry.registry)
+                    .map(|()| text)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match encoded {
+                Ok(text) => response(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
                     text,
                 ),
-                Err(e) => response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    e.to_string(),
-                ),
+                Err(e) => response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e),
             }
         }
         "/readyz" => match &state.ready {

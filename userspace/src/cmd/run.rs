@@ -26,6 +26,7 @@ use crate::{
         lbmaps::LbMaps,
         program::{self, DataplaneMetrics, MetadataRedirect, NodeSettings, Programmer},
         sys,
+        traffic::{TrafficCollector, TrafficMetrics},
         writer::Writer,
     },
     enls::{
@@ -155,6 +156,11 @@ pub struct Args {
     /// kube-proxy's 2 × syncPeriod).
     #[arg(long, default_value_t = 60)]
     pub health_timeout: u64,
+    /// The programs' traffic counters on /metrics, read from the maps at each scrape:
+    /// `services` (per service port: connections, packets, bytes, refused; per interface and
+    /// hook: packets, bytes), `backends` (also per backend address), or `off`.
+    #[arg(long, value_enum, default_value_t = TrafficMetrics::Services)]
+    pub traffic_metrics: TrafficMetrics,
     /// Serve each LoadBalancer Service with externalTrafficPolicy Local on its
     /// healthCheckNodePort, as kube-proxy does (the cloud's load balancer asks every node
     /// there whether it has local endpoints): on every address, or on this node's addresses in
@@ -333,6 +339,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(logger) = dp.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
     }
+    let dp_pins = dp.pins().clone();
     let mut writer = Writer::new(LbMaps::open(dp.pins())?);
     writer.set_maglev(args.lb_algorithm == LbAlgorithm::Maglev);
     writer.set_maglev_size(args.maglev_table_size);
@@ -412,6 +419,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         dp
     });
 
+    registry.register_collector(Box::new(TrafficCollector::new(
+        dp_pins,
+        args.traffic_metrics,
+    )));
     let ready: Option<Arc<dyn crate::admin::ReadyCheck>> = embedded
         .as_ref()
         .map(|e| Arc::new(ProxyReady(e.proxy.clone())) as Arc<dyn crate::admin::ReadyCheck>);

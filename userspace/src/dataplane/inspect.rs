@@ -127,12 +127,12 @@ pub fn node(pins: &PinLayout) -> Result<Option<NodeView>, DataplaneError> {
     }))
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-fn proto_name(p: u8) -> &'static str {
+pub(crate) fn proto_name(p: u8) -> &'static str {
     match p {
         6 => "TCP",
         17 => "UDP",

@@ -19,6 +19,7 @@ pub mod sockdiag;
 pub mod sockterm;
 pub mod stats;
 pub mod sys;
+pub mod traffic;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,261 @@
+//! The programs' traffic counters on `/metrics`: per service port (`tg_svcstat_v1`, named by
+//! `tg_svcinfo_v1`), per backend (`tg_bestat_v1`, with `--traffic-metrics backends`) and per
+//! interface and hook (`tg_ifstats_v1`), read from the pinned maps at each scrape, so they are
+//! exactly what `tollgate maps` shows and cost nothing between scrapes.
+//!
+//! A map that cannot be read leaves its metrics out of that scrape (logged at debug); the rest
+//! of `/metrics` is unaffected.
+
+use std::fmt;
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter},
+};
+use tollgate_common::lb::{
+    backend::{self, Backend},
+    stats::{self, Counters},
+    svcinfo::{self, SvcInfo},
+};
+
+use super::{
+    DataplaneError, PinLayout,
+    addr::{ip, port_host},
+    inspect::{proto_name, text},
+    lbmaps::sum,
+    stats::{iface_stats, open_pinned},
+};
+use crate::enls::model::EndpointAddr;
+
+/// What `/metrics` carries of the programs' counters (`--traffic-metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TrafficMetrics {
+    /// None.
+    Off,
+    /// Per service port and per interface.
+    #[default]
+    Services,
+    /// Also per backend (one series per backend address and counter: many in large clusters).
+    Backends,
+}
+
+/// Reads the counters at each scrape (register with `Registry::register_collector`).
+#[derive(Debug)]
+pub struct TrafficCollector {
+    pins: PinLayout,
+    level: TrafficMetrics,
+}
+
+impl TrafficCollector {
+    pub fn new(pins: PinLayout, level: TrafficMetrics) -> Self {
+        Self { pins, level }
+    }
+}
+
+type ServiceLabels = [(&'static str, String); 5];
+type BackendLabels = [(&'static str, String); 2];
+type InterfaceLabels = [(&'static str, String); 2];
+
+/// A counter of `Counters`: its name in metric names, help text, and field.
+type CounterField = (&'static str, &'static str, fn(&Counters) -> u64);
+
+/// The four counters of `Counters`, in the order they are written.
+const COUNTERS: [CounterField; 4] = [
+    (
+        "connections",
+        "New connections balanced: connect() and sendmsg() calls translated by the socket hooks, and new flows of the per-packet path.",
+        |c| c.connections,
+    ),
+    (
+        "packets",
+        "Packets translated by the per-packet path (TC, XDP); socket-balanced connections have none.",
+        |c| c.packets,
+    ),
+    (
+        "bytes",
+        "Bytes of the packets translated by the per-packet path.",
+        |c| c.bytes,
+    ),
+    (
+        "refused",
+        "Connections refused (REJECT) or dropped (DROP) for lack of endpoints, or dropped by loadBalancerSourceRanges.",
+        |c| c.refused,
+    ),
+];
+
+impl Collector for TrafficCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        if self.level == TrafficMetrics::Off {
+            return Ok(());
+        }
+        match service_rows(&self.pins) {
+            Ok(rows) => {
+                for (name, help, get) in COUNTERS {
+                    let name = format!("tollgate_service_{name}");
+                    counters(&mut encoder, &name, help, &rows, get)?;
+                }
+            }
+            Err(e) => tracing::debug!("service counters left out of /metrics: {e}"),
+        }
+        if self.level == TrafficMetrics::Backends {
+            match backend_rows(&self.pins) {
+                // A backend is never refused: that counter is the service's.
+                Ok(rows) => {
+                    for (name, help, get) in &COUNTERS[..3] {
+                        let name = format!("tollgate_backend_{name}");
+                        counters(&mut encoder, &name, help, &rows, *get)?;
+                    }
+                }
+                Err(e) => tracing::debug!("backend counters left out of /metrics: {e}"),
+            }
+        }
+        match iface_stats(&self.pins) {
+            Ok(stats) => {
+                let rows: Vec<(InterfaceLabels, u64, u64)> = stats
+                    .into_iter()
+                    .map(|r| {
+                        let name = crate::netif::name_of(r.ifindex)
+                            .unwrap_or_else(|| format!("ifindex {}", r.ifindex));
+                        (
+                            [("interface", name), ("hook", r.hook.to_owned())],
+                            r.packets,
+                            r.bytes,
+                        )
+                    })
+                    .collect();
+                for (name, help, bytes) in [
+                    (
+                        "tollgate_interface_packets",
+                        "Packets Tollgate's TC and XDP programs saw, by interface and hook.",
+                        false,
+                    ),
+                    (
+                        "tollgate_interface_bytes",
+                        "Bytes of the packets Tollgate's TC and XDP programs saw, by interface and hook.",
+                        true,
+                    ),
+                ] {
+                    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                    for (labels, packets, b) in &rows {
+                        let v = if bytes { *b } else { *packets };
+                        ConstCounter::new(v).encode(m.encode_family(labels)?)?;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("interface counters left out of /metrics: {e}"),
+        }
+        Ok(())
+    }
+}
+
+/// One counter family: a series per row.
+fn counters<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(L, Counters)],
+    get: fn(&Counters) -> u64,
+) -> Result<(), fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, c) in rows {
+        ConstCounter::new(get(c)).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// Every service port with its counters, summed over CPUs, sorted by labels.
+pub fn service_rows(pins: &PinLayout) -> Result<Vec<(ServiceLabels, Counters)>, DataplaneError> {
+    let infos: HashMap<MapData, u32, SvcInfo> = typed(pins, svcinfo::NAME)?;
+    let stats: PerCpuArray<MapData, Counters> = typed(pins, stats::SVC_NAME)?;
+    let mut rows: Vec<(ServiceLabels, Counters)> = infos
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(id, info)| {
+            let port = text(&info.port_name);
+            let labels = [
+                ("namespace", text(&info.namespace)),
+                ("service", text(&info.name)),
+                (
+                    "port",
+                    if port.is_empty() {
+                        info.port.to_string()
+                    } else {
+                        port
+                    },
+                ),
+                ("protocol", proto_name(info.proto).to_owned()),
+                ("ip_family", format!("IPv{}", info.family)),
+            ];
+            let c = stats.get(&id, 0).map(|v| sum(&v)).unwrap_or_default();
+            (labels, c)
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(rows)
+}
+
+/// Every backend with its counters, summed over CPUs, sorted by labels.
+pub fn backend_rows(pins: &PinLayout) -> Result<Vec<(BackendLabels, Counters)>, DataplaneError> {
+    let backends: HashMap<MapData, u32, Backend> = typed(pins, backend::NAME)?;
+    let stats: PerCpuArray<MapData, Counters> = typed(pins, stats::BACKEND_NAME)?;
+    let mut rows: Vec<(BackendLabels, Counters)> = backends
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(id, b)| {
+            let address = EndpointAddr {
+                ip: ip(b.addr),
+                port: port_host(b.port),
+            };
+            let labels = [
+                ("backend", address.to_string()),
+                ("protocol", proto_name(b.proto).to_owned()),
+            ];
+            let c = stats.get(&id, 0).map(|v| sum(&v)).unwrap_or_default();
+            (labels, c)
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(rows)
+}
+
+fn typed<T>(pins: &PinLayout, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    T::try_from(open_pinned(pins, name)?).map_err(|source| DataplaneError::Map { name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    fn scrape(level: TrafficMetrics, pins: &std::path::Path) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(TrafficCollector::new(
+            PinLayout::existing(pins),
+            level,
+        )));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn maps_that_cannot_be_read_leave_only_their_own_metrics_out() {
+        // No pinned maps here: the scrape still succeeds, without traffic series.
+        let dir = std::env::temp_dir().join(format!("tollgate-no-pins-{}", std::process::id()));
+        for level in [
+            TrafficMetrics::Off,
+            TrafficMetrics::Services,
+            TrafficMetrics::Backends,
+        ] {
+            let text = scrape(level, &dir);
+            assert!(!text.contains("tollgate_"), "{level:?}: {text}");
+            assert!(text.ends_with("# EOF\n"), "{level:?}: {text}");
+        }
+    }
+}
