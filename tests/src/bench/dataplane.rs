@@ -17,7 +17,12 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use tollgate::{
-    dataplane::{Dataplane, MapSizes, lbmaps::LbMaps, writer::Writer},
+    dataplane::{
+        Dataplane, MapSizes,
+        lbmaps::LbMaps,
+        traffic::{TrafficCollector, TrafficMetrics},
+        writer::Writer,
+    },
     enls::{
         Enls, EnlsConfig, SourceEvent, ingest::Kind, metrics::EnlsMetrics, runner::process_usage_of,
     },
@@ -286,9 +291,41 @@ pub struct Programming {
     pub endpoint_change_write_us: Summary,
     /// One Service (with its slice) added: ENLS handle + sync + map write, µs.
     pub service_add_us: Summary,
+    /// `/metrics`' traffic counters read from these maps with every service port and backend
+    /// counted (`--traffic-metrics services`, then `backends`): encode time, ms, and size, KiB
+    /// (3 scrapes each, the median time).
+    pub metrics_scrape: Vec<Scrape>,
     /// Measured with `--lb-algorithm maglev` and an externalIP on every Service (each service
     /// port then has a Maglev table, written again on every endpoint change).
     pub maglev: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scrape {
+    pub level: String,
+    pub ms: f64,
+    pub kib: f64,
+}
+
+/// Times the traffic collector's encoding over the pinned maps at `pins` (median of 3).
+fn scrape(pins: &tollgate::dataplane::PinLayout, level: TrafficMetrics) -> Scrape {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(TrafficCollector::new(pins.clone(), level)));
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..3 {
+        let mut text = String::new();
+        let start = Instant::now();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        size = text.len();
+    }
+    times.sort_by(f64::total_cmp);
+    Scrape {
+        level: format!("{level:?}").to_lowercase(),
+        ms: times[1],
+        kib: size as f64 / 1024.0,
+    }
 }
 
 /// The programming table's rows for one measurement.
@@ -313,7 +350,20 @@ fn programming_rows(p: &Programming) -> String {
          | … of which the map writes | p50 {:.1} µs, p99 {:.1} µs | — |\n\
          | {pre}one Service added → maps written ({} adds) | p50 {:.1} µs, p99 {:.1} µs, max {:.0} µs | {add_goal} |\n",
         p.full_write_ms, c.n, c.p50, c.p99, c.max, w.p50, w.p99, a.n, a.p50, a.p99, a.max,
-    )
+    ) + &p
+        .metrics_scrape
+        .iter()
+        .filter(|_| !p.maglev)
+        .map(|m| {
+            format!(
+                "| `/metrics` traffic counters read at a scrape (`--traffic-metrics {}`, {} service ports, every one counted) | {:.1} ms, {:.0} KiB | — |\n",
+                m.level,
+                p.services + a.n,
+                m.ms,
+                m.kib
+            )
+        })
+        .collect::<String>()
 }
 
 /// An externalIP for filler `i` (198.18.0.0/15, the benchmarking range).
@@ -1118,6 +1168,43 @@ pub fn programming(opts: &Options, maglev_size: Option<u32>) -> anyhow::Result<P
         }
         add.push(micros(start.elapsed()));
     }
+    // Every service port and backend counted once: each has its series (the largest scrape).
+    {
+        let maps = writer.maps();
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let one = tollgate_common::lb::stats::Counters {
+            connections: 1,
+            ..Default::default()
+        };
+        let ones = || aya::maps::PerCpuValues::try_from(vec![one; cpus]);
+        let ids: Vec<u32> = maps.svcinfo.keys().filter_map(Result::ok).collect();
+        for id in ids {
+            maps.svcstat.set(id, ones()?, 0)?;
+        }
+        // Backends past tg_bestat_v1's size have no counters.
+        let ids: Vec<u32> = maps
+            .backend
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| *id < tollgate_common::lb::stats::CAPACITY)
+            .collect();
+        for id in ids {
+            maps.bestat.set(id, ones()?, 0)?;
+        }
+    }
+    let metrics_scrape: Vec<Scrape> = [TrafficMetrics::Services, TrafficMetrics::Backends]
+        .into_iter()
+        .map(|level| scrape(dp.pins(), level))
+        .collect();
+    for m in &metrics_scrape {
+        eprintln!(
+            "dataplane: /metrics traffic counters ({}) over {} services{how}: {:.1} ms, {:.0} KiB",
+            m.level,
+            services + opts.changes,
+            m.ms,
+            m.kib
+        );
+    }
     drop(writer);
     drop(dp);
     let p = Programming {
@@ -1127,6 +1214,7 @@ pub fn programming(opts: &Options, maglev_size: Option<u32>) -> anyhow::Result<P
         endpoint_change_us: summarize(&mut change),
         endpoint_change_write_us: summarize(&mut write_only),
         service_add_us: summarize(&mut add),
+        metrics_scrape,
         maglev,
     };
     eprintln!(

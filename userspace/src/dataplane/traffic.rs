@@ -165,7 +165,16 @@ fn counters<L: EncodeLabelSet>(
     Ok(())
 }
 
-/// Every service port with its counters, summed over CPUs, sorted by labels.
+/// Has anything been counted? A service port or backend gets its series from its first count
+/// on (as a client library's labelled counters appear at their first increment): a node sees
+/// traffic for few of a large cluster's Services, and a series per Service and counter at 10,000
+/// Services would be megabytes per scrape.
+fn counted(c: &Counters) -> bool {
+    c.connections | c.packets | c.bytes | c.refused != 0
+}
+
+/// Every service port that has counted something, with its counters summed over CPUs, sorted
+/// by labels.
 pub fn service_rows(pins: &PinLayout) -> Result<Vec<(ServiceLabels, Counters)>, DataplaneError> {
     let infos: HashMap<MapData, u32, SvcInfo> = typed(pins, svcinfo::NAME)?;
     let stats: PerCpuArray<MapData, Counters> = typed(pins, stats::SVC_NAME)?;
@@ -191,12 +200,14 @@ pub fn service_rows(pins: &PinLayout) -> Result<Vec<(ServiceLabels, Counters)>, 
             let c = stats.get(&id, 0).map(|v| sum(&v)).unwrap_or_default();
             (labels, c)
         })
+        .filter(|(_, c)| counted(c))
         .collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(rows)
 }
 
-/// Every backend with its counters, summed over CPUs, sorted by labels.
+/// Every backend that has counted something, with its counters summed over CPUs, sorted by
+/// labels.
 pub fn backend_rows(pins: &PinLayout) -> Result<Vec<(BackendLabels, Counters)>, DataplaneError> {
     let backends: HashMap<MapData, u32, Backend> = typed(pins, backend::NAME)?;
     let stats: PerCpuArray<MapData, Counters> = typed(pins, stats::BACKEND_NAME)?;
@@ -215,6 +226,7 @@ pub fn backend_rows(pins: &PinLayout) -> Result<Vec<(BackendLabels, Counters)>, 
             let c = stats.get(&id, 0).map(|v| sum(&v)).unwrap_or_default();
             (labels, c)
         })
+        .filter(|(_, c)| counted(c))
         .collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(rows)
