@@ -267,6 +267,8 @@ fn main() -> anyhow::Result<()> {
             || l.starts_with("kubeproxy_network_programming_duration_seconds_count")
             || l.starts_with("tollgate_enls_services")
             || l.starts_with("tollgate_dataplane_map_operations_total")
+            || l.starts_with("tollgate_service_connections_total")
+            || l.starts_with("tollgate_service_refused_total")
             || l.starts_with("request_count")
     }) {
         println!("{line}");
