@@ -90,6 +90,113 @@ fn cluster_ip_from_pods_and_host_tcp_and_udp() {
     );
 }
 
+/// ICMP errors about translated flows go back translated (conntrack's RELATED): a UDP NodePort
+/// whose backend does not listen on the target port answers the client with a port unreachable
+/// (the client's connected socket gets ECONNREFUSED at once instead of waiting), from a local
+/// backend (its error leaves through the pod's interface) and from a remote one (it comes back
+/// over the uplink), over IPv4 and IPv6.
+#[test]
+fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
+    let closed = |c: &Cluster, name: &str, v6: bool, node_port: u16, pod: &str| {
+        let pod = c.pod(pod);
+        let (family, ip) = if v6 {
+            ("IPv6", pod.ip6.to_string())
+        } else {
+            ("IPv4", pod.ip.to_string())
+        };
+        let cluster_ip = if v6 {
+            format!("fd00:96::{node_port:x}")
+        } else {
+            format!("10.96.{}.{}", node_port / 256, node_port % 256)
+        };
+        let mut spec = serde_json::json!({"type": "NodePort", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+            "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5399, "nodePort": node_port}]});
+        if v6 {
+            spec["ipFamilies"] = serde_json::json!(["IPv6"]);
+        }
+        let endpoint = serde_json::json!({"addresses": [ip], "nodeName": format!("node{}", &pod.name[1..2]),
+            "conditions": scenario::ready()});
+        [
+            scenario::service(name, spec),
+            scenario::slice(
+                &format!("{name}-1"),
+                name,
+                family,
+                serde_json::json!([{"name": "dns", "port": 5399, "protocol": "UDP"}]),
+                vec![endpoint],
+            ),
+        ]
+    };
+    let s = Scenario::with_objects(Default::default(), &[], |c| {
+        [
+            scenario::objects(c),
+            closed(c, "closed-local", false, 30056, "n1p1").to_vec(),
+            closed(c, "closed-remote", false, 30057, "n2p1").to_vec(),
+            closed(c, "closed-local6", true, 30058, "n1p1").to_vec(),
+            closed(c, "closed-remote6", true, 30059, "n2p1").to_vec(),
+        ]
+        .concat()
+    });
+    let node1 = s.node("node1");
+    // A backend's kernel rate-limits its ICMP errors per destination (one a second after a
+    // burst of six): with SNAT every client's errors go to the node's address, so the budget
+    // is shared, as behind kube-proxy. Unlimited here, so each datagram gets its own.
+    for pod in ["n1p1", "n2p1"] {
+        s.pod(pod).ns.sysctl("net.ipv4.icmp_ratelimit", "0");
+        s.pod(pod).ns.sysctl("net.ipv6.icmp.ratelimit", "0");
+    }
+    // node1 itself would answer a datagram Tollgate did not translate with its own port
+    // unreachable: the refusals must come from the backends, node1 sends none.
+    let sent_by_node1 = || {
+        let counter = |file: &str, name: &str| {
+            let mut cat = Command::new("cat");
+            cat.arg(file);
+            let text = String::from_utf8_lossy(&node1.output(cat).stdout).into_owned();
+            // /proc/net/snmp: a header line of names, then a line of values; snmp6: pairs.
+            let lines: Vec<&str> = text.lines().collect();
+            lines
+                .windows(2)
+                .find_map(|w| {
+                    let names: Vec<&str> = w[0].split_whitespace().collect();
+                    let values: Vec<&str> = w[1].split_whitespace().collect();
+                    (names.first() == Some(&"Icmp:") && values.first() == Some(&"Icmp:"))
+                        .then(|| names.iter().position(|n| *n == name).map(|i| values[i]))
+                        .flatten()
+                })
+                .or_else(|| {
+                    lines.iter().find_map(|l| {
+                        let mut f = l.split_whitespace();
+                        (f.next() == Some(name)).then(|| f.next()).flatten()
+                    })
+                })
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{name} not in {file}: {text}"))
+        };
+        counter("/proc/net/snmp", "OutDestUnreachs")
+            + counter("/proc/net/snmp6", "Icmp6OutDestUnreachs")
+    };
+    let before = sent_by_node1();
+    for (addr, port) in [
+        (node1.ip.to_string(), 30056),
+        (node1.ip.to_string(), 30057),
+        (format!("[{}]", node1.ip6), 30058),
+        (format!("[{}]", node1.ip6), 30059),
+    ] {
+        let to = format!("{addr}:{port}");
+        let t = s.client(s.cluster.outside(), &to, 5, Mode::Udp, T);
+        assert_eq!((t.ok, t.refused), (0, 5), "{to}: {t:?}");
+        assert!(
+            t.elapsed_ms < 1500,
+            "{to}: refused at once, not timed out: {t:?}"
+        );
+    }
+    assert_eq!(
+        sent_by_node1(),
+        before,
+        "node1 sent port unreachables itself"
+    );
+}
+
 /// IPv6 NodePort from outside, to the local and the remote backend: TCP, UDP, and datagrams
 /// larger than the MTU, whose IPv6 fragments (a Fragment extension header; only the first has
 /// the UDP header) are each translated, both ways.

@@ -1623,3 +1623,206 @@ fn every_ipv6_fragment_of_a_udp_datagram_is_translated_both_ways() {
         assert!(reassembled_ok(&node6, &backend, &outs[0], &outs[1]));
     });
 }
+
+/// An ICMP (IPv4) error of `kind`/`code` from `from` to `to`, quoting `quoted` (an IPv4 packet).
+fn icmp4_error(
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut m = vec![kind, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(quoted);
+    let c = fold(sum16(&m, 0));
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4(1, from, to, &m)
+}
+
+/// An ICMPv6 error, as [`icmp4_error`].
+fn icmp6_error(from: &IpAddr, to: &IpAddr, kind: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, 0, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(quoted);
+    let c = fold(sum16(&m, pseudo(from, to, 58, m.len())));
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv6(58, from, to, &m)
+}
+
+/// An ICMP or ICMPv6 error frame's outer addresses and its quoted packet's addresses and ports,
+/// with the outer header's, the ICMP and the quoted IPv4 header's checksums verified.
+#[derive(Debug, PartialEq)]
+struct Quoted {
+    from: IpAddr,
+    to: IpAddr,
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
+}
+
+fn quoted(frame: &[u8]) -> Quoted {
+    let outer = parse(frame);
+    assert!(outer.proto == 1 || outer.proto == 58, "{outer:?}");
+    let inner = &outer.l4[8..];
+    let (src, dst, l4) = if outer.proto == 1 {
+        assert_eq!(
+            fold(sum16(&inner[..20], 0)),
+            0,
+            "quoted IPv4 header checksum wrong"
+        );
+        (
+            IpAddr::V4(Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15])),
+            IpAddr::V4(Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19])),
+            &inner[20..],
+        )
+    } else {
+        let s: [u8; 16] = inner[8..24].try_into().unwrap();
+        let d: [u8; 16] = inner[24..40].try_into().unwrap();
+        (
+            IpAddr::V6(Ipv6Addr::from(s)),
+            IpAddr::V6(Ipv6Addr::from(d)),
+            &inner[40..],
+        )
+    };
+    let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
+    Quoted {
+        from: outer.src,
+        to: outer.dst,
+        src: (src, port(0)),
+        dst: (dst, port(2)),
+    }
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_go_back_translated() {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        let (client, node4) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
+        let remote = IpAddr::V4(REMOTE_POD);
+        // A UDP datagram to the NodePort (remote backend, DNAT + SNAT) starts a flow.
+        let dgram = |sport| {
+            ether(
+                b.eth0_mac,
+                CLIENT_MAC,
+                0x0800,
+                &ipv4(
+                    17,
+                    CLIENT,
+                    NODE,
+                    &udp(&client, &node4, sport, 30053, b"q", false),
+                ),
+            )
+        };
+        let (_, out) = b.tc("tg_tc_ingress", &dgram(5030));
+        let sent = parse(&out);
+        assert_eq!((sent.src, sent.dst, sent.dport), (node4, remote, 5353));
+        let nat_port = sent.sport;
+        // The backend answers with a port unreachable quoting the datagram as it arrived:
+        // the client gets it from the NodePort, quoting its own datagram.
+        let quote = out[14..].to_vec();
+        let error = ether(
+            b.eth0_mac,
+            PEER_MAC,
+            0x0800,
+            &icmp4_error(REMOTE_POD, NODE, 3, 3, [0; 4], &quote),
+        );
+        let (verdict, out) = b.tc("tg_tc_ingress", &error);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "back out to the client");
+        assert_eq!(
+            quoted(&out),
+            Quoted {
+                from: node4,
+                to: client,
+                src: (client, 5030),
+                dst: (node4, 30053),
+            }
+        );
+        assert_eq!(&out[0..6], &CLIENT_MAC);
+        // A router on the way to the client: Fragmentation Needed about the backend's answer
+        // as it left the node (from the NodePort). The backend gets it, quoting its answer
+        // as it sent it; the router keeps its address.
+        let router = Ipv4Addr::new(192, 168, 77, 254);
+        let answer = ipv4(
+            17,
+            NODE,
+            CLIENT,
+            &udp(&node4, &client, 30053, 5030, &[b'a'; 64], false),
+        );
+        let error = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x0800,
+            &icmp4_error(router, NODE, 3, 4, [0, 0, 0x05, 0x00], &answer),
+        );
+        let (verdict, out) = b.tc("tg_tc_ingress", &error);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "out to the backend's node");
+        assert_eq!(
+            quoted(&out),
+            Quoted {
+                from: IpAddr::V4(router),
+                to: remote,
+                src: (remote, 5353),
+                dst: (node4, nat_port),
+            }
+        );
+        assert_eq!(&out[0..6], &PEER_MAC);
+        assert_eq!(
+            &out[14 + 20 + 4..14 + 20 + 8],
+            &[0, 0, 0x05, 0x00],
+            "the MTU stays"
+        );
+        // An error about a flow that was never translated passes untouched.
+        let other = ipv4(
+            17,
+            NODE,
+            CLIENT,
+            &udp(&node4, &client, 22, 5031, b"x", false),
+        );
+        let error = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x0800,
+            &icmp4_error(router, NODE, 3, 4, [0, 0, 0x05, 0x00], &other),
+        );
+        let (verdict, out) = b.tc("tg_tc_ingress", &error);
+        assert_eq!((verdict, out), (TC_ACT_UNSPEC, error));
+
+        // IPv6: a router's Packet Too Big about a TCP reply on its way to the client.
+        let (client6, node6, backend6): (IpAddr, IpAddr, IpAddr) = (
+            CLIENT6.parse().unwrap(),
+            NODE6.parse().unwrap(),
+            REMOTE_POD6.parse().unwrap(),
+        );
+        let syn = client6_frame(&b, &[], 6, &tcp(&client6, &node6, 40060, 30084, 0x02, &[]));
+        let (_, out) = b.tc("tg_tc_ingress", &syn);
+        let nat_port = parse(&out).sport;
+        let reply = ipv6(
+            6,
+            &node6,
+            &client6,
+            &tcp(&node6, &client6, 30084, 40060, 0x10, &[0; 64]),
+        );
+        let router6: IpAddr = "fd00:77::fe".parse().unwrap();
+        let error = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x86dd,
+            &icmp6_error(&router6, &node6, 2, [0, 0, 0x05, 0x00], &reply),
+        );
+        let (verdict, out) = b.tc("tg_tc_ingress", &error);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            quoted(&out),
+            Quoted {
+                from: router6,
+                to: backend6,
+                src: (backend6, 8080),
+                dst: (node6, nat_port),
+            },
+            "ICMPv6 checksum verified"
+        );
+    });
+}

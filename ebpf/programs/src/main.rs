@@ -9,6 +9,7 @@
 #![allow(internal_features)]
 
 mod frag;
+mod icmp;
 mod lb;
 mod maps;
 mod nat;

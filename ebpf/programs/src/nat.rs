@@ -235,7 +235,7 @@ pub(crate) fn may_have_flow(saddr: &[u32; 4], dport: u16, side: Side) -> bool {
 
 /// Sends the packet out of the interface the FIB chooses for its (translated) destination.
 #[inline(never)]
-fn fib_redirect(ctx: &TcContext, p: &Pkt) -> i32 {
+pub(crate) fn fib_redirect(ctx: &TcContext, p: &Pkt) -> i32 {
     // SAFETY: plain-old-data struct of the kernel's UAPI.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = if p.v6 { AF_INET6 } else { AF_INET };
@@ -345,6 +345,7 @@ pub struct Scratch {
     pub fe: Frontend,
     pub chosen: lb::Chosen,
     pub nat_addr: [u32; 4],
+    pub icmp: crate::icmp::Error,
 }
 
 #[btf_map(name = "tg_scratch")]
@@ -398,7 +399,8 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         return TC_ACT_UNSPEC;
     };
     if !pkt::parse_into(ctx, &mut s.pkt) {
-        return TC_ACT_UNSPEC;
+        // Not TCP or UDP: perhaps an ICMP error about a translated flow.
+        return crate::icmp::related(ctx, s).unwrap_or(TC_ACT_UNSPEC);
     }
     if side == Side::Pod && s.pkt.proto == PROTO_TCP && metadata_bypass(&s.pkt.daddr, s.pkt.dport) {
         return TC_ACT_SHOT;

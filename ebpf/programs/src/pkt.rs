@@ -236,7 +236,11 @@ pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
 /// cut short; anything else (AH, ESP, more headers than walked) comes back as the protocol,
 /// which the caller leaves alone.
 #[inline(always)]
-fn ipv6_payload<F: Frame>(f: &F, mut off: usize, mut next: u8) -> Option<(usize, u8, u8, u32)> {
+pub(crate) fn ipv6_payload<F: Frame>(
+    f: &F,
+    mut off: usize,
+    mut next: u8,
+) -> Option<(usize, u8, u8, u32)> {
     let (mut frag, mut id) = (NOT_FRAGMENT, 0u32);
     for _ in 0..MAX_EXT_HEADERS {
         match next {
