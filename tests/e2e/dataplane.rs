@@ -197,6 +197,23 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
     );
 }
 
+/// 40 connections from outside to node1's NodePort at `node1` (an address as in a URL) reach
+/// the local backend (n1p1) and the remote one (n2p1); kube-proxy masquerades under Cluster
+/// policy, so backends see the node's address; getpeername shows the NodePort.
+fn nodeport_reaches_both_backends_masqueraded(s: &Scenario, node1: &str, port: u16) {
+    let np = format!("{node1}:{port}");
+    let t = s.client(s.cluster.outside(), &np, 40, Mode::Tcp, T);
+    assert_eq!(t.ok, 40, "{t:?}");
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
+    assert!(
+        t.seen_as
+            .iter()
+            .all(|a| a.starts_with(&format!("{node1}:"))),
+        "SNAT to the node address: {t:?}"
+    );
+    assert_eq!(t.peers, std::slice::from_ref(&np));
+}
+
 /// IPv6 NodePort from outside, to the local and the remote backend: TCP, UDP, and datagrams
 /// larger than the MTU, whose IPv6 fragments (a Fragment extension header; only the first has
 /// the UDP header) are each translated, both ways.
@@ -207,17 +224,7 @@ fn ipv6_nodeport_from_outside_tcp_udp_and_fragments() {
     });
     let node1 = s.node("node1").ip6;
     let outside = || s.cluster.outside();
-    let np = format!("[{node1}]:{}", scenario::NODEPORT6);
-    let t = s.client(outside(), &np, 40, Mode::Tcp, T);
-    assert_eq!(t.ok, 40, "{t:?}");
-    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
-    assert!(
-        t.seen_as
-            .iter()
-            .all(|a| a.starts_with(&format!("[{node1}]:"))),
-        "SNAT to the node's IPv6 address: {t:?}"
-    );
-    assert_eq!(t.peers, std::slice::from_ref(&np));
+    nodeport_reaches_both_backends_masqueraded(&s, &format!("[{node1}]"), scenario::NODEPORT6);
     let np_udp = format!("[{node1}]:{}", scenario::NODEPORT6_UDP);
     let t = s.client(outside(), &np_udp, 10, Mode::Udp, T);
     assert_eq!(t.ok, 10, "{t:?}");
@@ -237,19 +244,7 @@ fn nodeport_external_ip_and_load_balancer_from_outside() {
     let s = Scenario::new();
     let node1 = s.node("node1").ip;
     let outside = || s.cluster.outside();
-    // NodePort on node1 reaches the local backend (n1p1) and the remote one (n2p1); kube-proxy
-    // masquerades under Cluster policy, so backends see the node's address.
-    let np = format!("{node1}:{}", scenario::NODEPORT);
-    let t = s.client(outside(), &np, 40, Mode::Tcp, T);
-    assert_eq!(t.ok, 40, "{t:?}");
-    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
-    assert!(
-        t.seen_as
-            .iter()
-            .all(|a| a.starts_with(&format!("{node1}:"))),
-        "SNAT to the node address: {t:?}"
-    );
-    assert_eq!(t.peers, std::slice::from_ref(&np));
+    nodeport_reaches_both_backends_masqueraded(&s, &node1.to_string(), scenario::NODEPORT);
     // UDP NodePort too.
     let t = s.client(
         outside(),

@@ -176,55 +176,56 @@ fn counted(c: &Counters) -> bool {
 /// Every service port that has counted something, with its counters summed over CPUs, sorted
 /// by labels.
 pub fn service_rows(pins: &PinLayout) -> Result<Vec<(ServiceLabels, Counters)>, DataplaneError> {
-    let infos: HashMap<MapData, u32, SvcInfo> = typed(pins, svcinfo::NAME)?;
-    let stats: PerCpuArray<MapData, Counters> = typed(pins, stats::SVC_NAME)?;
-    let mut rows: Vec<(ServiceLabels, Counters)> = infos
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(id, info)| {
-            let port = text(&info.port_name);
-            let labels = [
-                ("namespace", text(&info.namespace)),
-                ("service", text(&info.name)),
-                (
-                    "port",
-                    if port.is_empty() {
-                        info.port.to_string()
-                    } else {
-                        port
-                    },
-                ),
-                ("protocol", proto_name(info.proto).to_owned()),
-                ("ip_family", format!("IPv{}", info.family)),
-            ];
-            let c = stats.get(&id, 0).map(|v| sum(&v)).unwrap_or_default();
-            (labels, c)
-        })
-        .filter(|(_, c)| counted(c))
-        .collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(rows)
+    rows(pins, svcinfo::NAME, stats::SVC_NAME, |info: &SvcInfo| {
+        let port = text(&info.port_name);
+        [
+            ("namespace", text(&info.namespace)),
+            ("service", text(&info.name)),
+            (
+                "port",
+                if port.is_empty() {
+                    info.port.to_string()
+                } else {
+                    port
+                },
+            ),
+            ("protocol", proto_name(info.proto).to_owned()),
+            ("ip_family", format!("IPv{}", info.family)),
+        ]
+    })
 }
 
 /// Every backend that has counted something, with its counters summed over CPUs, sorted by
 /// labels.
 pub fn backend_rows(pins: &PinLayout) -> Result<Vec<(BackendLabels, Counters)>, DataplaneError> {
-    let backends: HashMap<MapData, u32, Backend> = typed(pins, backend::NAME)?;
-    let stats: PerCpuArray<MapData, Counters> = typed(pins, stats::BACKEND_NAME)?;
-    let mut rows: Vec<(BackendLabels, Counters)> = backends
+    rows(pins, backend::NAME, stats::BACKEND_NAME, |b: &Backend| {
+        let address = EndpointAddr {
+            ip: ip(b.addr),
+            port: port_host(b.port),
+        };
+        [
+            ("backend", address.to_string()),
+            ("protocol", proto_name(b.proto).to_owned()),
+        ]
+    })
+}
+
+/// The entries of the ID-keyed map `names` labelled by `labels`, with their counters from the
+/// per-CPU array `counters`, those that counted something, sorted by labels.
+fn rows<V: aya::Pod, L: Ord>(
+    pins: &PinLayout,
+    names: &'static str,
+    counters: &'static str,
+    labels: impl Fn(&V) -> L,
+) -> Result<Vec<(L, Counters)>, DataplaneError> {
+    let names: HashMap<MapData, u32, V> = typed(pins, names)?;
+    let counters: PerCpuArray<MapData, Counters> = typed(pins, counters)?;
+    let mut rows: Vec<(L, Counters)> = names
         .iter()
         .filter_map(Result::ok)
-        .map(|(id, b)| {
-            let address = EndpointAddr {
-                ip: ip(b.addr),
-                port: port_host(b.port),
-            };
-            let labels = [
-                ("backend", address.to_string()),
-                ("protocol", proto_name(b.proto).to_owned()),
-            ];
-            let c = stats.get(&id, 0).map(|v| sum(&v)).unwrap_or_default();
-            (labels, c)
+        .map(|(id, v)| {
+            let c = counters.get(&id, 0).map(|v| sum(&v)).unwrap_or_default();
+            (labels(&v), c)
         })
         .filter(|(_, c)| counted(c))
         .collect();
