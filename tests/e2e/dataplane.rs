@@ -197,6 +197,52 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
     );
 }
 
+/// Bulk TCP through a NodePort, and path MTU discovery through it.
+///
+/// A backend's answers leave it as TSO bursts (one skb of tens of KiB, cut into MTU-sized
+/// segments on the way out); translated per packet, they must go on as such: 64 KiB answers
+/// from the local and the remote backend arrive within a second each (a lost burst would cost
+/// retransmission timeouts of a second and more).
+///
+/// Then a client behind a router whose link to it has a smaller MTU (1280) than the client's
+/// own (1500, so the client asks for full-size segments) downloads the same. The router's
+/// Fragmentation Needed goes to the NodePort's address, where the backend's segments seemed to
+/// come from; Tollgate sends it on to the backend, which then sends smaller segments. Without
+/// that, the transfers stall.
+#[test]
+fn bulk_tcp_and_path_mtu_discovery_through_a_nodeport() {
+    let s = Scenario::new();
+    let np = format!("{}:{}", s.node("node1").ip, scenario::NODEPORT);
+    let second = Duration::from_secs(1);
+    let t = s.client(s.cluster.outside(), &np, 10, Mode::TcpLarge, second);
+    assert_eq!(t.ok, 10, "{t:?}");
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
+
+    let outside = &s.cluster.outside;
+    let far = tollgate_tests::Netns::new(&format!("{}-far", outside.name()));
+    far.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "vfar",
+        "netns",
+        outside.name(),
+    ]);
+    outside.ip(&["link", "set", "vfar", "mtu", "1280", "up"]);
+    outside.ip(&["addr", "add", "10.200.0.1/24", "dev", "vfar"]);
+    outside.sysctl("net.ipv4.ip_forward", "1");
+    far.ip(&["addr", "add", "10.200.0.2/24", "dev", "eth0"]);
+    far.ip(&["link", "set", "eth0", "up"]);
+    far.ip(&["route", "add", "default", "via", "10.200.0.1"]);
+    let at = tollgate_tests::process::Placement::new(&far, None);
+    let t = s.client(at, &np, 10, Mode::TcpLarge, second);
+    assert_eq!(t.ok, 10, "{t:?}");
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
+}
+
 /// 40 connections from outside to node1's NodePort at `node1` (an address as in a URL) reach
 /// the local backend (n1p1) and the remote one (n2p1); kube-proxy masquerades under Cluster
 /// policy, so backends see the node's address; getpeername shows the NodePort.

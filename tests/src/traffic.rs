@@ -68,7 +68,13 @@ fn serve_tcp(name: &str, stream: TcpStream) -> std::io::Result<()> {
         if reader.read_line(&mut line)? == 0 {
             return Ok(());
         }
-        let answer = format!("{name} {peer}\n");
+        let mut answer = format!("{name} {peer}\n");
+        if line.starts_with("large") {
+            // [`LARGE_ANSWER`] bytes: a line padded with spaces.
+            answer.pop();
+            answer.extend(std::iter::repeat_n(' ', LARGE_ANSWER - answer.len() - 1));
+            answer.push('\n');
+        }
         if line.starts_with("GET ") || line.starts_with("HEAD ") {
             // Drain the request head, answer, and close (Connection: close).
             let mut h = String::new();
@@ -150,6 +156,10 @@ pub enum Mode {
     /// UDP on one connected socket kept across datagrams; after an error, a new one (as a
     /// resolver or a metrics client does).
     UdpKept,
+    /// TCP, a new connection per exchange, with an answer of [`LARGE_ANSWER`] bytes (full-size
+    /// segments from the server). Only an answer of full length, complete within the timeout
+    /// of the connect, counts.
+    TcpLarge,
     /// UDP on a connected socket, [`LARGE_DATAGRAM`] bytes each way: IPv4 fragments at the
     /// test bed's 1500-byte MTU. Only an answer of full length counts.
     UdpLarge,
@@ -157,6 +167,9 @@ pub enum Mode {
 
 /// Datagram size of [`Mode::UdpLarge`].
 pub const LARGE_DATAGRAM: usize = 4000;
+
+/// Answer size of [`Mode::TcpLarge`].
+pub const LARGE_ANSWER: usize = 65_536;
 
 impl Mode {
     /// The command-line value of the mode (`--mode`).
@@ -249,6 +262,33 @@ fn tcp_once(
     Ok(())
 }
 
+/// One connection asking for a [`LARGE_ANSWER`]-byte answer, which must be complete within
+/// `timeout` of the connect (not only each read: a transfer that keeps stalling on
+/// retransmission timeouts fails).
+fn tcp_large(to: SocketAddr, timeout: Duration, tally: &mut Tally) -> std::io::Result<()> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect_timeout(&to, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    let peer = s.peer_addr().ok();
+    s.write_all(b"large\n")?;
+    let mut line = String::new();
+    BufReader::new(&mut s).read_line(&mut line)?;
+    if line.len() != LARGE_ANSWER {
+        return Err(std::io::Error::other(format!(
+            "answer of {} bytes, not {LARGE_ANSWER}",
+            line.len()
+        )));
+    }
+    if start.elapsed() > timeout {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the answer took {:?}", start.elapsed()),
+        ));
+    }
+    tally.answer(&line, peer);
+    Ok(())
+}
+
 fn udp_socket(to: SocketAddr, timeout: Duration) -> std::io::Result<UdpSocket> {
     let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
         .parse()
@@ -306,6 +346,7 @@ pub fn connect(
     for _ in 0..count {
         let r = match mode {
             Mode::Tcp => tcp_once(to, timeout, false, &mut tally),
+            Mode::TcpLarge => tcp_large(to, timeout, &mut tally),
             Mode::Mptcp => tcp_once(to, timeout, true, &mut tally),
             Mode::Udp => udp_connected(to, timeout)
                 .and_then(|s| udp_exchange(&s, b"hello\n", None, &mut buf, &mut tally)),

@@ -244,7 +244,11 @@ pub(crate) fn fib_redirect(ctx: &TcContext, p: &Pkt) -> i32 {
     params.dport = p.dport;
     // SAFETY: the context's __sk_buff; unions of the UAPI struct written as documented.
     unsafe {
-        params.__bindgen_anon_1.tot_len = (p.len as usize).saturating_sub(ETH_HLEN) as u16;
+        // No tot_len: the kernel then checks the skb itself against the MTU, which knows a
+        // GSO skb (a TSO burst from a pod, tens of KiB) leaves as MTU-sized segments. With
+        // tot_len set to its length, every such burst was "frag needed" and fell to the stack,
+        // which drops a packet with the node's own source: bulk TCP through a NodePort stalled
+        // in retransmissions.
         params.ifindex = (*ctx.skb.skb).ingress_ifindex;
         if p.v6 {
             params.__bindgen_anon_3.ipv6_src = p.saddr;
