@@ -220,17 +220,7 @@ fn bulk_tcp_and_path_mtu_discovery_through_a_nodeport() {
 
     let outside = &s.cluster.outside;
     let far = tollgate_tests::Netns::new(&format!("{}-far", outside.name()));
-    far.ip(&[
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "vfar",
-        "netns",
-        outside.name(),
-    ]);
+    far.add_veth("eth0", "vfar", outside);
     outside.ip(&["link", "set", "vfar", "mtu", "1280", "up"]);
     outside.ip(&["addr", "add", "10.200.0.1/24", "dev", "vfar"]);
     outside.sysctl("net.ipv4.ip_forward", "1");

@@ -169,17 +169,7 @@ impl Cluster {
         }
         let cloud = spec.cloud.then(|| {
             let cloud = Netns::new(&prefix.child("cloud"));
-            cloud.ip(&[
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "cloud",
-                "netns",
-                outside.name(),
-            ]);
+            cloud.add_veth("eth0", "cloud", &outside);
             outside.ip(&["link", "set", "cloud", "master", "br0", "up"]);
             cloud.ip(&["addr", "add", &format!("{CLOUD_V4}/24"), "dev", "eth0"]);
             cloud.ip(&["addr", "add", &format!("{METADATA_V4}/32"), "dev", "lo"]);
@@ -266,17 +256,7 @@ impl Cluster {
             ns.sysctl(key, value);
         }
         let peer = format!("n{index}");
-        ns.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            &peer,
-            "netns",
-            outside.name(),
-        ]);
+        ns.add_veth("eth0", &peer, outside);
         outside.ip(&["link", "set", &peer, "master", "br0", "up"]);
         // A veth only takes frames an XDP program transmits (XDP_TX) when its peer runs NAPI;
         // GRO turns that on (physical NICs need nothing of the kind).
@@ -309,17 +289,7 @@ impl Cluster {
             let pod_ns = Netns::new(&prefix.child(&pod_name));
             pod_ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
             let host_iface = format!("veth{j}");
-            pod_ns.ip(&[
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                &host_iface,
-                "netns",
-                ns.name(),
-            ]);
+            pod_ns.add_veth("eth0", &host_iface, &ns);
             let pod_ip = Ipv4Addr::new(10, 244, index, 10 + j8);
             let pod_ip6: Ipv6Addr = format!("fd00:244:{index}::{}", 10 + j)
                 .parse()

@@ -52,6 +52,21 @@ impl Netns {
         crate::run("ip", &full)
     }
 
+    /// A veth pair: `name` here, `peer` in `peer_ns` (both down, unaddressed).
+    pub fn add_veth(&self, name: &str, peer: &str, peer_ns: &Netns) {
+        self.ip(&[
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            peer,
+            "netns",
+            peer_ns.name(),
+        ]);
+    }
+
     /// Like [`Netns::ip`] but returns the failure instead of panicking.
     pub fn try_ip(&self, args: &[&str]) -> Result<String, String> {
         let out = std::process::Command::new("ip")
