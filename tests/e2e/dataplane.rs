@@ -99,10 +99,10 @@ fn cluster_ip_from_pods_and_host_tcp_and_udp() {
 fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
     let closed = |c: &Cluster, name: &str, v6: bool, node_port: u16, pod: &str| {
         let pod = c.pod(pod);
-        let (family, ip) = if v6 {
-            ("IPv6", pod.ip6.to_string())
+        let (family, endpoint) = if v6 {
+            ("IPv6", scenario::endpoint6(pod, scenario::ready()))
         } else {
-            ("IPv4", pod.ip.to_string())
+            ("IPv4", scenario::endpoint(pod, scenario::ready()))
         };
         let cluster_ip = if v6 {
             format!("fd00:96::{node_port:x}")
@@ -114,8 +114,6 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
         if v6 {
             spec["ipFamilies"] = serde_json::json!(["IPv6"]);
         }
-        let endpoint = serde_json::json!({"addresses": [ip], "nodeName": format!("node{}", &pod.name[1..2]),
-            "conditions": scenario::ready()});
         [
             scenario::service(name, spec),
             scenario::slice(

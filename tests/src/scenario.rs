@@ -41,8 +41,17 @@ pub const NODEPORT6_UDP: u16 = 30055;
 
 /// An endpoint of `pod` (its node, ready unless told otherwise).
 pub fn endpoint(pod: &Pod, conditions: Value) -> Value {
+    endpoint_at(pod, &pod.ip.to_string(), conditions)
+}
+
+/// An endpoint of `pod` at its IPv6 address.
+pub fn endpoint6(pod: &Pod, conditions: Value) -> Value {
+    endpoint_at(pod, &pod.ip6.to_string(), conditions)
+}
+
+fn endpoint_at(pod: &Pod, address: &str, conditions: Value) -> Value {
     let node = format!("node{}", &pod.name[1..2]);
-    json!({"addresses": [pod.ip.to_string()], "nodeName": node, "conditions": conditions})
+    json!({"addresses": [address], "nodeName": node, "conditions": conditions})
 }
 
 pub fn ready() -> Value {
@@ -82,24 +91,69 @@ pub fn objects(cluster: &Cluster) -> Vec<Value> {
             .collect::<Vec<_>>()
     };
     vec![
-        service("web", json!({"clusterIP": WEB, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
+        service(
+            "web",
+            json!({"clusterIP": WEB, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+        ),
         slice("web-1", "web", "IPv4", http.clone(), eps(&["n1p1", "n2p1"])),
-        service("multi", json!({"clusterIP": MULTI, "ports": [
-            {"name": "a", "port": 80, "targetPort": "a"}, {"name": "b", "port": 81, "targetPort": "b"}]})),
-        slice("multi-1", "multi", "IPv4", json!([{"name": "a", "port": 8080}, {"name": "b", "port": 8081}]), eps(&all)),
-        service("dns", json!({"clusterIP": DNS, "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]})),
-        slice("dns-1", "dns", "IPv4", json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]), eps(&["n1p2", "n2p2"])),
-        service("np", json!({"type": "NodePort", "clusterIP": "10.96.0.30", "ports": [
+        service(
+            "multi",
+            json!({"clusterIP": MULTI, "ports": [
+            {"name": "a", "port": 80, "targetPort": "a"}, {"name": "b", "port": 81, "targetPort": "b"}]}),
+        ),
+        slice(
+            "multi-1",
+            "multi",
+            "IPv4",
+            json!([{"name": "a", "port": 8080}, {"name": "b", "port": 8081}]),
+            eps(&all),
+        ),
+        service(
+            "dns",
+            json!({"clusterIP": DNS, "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]}),
+        ),
+        slice(
+            "dns-1",
+            "dns",
+            "IPv4",
+            json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]),
+            eps(&["n1p2", "n2p2"]),
+        ),
+        service(
+            "np",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.30", "ports": [
             {"name": "http", "port": 80, "targetPort": 8080, "nodePort": NODEPORT},
-            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353, "nodePort": NODEPORT_UDP}]})),
-        slice("np-1", "np", "IPv4", json!([{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]), eps(&["n1p1", "n2p1"])),
-        service("np-local", json!({"type": "NodePort", "clusterIP": "10.96.0.31", "externalTrafficPolicy": "Local",
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": NODEPORT_LOCAL}]})),
-        slice("np-local-1", "np-local", "IPv4", http.clone(), eps(&["n2p2"])),
-        service("np-empty", json!({"type": "NodePort", "clusterIP": "10.96.0.32",
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": NODEPORT_EMPTY}]})),
-        service("ext", json!({"clusterIP": EXT_SVC, "externalIPs": [EXTERNAL_IP],
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353, "nodePort": NODEPORT_UDP}]}),
+        ),
+        slice(
+            "np-1",
+            "np",
+            "IPv4",
+            json!([{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]),
+            eps(&["n1p1", "n2p1"]),
+        ),
+        service(
+            "np-local",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.31", "externalTrafficPolicy": "Local",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": NODEPORT_LOCAL}]}),
+        ),
+        slice(
+            "np-local-1",
+            "np-local",
+            "IPv4",
+            http.clone(),
+            eps(&["n2p2"]),
+        ),
+        service(
+            "np-empty",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.32",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": NODEPORT_EMPTY}]}),
+        ),
+        service(
+            "ext",
+            json!({"clusterIP": EXT_SVC, "externalIPs": [EXTERNAL_IP],
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+        ),
         slice("ext-1", "ext", "IPv4", http.clone(), eps(&["n1p2"])),
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "lb"},
             "spec": {"type": "LoadBalancer", "clusterIP": LB_SVC, "allocateLoadBalancerNodePorts": false,
@@ -113,24 +167,51 @@ pub fn objects(cluster: &Cluster) -> Vec<Value> {
                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
             "status": {"loadBalancer": {"ingress": [{"ip": LB_DENY_IP}]}}}),
         slice("lb-deny-1", "lb-deny", "IPv4", http.clone(), eps(&["n2p2"])),
-        service("itp-local", json!({"clusterIP": ITP_LOCAL, "internalTrafficPolicy": "Local",
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
-        slice("itp-local-1", "itp-local", "IPv4", http.clone(), eps(&["n2p1"])),
-        service("affinity", json!({"clusterIP": AFFINITY, "sessionAffinity": "ClientIP",
+        service(
+            "itp-local",
+            json!({"clusterIP": ITP_LOCAL, "internalTrafficPolicy": "Local",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+        ),
+        slice(
+            "itp-local-1",
+            "itp-local",
+            "IPv4",
+            http.clone(),
+            eps(&["n2p1"]),
+        ),
+        service(
+            "affinity",
+            json!({"clusterIP": AFFINITY, "sessionAffinity": "ClientIP",
             "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 2}},
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+        ),
         slice("affinity-1", "affinity", "IPv4", http.clone(), eps(&all)),
-        service("empty", json!({"clusterIP": EMPTY, "ports": [
+        service(
+            "empty",
+            json!({"clusterIP": EMPTY, "ports": [
             {"name": "http", "port": 80, "targetPort": 8080},
-            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]})),
-        service("spread", json!({"clusterIP": SPREAD, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]}),
+        ),
+        service(
+            "spread",
+            json!({"clusterIP": SPREAD, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+        ),
         slice("spread-1", "spread", "IPv4", http.clone(), eps(&all)),
-        service("web6", json!({"clusterIP": WEB6, "clusterIPs": [WEB6], "ipFamilies": ["IPv6"],
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]})),
-        slice("web6-1", "web6", "IPv6", http, ["n1p1", "n2p1"].iter().map(|n| {
-            let pod = p(n);
-            json!({"addresses": [pod.ip6.to_string()], "nodeName": format!("node{}", &pod.name[1..2]), "conditions": ready()})
-        }).collect()),
+        service(
+            "web6",
+            json!({"clusterIP": WEB6, "clusterIPs": [WEB6], "ipFamilies": ["IPv6"],
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+        ),
+        slice(
+            "web6-1",
+            "web6",
+            "IPv6",
+            http,
+            ["n1p1", "n2p1"]
+                .iter()
+                .map(|n| endpoint6(p(n), ready()))
+                .collect(),
+        ),
     ]
 }
 
@@ -139,10 +220,7 @@ pub fn objects(cluster: &Cluster) -> Vec<Value> {
 pub fn nodeport6(cluster: &Cluster) -> Vec<Value> {
     let endpoints = ["n1p1", "n2p1"]
         .iter()
-        .map(|n| {
-            let pod = cluster.pod(n);
-            json!({"addresses": [pod.ip6.to_string()], "nodeName": format!("node{}", &pod.name[1..2]), "conditions": ready()})
-        })
+        .map(|n| endpoint6(cluster.pod(n), ready()))
         .collect();
     vec![
         service(

@@ -4,12 +4,19 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use tollgate_common::lb::{md_mode, scope, stats::Counters, svc_flags, svcinfo::SvcInfo};
+use tollgate_common::lb::{
+    config::{self, Config},
+    md_mode, scope,
+    stats::Counters,
+    svc_flags,
+    svcinfo::SvcInfo,
+};
 
 use super::{
     DataplaneError, PinLayout,
     addr::{ip, port_host},
     lbmaps::{LbMaps, sum},
+    stats::open_array,
 };
 use crate::enls::model::EndpointAddr;
 
@@ -83,11 +90,11 @@ pub struct NodeView {
 
 /// The node settings; `None` before an agent wrote them.
 pub fn node(pins: &PinLayout) -> Result<Option<NodeView>, DataplaneError> {
-    let maps = LbMaps::open(pins)?;
-    let Ok(c) = maps.config.get(&0, 0) else {
+    let config = open_array::<Config>(pins, config::NAME)?;
+    let Ok(c) = config.get(&0, 0) else {
         return Ok(None);
     };
-    if c == tollgate_common::lb::config::Config::default() {
+    if c == Config::default() {
         return Ok(None);
     }
     let addr = |w: [u32; 4]| (w != [0; 4]).then(|| ip(w).to_string());

@@ -25,7 +25,7 @@ use super::{
     addr::{ip, port_host},
     inspect::{proto_name, text},
     lbmaps::sum,
-    stats::{iface_stats, open_pinned},
+    stats::{IfaceStatsRow, iface_stats, open_pinned},
 };
 use crate::enls::model::EndpointAddr;
 
@@ -113,36 +113,28 @@ impl Collector for TrafficCollector {
         }
         match iface_stats(&self.pins) {
             Ok(stats) => {
-                let rows: Vec<(InterfaceLabels, u64, u64)> = stats
+                let rows: Vec<(InterfaceLabels, IfaceStatsRow)> = stats
                     .into_iter()
                     .map(|r| {
                         let name = crate::netif::name_of(r.ifindex)
                             .unwrap_or_else(|| format!("ifindex {}", r.ifindex));
-                        (
-                            [("interface", name), ("hook", r.hook.to_owned())],
-                            r.packets,
-                            r.bytes,
-                        )
+                        ([("interface", name), ("hook", r.hook.to_owned())], r)
                     })
                     .collect();
-                for (name, help, bytes) in [
-                    (
-                        "tollgate_interface_packets",
-                        "Packets Tollgate's TC and XDP programs saw, by interface and hook.",
-                        false,
-                    ),
-                    (
-                        "tollgate_interface_bytes",
-                        "Bytes of the packets Tollgate's TC and XDP programs saw, by interface and hook.",
-                        true,
-                    ),
-                ] {
-                    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-                    for (labels, packets, b) in &rows {
-                        let v = if bytes { *b } else { *packets };
-                        ConstCounter::new(v).encode(m.encode_family(labels)?)?;
-                    }
-                }
+                counters(
+                    &mut encoder,
+                    "tollgate_interface_packets",
+                    "Packets Tollgate's TC and XDP programs saw, by interface and hook.",
+                    &rows,
+                    |r| r.packets,
+                )?;
+                counters(
+                    &mut encoder,
+                    "tollgate_interface_bytes",
+                    "Bytes of the packets Tollgate's TC and XDP programs saw, by interface and hook.",
+                    &rows,
+                    |r| r.bytes,
+                )?;
             }
             Err(e) => tracing::debug!("interface counters left out of /metrics: {e}"),
         }
@@ -150,13 +142,13 @@ impl Collector for TrafficCollector {
     }
 }
 
-/// One counter family: a series per row.
-fn counters<L: EncodeLabelSet>(
+/// One counter family: a series per row, its value `get` of the row's counters.
+fn counters<L: EncodeLabelSet, C>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    rows: &[(L, Counters)],
-    get: fn(&Counters) -> u64,
+    rows: &[(L, C)],
+    get: fn(&C) -> u64,
 ) -> Result<(), fmt::Error> {
     let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, c) in rows {
