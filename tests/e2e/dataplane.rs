@@ -146,32 +146,8 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
     // node1 itself would answer a datagram Tollgate did not translate with its own port
     // unreachable: the refusals must come from the backends, node1 sends none.
     let sent_by_node1 = || {
-        let counter = |file: &str, name: &str| {
-            let mut cat = Command::new("cat");
-            cat.arg(file);
-            let text = String::from_utf8_lossy(&node1.output(cat).stdout).into_owned();
-            // /proc/net/snmp: a header line of names, then a line of values; snmp6: pairs.
-            let lines: Vec<&str> = text.lines().collect();
-            lines
-                .windows(2)
-                .find_map(|w| {
-                    let names: Vec<&str> = w[0].split_whitespace().collect();
-                    let values: Vec<&str> = w[1].split_whitespace().collect();
-                    (names.first() == Some(&"Icmp:") && values.first() == Some(&"Icmp:"))
-                        .then(|| names.iter().position(|n| *n == name).map(|i| values[i]))
-                        .flatten()
-                })
-                .or_else(|| {
-                    lines.iter().find_map(|l| {
-                        let mut f = l.split_whitespace();
-                        (f.next() == Some(name)).then(|| f.next()).flatten()
-                    })
-                })
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("{name} not in {file}: {text}"))
-        };
-        counter("/proc/net/snmp", "OutDestUnreachs")
-            + counter("/proc/net/snmp6", "Icmp6OutDestUnreachs")
+        icmp_counter(node1.host(), "OutDestUnreachs")
+            + icmp_counter(node1.host(), "Icmp6OutDestUnreachs")
     };
     let before = sent_by_node1();
     for (addr, port) in [
@@ -192,6 +168,105 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
         sent_by_node1(),
         before,
         "node1 sent port unreachables itself"
+    );
+}
+
+/// An ICMP counter of the namespace at `at`: `/proc/net/snmp`'s (a header line of names, then
+/// a line of values) or, for names starting with `Icmp6`, `/proc/net/snmp6`'s (pairs).
+fn icmp_counter(at: tollgate_tests::process::Placement<'_>, name: &str) -> u64 {
+    let file = if name.starts_with("Icmp6") {
+        "/proc/net/snmp6"
+    } else {
+        "/proc/net/snmp"
+    };
+    let mut cat = Command::new("cat");
+    cat.arg(file);
+    let text = String::from_utf8_lossy(&at.output(cat).stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .windows(2)
+        .find_map(|w| {
+            let names: Vec<&str> = w[0].split_whitespace().collect();
+            let values: Vec<&str> = w[1].split_whitespace().collect();
+            (names.first() == Some(&"Icmp:") && values.first() == Some(&"Icmp:"))
+                .then(|| names.iter().position(|n| *n == name).map(|i| values[i]))
+                .flatten()
+        })
+        .or_else(|| {
+            lines.iter().find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(name)).then(|| f.next()).flatten()
+            })
+        })
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{name} not in {file}: {text}"))
+}
+
+/// Path MTU discovery from outside through a NodePort to a remote backend, when the way to the
+/// other node has a smaller MTU (1400, as a tunnel or an encrypted link between nodes) than
+/// the uplink the client reaches (1500). kube-proxy's forwarding answers a packet too big for
+/// it with ICMP Fragmentation Needed / Packet Too Big; so does Tollgate, quoting the packet as
+/// the client sent it (to the NodePort), so the client's kernel lowers its path MTU and sends
+/// smaller packets. Without that answer the packets were dropped and the flows stalled.
+#[test]
+fn path_mtu_discovery_to_a_remote_backend_over_a_smaller_mtu_link() {
+    let s = Scenario::with_objects(Default::default(), &[], |c| {
+        [scenario::objects(c), scenario::nodeport6(c)].concat()
+    });
+    let (node1, node2) = (s.node("node1"), s.node("node2"));
+    // A second link between the nodes, MTU 1400, which carries node1's traffic to node2's pods.
+    node1.ns.add_veth("n2link", "n1link", &node2.ns);
+    for (ns, dev, v4, v6) in [
+        (&node1.ns, "n2link", "10.250.0.1/30", "fd00:250::1/64"),
+        (&node2.ns, "n1link", "10.250.0.2/30", "fd00:250::2/64"),
+    ] {
+        ns.ip(&["link", "set", dev, "mtu", "1400", "up"]);
+        ns.ip(&["addr", "add", v4, "dev", dev]);
+        ns.ip(&["-6", "addr", "add", v6, "dev", dev, "nodad"]);
+    }
+    node1
+        .ns
+        .ip(&["route", "replace", "10.244.2.0/24", "via", "10.250.0.2"]);
+    node1.ns.ip(&[
+        "-6",
+        "route",
+        "replace",
+        "fd00:244:2::/64",
+        "via",
+        "fd00:250::2",
+    ]);
+    let outside = &s.cluster.outside;
+    let received = |name: &str| icmp_counter(s.cluster.outside(), name);
+    let second = Duration::from_secs(1);
+    // TCP: 64 KiB requests (the client's TSO bursts arrive as GSO packets, judged by their
+    // segments), to the local and the remote backend.
+    let before = received("InDestUnreachs");
+    let np = format!("{}:{}", node1.ip, scenario::NODEPORT);
+    let t = s.client(s.cluster.outside(), &np, 10, Mode::TcpUpload, second);
+    assert_eq!(t.ok, 10, "{t:?}");
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
+    assert!(
+        received("InDestUnreachs") > before,
+        "the client was told the MTU"
+    );
+    // UDP: 4000-byte datagrams, which the client sends as 1500-byte fragments (no DF): it is
+    // told the MTU too (a router would fragment them; the programs cannot), and from then on
+    // fragments to it. Only the first datagram to the remote backend is lost (its socket gets
+    // EMSGSIZE).
+    outside.ip(&["route", "flush", "cache"]);
+    let udp = format!("{}:{}", node1.ip, scenario::NODEPORT_UDP);
+    let t = s.client(s.cluster.outside(), &udp, 20, Mode::UdpLarge, T);
+    assert!(t.ok >= 19, "{t:?}");
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
+    // IPv6: Packet Too Big.
+    let before = received("Icmp6InPktTooBigs");
+    let np6 = format!("[{}]:{}", node1.ip6, scenario::NODEPORT6);
+    let t = s.client(s.cluster.outside(), &np6, 10, Mode::TcpUpload, second);
+    assert_eq!(t.ok, 10, "{t:?}");
+    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
+    assert!(
+        received("Icmp6InPktTooBigs") > before,
+        "the client was told the MTU"
     );
 }
 

@@ -843,6 +843,152 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
     });
 }
 
+/// `__sk_buff` input for a GSO packet (a GRO'd burst): `skb_ctx` with gso_segs (offset 164)
+/// and gso_size (offset 176).
+fn gso_skb_ctx(ifindex: u32, segs: u32, size: u32) -> Vec<u8> {
+    let mut ctx = skb_ctx(ifindex);
+    ctx[164..168].copy_from_slice(&segs.to_ne_bytes());
+    ctx[176..180].copy_from_slice(&size.to_ne_bytes());
+    ctx
+}
+
+/// A translated packet too big for the interface its route leaves by gets what a router sends
+/// (kube-proxy's forwarding does): ICMP Fragmentation Needed / ICMPv6 Packet Too Big with that
+/// MTU, from the address it was sent to, quoting it exactly as the client sent it.
+#[test]
+fn packets_too_big_for_the_way_out_are_answered_with_the_mtu() {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
+        let (verdict, _) = b.tc("tg_tc_ingress", &syn4(NODE, 30080, 40020, b.eth0_mac));
+        assert_eq!(verdict, TC_ACT_REDIRECT, "a flow to the remote backend");
+        // 1600 bytes of IP for eth0's 1500, the way to the backend.
+        let big = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4(
+                6,
+                CLIENT,
+                NODE,
+                &tcp(&s, &d, 40020, 30080, 0x18, &[7; 1560]),
+            ),
+        );
+        // XDP leaves it to TC (its FIB lookup checks the length too).
+        let (verdict, out) = b.xdp(&big);
+        assert_eq!((verdict, &out), (XDP_PASS, &big));
+        let (verdict, out) = b.tc("tg_tc_ingress", &big);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "back out where it came in");
+        let icmp = parse(&out);
+        assert_eq!(
+            (icmp.proto, icmp.src, icmp.dst),
+            (1, d, s),
+            "ICMP from the NodePort's address to the client, checksums verified"
+        );
+        assert_eq!(
+            (
+                icmp.l4[0..2].to_vec(),
+                u16::from_be_bytes([icmp.l4[6], icmp.l4[7]])
+            ),
+            (vec![3, 4], 1500),
+            "fragmentation needed, eth0's MTU"
+        );
+        assert_eq!(
+            icmp.l4[8..],
+            big[14..14 + 40],
+            "quotes the IP header and the TCP header as the client sent them"
+        );
+        assert_eq!(out.len(), 14 + 20 + 8 + 40);
+        assert_eq!((icmp.dst_mac, icmp.src_mac), (CLIENT_MAC, b.eth0_mac));
+        // GRO'd bursts (GSO; the device completes their checksums, CHECKSUM_PARTIAL) are
+        // judged by their segments: of 780 bytes, it goes on to the backend; of 1560 bytes, the
+        // same answer as above, whose ICMP checksum covers the quoted TCP checksum as the
+        // device will store it (the one's complement of the sum of the quoted TCP header).
+        let run_gso = |size: u32| {
+            b.dp.test_run("tg_tc_ingress", &big, Some(&gso_skb_ctx(b.eth0, 2, size)))
+                .unwrap()
+        };
+        let (verdict, out) = run_gso(780);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(parse(&out).dst, IpAddr::V4(REMOTE_POD));
+        let (verdict, mut out) = run_gso(1560);
+        assert_eq!((verdict, out.len()), (TC_ACT_REDIRECT, 14 + 20 + 8 + 40));
+        let tcp_quote = 14 + 20 + 8 + 20;
+        let device = fold(sum16(&out[tcp_quote..tcp_quote + 20], 0));
+        out[tcp_quote + 16..tcp_quote + 18].copy_from_slice(&device.to_be_bytes());
+        let icmp = parse(&out);
+        assert_eq!((icmp.l4[0], icmp.l4[1], icmp.dst), (3, 4, s));
+        // UDP: the IP header and the 8-byte UDP header.
+        let dgram = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4(
+                17,
+                CLIENT,
+                NODE,
+                &udp(&s, &d, 5020, 30053, &[1; 1500], false),
+            ),
+        );
+        let (verdict, out) = b.tc("tg_tc_ingress", &dgram);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let icmp = parse(&out);
+        assert_eq!((icmp.proto, icmp.src, icmp.dst), (1, d, s));
+        assert_eq!(
+            (&icmp.l4[0..2], &icmp.l4[4..8]),
+            (&[3, 4][..], &[0, 0, 0x05, 0xdc][..])
+        );
+        assert_eq!(icmp.l4[8..], dgram[14..14 + 28]);
+        // IPv6: Packet Too Big, with the 32-bit MTU, quoting the IPv6 and TCP headers.
+        let (s6, d6): (IpAddr, IpAddr) = (CLIENT6.parse().unwrap(), NODE6.parse().unwrap());
+        let frame6 = |flags: u8, payload: &[u8]| {
+            let seg = tcp(&s6, &d6, 40021, 30084, flags, payload);
+            ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ipv6(6, &s6, &d6, &seg))
+        };
+        let (verdict, _) = b.tc("tg_tc_ingress", &frame6(0x02, &[]));
+        assert_eq!(
+            verdict, TC_ACT_REDIRECT,
+            "a flow to the remote IPv6 backend"
+        );
+        let big6 = frame6(0x18, &[7; 1500]);
+        let (verdict, out) = b.tc("tg_tc_ingress", &big6);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let icmp = parse(&out);
+        assert_eq!(
+            (icmp.proto, icmp.src, icmp.dst),
+            (58, d6, s6),
+            "ICMPv6 from the NodePort's address to the client, checksum verified"
+        );
+        assert_eq!(
+            (&icmp.l4[0..2], &icmp.l4[4..8]),
+            (&[2, 0][..], &[0, 0, 0x05, 0xdc][..]),
+            "packet too big, MTU 1500"
+        );
+        assert_eq!(icmp.l4[8..], big6[14..14 + 60]);
+        assert_eq!(out.len(), 14 + 40 + 8 + 60);
+        // The flows' packets that fit still go to the backend.
+        let small = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4(
+                6,
+                CLIENT,
+                NODE,
+                &tcp(&s, &d, 40020, 30080, 0x18, &[7; 1400]),
+            ),
+        );
+        let (verdict, out) = b.tc("tg_tc_ingress", &small);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            (parse(&out).dst, parse(&out).dport),
+            (IpAddr::V4(REMOTE_POD), 8080)
+        );
+    });
+}
+
 #[test]
 fn xdp_translates_in_place_and_transmits_from_the_uplink() {
     let c = cluster();

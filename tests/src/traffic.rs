@@ -160,6 +160,10 @@ pub enum Mode {
     /// segments from the server). Only an answer of full length, complete within the timeout
     /// of the connect, counts.
     TcpLarge,
+    /// TCP, a new connection per exchange, sending a request line of [`LARGE_ANSWER`] bytes
+    /// (full-size segments from the client), answered with one line. Only an answer complete
+    /// within the timeout of the connect counts.
+    TcpUpload,
     /// UDP on a connected socket, [`LARGE_DATAGRAM`] bytes each way: IPv4 fragments at the
     /// test bed's 1500-byte MTU. Only an answer of full length counts.
     UdpLarge,
@@ -289,6 +293,36 @@ fn tcp_large(to: SocketAddr, timeout: Duration, tally: &mut Tally) -> std::io::R
     Ok(())
 }
 
+/// One connection sending a [`LARGE_ANSWER`]-byte request line, whose answer must be complete
+/// within `timeout` of the connect.
+fn tcp_upload(to: SocketAddr, timeout: Duration, tally: &mut Tally) -> std::io::Result<()> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect_timeout(&to, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let peer = s.peer_addr().ok();
+    let mut request = b"upload".to_vec();
+    request.resize(LARGE_ANSWER - 1, b' ');
+    request.push(b'\n');
+    s.write_all(&request)?;
+    let mut line = String::new();
+    BufReader::new(&mut s).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "no answer",
+        ));
+    }
+    if start.elapsed() > timeout {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the answer took {:?}", start.elapsed()),
+        ));
+    }
+    tally.answer(&line, peer);
+    Ok(())
+}
+
 fn udp_socket(to: SocketAddr, timeout: Duration) -> std::io::Result<UdpSocket> {
     let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
         .parse()
@@ -347,6 +381,7 @@ pub fn connect(
         let r = match mode {
             Mode::Tcp => tcp_once(to, timeout, false, &mut tally),
             Mode::TcpLarge => tcp_large(to, timeout, &mut tally),
+            Mode::TcpUpload => tcp_upload(to, timeout, &mut tally),
             Mode::Mptcp => tcp_once(to, timeout, true, &mut tally),
             Mode::Udp => udp_connected(to, timeout)
                 .and_then(|s| udp_exchange(&s, b"hello\n", None, &mut buf, &mut tally)),

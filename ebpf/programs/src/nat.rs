@@ -11,9 +11,9 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
+        TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
     },
     btf_maps::PerCpuArray,
     helpers::{
@@ -233,6 +233,11 @@ pub(crate) fn may_have_flow(saddr: &[u32; 4], dport: u16, side: Side) -> bool {
     (side == Side::Outside && frontend_port(dport)) || marked(saddr)
 }
 
+/// [`fib_redirect`]'s answer for a packet too big for the interface its route leaves by (not a
+/// TC verdict; bits 0–15 hold that interface's MTU): the caller answers the sender
+/// ([`too_big`]), as a router would.
+pub(crate) const TOO_BIG: i32 = 1 << 24;
+
 /// Sends the packet out of the interface the FIB chooses for its (translated) destination.
 #[inline(never)]
 pub(crate) fn fib_redirect(ctx: &TcContext, p: &Pkt) -> i32 {
@@ -244,11 +249,21 @@ pub(crate) fn fib_redirect(ctx: &TcContext, p: &Pkt) -> i32 {
     params.dport = p.dport;
     // SAFETY: the context's __sk_buff; unions of the UAPI struct written as documented.
     unsafe {
-        // No tot_len: the kernel then checks the skb itself against the MTU, which knows a
-        // GSO skb (a TSO burst from a pod, tens of KiB) leaves as MTU-sized segments. With
-        // tot_len set to its length, every such burst was "frag needed" and fell to the stack,
-        // which drops a packet with the node's own source: bulk TCP through a NodePort stalled
-        // in retransmissions.
+        // A plain packet: no tot_len, so the kernel checks the skb against the MTU of the
+        // interface the route leaves by. A GSO packet (a TSO burst from a pod, a GRO'd burst
+        // from outside: tens of KiB, sent on as segments): the length of one segment, which the
+        // kernel checks against the route's MTU. (Its whole length was "too big" for every
+        // burst; the kernel's own check passes any GSO packet, whose segments the interface
+        // would then drop if they are too big.)
+        let gso = (*ctx.skb.skb).gso_size;
+        if gso != 0 {
+            let l4_header = if p.proto == PROTO_TCP {
+                usize::from(load::<u8>(ctx, p.l4 + 12).unwrap_or(5 << 4) >> 4) * 4
+            } else {
+                8
+            };
+            params.__bindgen_anon_1.tot_len = (p.l4 - p.l3 + l4_header + gso as usize) as u16;
+        }
         params.ifindex = (*ctx.skb.skb).ingress_ifindex;
         if p.v6 {
             params.__bindgen_anon_3.ipv6_src = p.saddr;
@@ -274,6 +289,10 @@ pub(crate) fn fib_redirect(ctx: &TcContext, p: &Pkt) -> i32 {
         // SAFETY: redirect helper; returns TC_ACT_REDIRECT.
         return unsafe { bpf_redirect(params.ifindex, 0) } as i32;
     }
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        // SAFETY: the helper's output member of the union.
+        return TOO_BIG | i32::from(unsafe { params.__bindgen_anon_1.mtu_result });
+    }
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         // The kernel resolves the neighbour itself.
         // SAFETY: null parameters ask the helper for its own next-hop lookup.
@@ -283,13 +302,52 @@ pub(crate) fn fib_redirect(ctx: &TcContext, p: &Pkt) -> i32 {
     TC_ACT_OK
 }
 
+/// Sends a translated packet on: redirected out through the FIB, or up the stack. `orig` is
+/// the packet as it arrived, for the answer to one too big for its way out.
 #[inline(always)]
-fn finish(ctx: &TcContext, p: &Pkt, redirect: bool) -> i32 {
-    if redirect {
-        fib_redirect(ctx, p)
-    } else {
-        TC_ACT_OK
+fn finish(ctx: &TcContext, p: &mut Pkt, redirect: bool, orig: &CtKey) -> i32 {
+    if !redirect {
+        return TC_ACT_OK;
     }
+    let verdict = fib_redirect(ctx, p);
+    if verdict & TOO_BIG != 0 {
+        return too_big(ctx, p, orig, (verdict & 0xffff) as u32);
+    }
+    verdict
+}
+
+/// A translated packet too big for the interface it must leave by (a node-to-node link or
+/// tunnel with a smaller MTU than the one it came in on; for a GSO packet, its segments): what
+/// the kernel's forwarding does for kube-proxy, which the stack cannot do here (the packet,
+/// with the node's own source, would be dropped as martian and the flow black-holed). The
+/// packet is put back as its sender sent it (from `orig`, its conntrack key) and answered with
+/// an ICMP Fragmentation Needed (IPv4) or an ICMPv6 Packet Too Big carrying that MTU, from the
+/// address it was sent to, so the sender's path MTU discovery works through the service. An
+/// IPv4 packet without DF gets the same answer (a router would fragment it, which the programs
+/// cannot; Linux senders then fragment to the MTU themselves); a later fragment, which quotes
+/// no ports a sender could match, is dropped.
+#[inline(never)]
+fn too_big(ctx: &TcContext, p: &mut Pkt, orig: &CtKey, mtu: u32) -> i32 {
+    too_big_inner(ctx, p, orig, mtu).unwrap_or(TC_ACT_SHOT)
+}
+
+#[inline(always)]
+fn too_big_inner(ctx: &TcContext, p: &mut Pkt, orig: &CtKey, mtu: u32) -> R<i32> {
+    if p.frag == LATER_FRAGMENT {
+        return Err(());
+    }
+    set_addr(ctx, p, true, orig.saddr)?;
+    set_addr(ctx, p, false, orig.daddr)?;
+    set_port(ctx, p, true, orig.sport)?;
+    set_port(ctx, p, false, orig.dport)?;
+    Ok(if p.v6 {
+        // Type 2 (packet too big), code 0, the 32-bit MTU.
+        icmp_error(ctx, p, w([2, 0, 0, 0]), mtu.to_be())
+    } else {
+        // Type 3 (destination unreachable), code 4 (fragmentation needed), the next-hop MTU.
+        let m = (mtu as u16).to_be_bytes();
+        icmp_error(ctx, p, w([3, 4, 0, 0]), w([0, 0, m[0], m[1]]))
+    })
 }
 
 /// Applies a conntrack entry: `to` replaces the destination (forward) or the source (reply);
@@ -308,22 +366,22 @@ fn rewrite(ctx: &TcContext, p: &mut Pkt, e: &CtEntry, reply: bool) -> R<()> {
 /// Forward direction of a known flow. Out of line (own stack frame); a failed rewrite drops
 /// the packet, which may be half rewritten.
 #[inline(never)]
-fn apply_forward(ctx: &TcContext, p: &mut Pkt, e: &CtEntry) -> i32 {
+fn apply_forward(ctx: &TcContext, p: &mut Pkt, e: &CtEntry, orig: &CtKey) -> i32 {
     if rewrite(ctx, p, e, false).is_err() {
         return TC_ACT_SHOT;
     }
     lb::count(e.service_id, e.backend_id, 1, u64::from(p.len), 0, 0);
-    finish(ctx, p, e.flags & ct_flags::REDIRECT != 0)
+    finish(ctx, p, e.flags & ct_flags::REDIRECT != 0, orig)
 }
 
 /// Reply direction of a known flow (see `apply_forward`).
 #[inline(never)]
-fn apply_reply(ctx: &TcContext, p: &mut Pkt, e: &CtEntry) -> i32 {
+fn apply_reply(ctx: &TcContext, p: &mut Pkt, e: &CtEntry, orig: &CtKey) -> i32 {
     if rewrite(ctx, p, e, true).is_err() {
         return TC_ACT_SHOT;
     }
     lb::count(e.service_id, e.backend_id, 1, u64::from(p.len), 0, 0);
-    finish(ctx, p, e.flags & ct_flags::REDIRECT != 0)
+    finish(ctx, p, e.flags & ct_flags::REDIRECT != 0, orig)
 }
 
 #[inline(always)]
@@ -415,9 +473,9 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         s.key = key(&s.pkt);
         if let Some(e) = ct_get(&s.key) {
             return if e.dir == ct_dir::REPLY {
-                apply_reply(ctx, &mut s.pkt, e)
+                apply_reply(ctx, &mut s.pkt, e, &s.key)
             } else {
-                apply_forward(ctx, &mut s.pkt, e)
+                apply_forward(ctx, &mut s.pkt, e, &s.key)
             };
         }
     }
@@ -462,7 +520,7 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
     // Translate with the entry just created (the same path as every later packet).
     s.key = key(&s.pkt);
     match ct_get(&s.key) {
-        Some(e) => apply_forward(ctx, &mut s.pkt, e),
+        Some(e) => apply_forward(ctx, &mut s.pkt, e, &s.key),
         None => TC_ACT_SHOT,
     }
 }
@@ -646,14 +704,30 @@ fn csum(words: &mut [u32], seed: i64) -> i64 {
     }
 }
 
+/// One's-complement sum of `words` (memory order, read only), continuing from `seed`.
+#[inline(always)]
+fn csum_ro(words: &[u32; 4], seed: i64) -> i64 {
+    // SAFETY: the helper only reads `to`, 16 bytes here.
+    unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            words.as_ptr().cast_mut(),
+            16,
+            seed as u32,
+        )
+    }
+}
+
 /// kube-proxy's REJECT: a TCP SYN gets a reset, a UDP datagram an ICMP (IPv4) or ICMPv6
 /// port unreachable, sent back out of the interface it came in on. Anything else is dropped.
 #[inline(never)]
 fn reject(ctx: &TcContext, p: &Pkt) -> i32 {
     match p.proto {
         PROTO_TCP if p.tcp_flags & TCP_SYN != 0 && p.tcp_flags & TCP_ACK == 0 => tcp_reset(ctx, p),
-        PROTO_UDP if !p.v6 => icmp_unreachable(ctx, p),
-        PROTO_UDP => icmp6_unreachable(ctx, p),
+        // Destination unreachable, port unreachable: ICMP type 3 code 3, ICMPv6 type 1 code 4.
+        PROTO_UDP if !p.v6 => icmp_error(ctx, p, w([3, 3, 0, 0]), 0),
+        PROTO_UDP => icmp_error(ctx, p, w([1, 4, 0, 0]), 0),
         _ => TC_ACT_SHOT,
     }
 }
@@ -746,81 +820,116 @@ fn tcp_reset_inner(ctx: &TcContext, p: &Pkt) -> R<i32> {
     Ok(bounce(ctx))
 }
 
+/// Bytes of the TCP or UDP header an ICMP error here quotes: UDP's 8 (ports, length,
+/// checksum), TCP's first 20 (RFC 792's "64 bits" would cut it before its checksum, which a
+/// packet whose checksum the device completes, CHECKSUM_PARTIAL, must keep).
+#[inline(always)]
+fn quoted_l4(p: &Pkt) -> usize {
+    if p.proto == PROTO_TCP { 20 } else { 8 }
+}
+
+/// The quoted TCP/UDP header's words as they will be on the wire. A GSO packet's checksum is
+/// left for the device to complete (CHECKSUM_PARTIAL from its csum_start, the TCP/UDP header,
+/// to the end, which after the cut is the quote): the device (or the kernel for it) will store
+/// the one's complement of the sum of those bytes in the checksum field at `field`. The ICMP
+/// checksum must cover that value, so it is computed here the same way. (A plain packet
+/// carries its final checksum, except one from a local socket over a veth, whose receivers do
+/// not verify checksums.)
+#[inline(always)]
+fn as_sent(gso: bool, l4: &mut [u32], field: usize) {
+    if !gso {
+        return;
+    }
+    let (word, half) = (field / 4, field % 4);
+    if word >= l4.len() || half > 2 {
+        return;
+    }
+    let c = fold(csum(l4, 0)).to_ne_bytes();
+    let mut b = l4[word].to_ne_bytes();
+    b[half] = c[0];
+    b[half + 1] = c[1];
+    l4[word] = u32::from_ne_bytes(b);
+}
+
+/// One's-complement sum of the quote at `quote` (the IP header and [`quoted_l4`] bytes of the
+/// TCP/UDP header; `gso`: of a GSO packet, see [`as_sent`]), continuing from `seed`; read in
+/// 20-byte pieces (the stack has no room for it whole).
+#[inline(always)]
+fn quote_sum(ctx: &TcContext, p: &Pkt, quote: usize, gso: bool, seed: i64) -> R<i64> {
+    let mut ip: [u32; 5] = load(ctx, quote)?;
+    let mut sum = csum(&mut ip, seed);
+    let l4 = if p.v6 {
+        let mut rest: [u32; 5] = load(ctx, quote + 20)?;
+        sum = csum(&mut rest, sum);
+        quote + 40
+    } else {
+        quote + 20
+    };
+    if p.proto == PROTO_TCP {
+        let mut t: [u32; 5] = load(ctx, l4)?;
+        as_sent(gso, &mut t, 16);
+        Ok(csum(&mut t, sum))
+    } else {
+        let mut u: [u32; 2] = load(ctx, l4)?;
+        as_sent(gso, &mut u, 6);
+        Ok(csum(&mut u, sum))
+    }
+}
+
+/// An ICMP or ICMPv6 error about the packet `p` (its first word `kind`, type and code, the
+/// second `rest`), from the address `p` was sent to, back out of the interface it came in on.
+/// It quotes the IP header and the first [`quoted_l4`] bytes of the TCP/UDP header (RFC 4443
+/// asks for as much as fits; this is what a sender needs to match its socket, and what
+/// kube-proxy's REJECT sends). Packets with IPv4 options or IPv6 extension headers are dropped.
 #[inline(never)]
-fn icmp_unreachable(ctx: &TcContext, p: &Pkt) -> i32 {
-    icmp_unreachable_inner(ctx, p).unwrap_or(TC_ACT_SHOT)
+fn icmp_error(ctx: &TcContext, p: &Pkt, kind: u32, rest: u32) -> i32 {
+    icmp_error_inner(ctx, p, kind, rest).unwrap_or(TC_ACT_SHOT)
 }
 
 #[inline(always)]
-fn icmp_unreachable_inner(ctx: &TcContext, p: &Pkt) -> R<i32> {
-    if p.l4 != p.l3 + 20 {
-        return Err(());
-    }
-    // Room for a new IPv4 + ICMP header in front of the original IP header; the original IP
-    // header and 8 bytes of its payload stay as the ICMP data.
-    ctx.adjust_room(28, BPF_ADJ_ROOM_MAC, 0).map_err(|_| ())?;
-    // SAFETY: helper on our own skb.
-    if unsafe { bpf_skb_change_tail(ctx.as_ptr().cast(), (ETH_HLEN + 28 + 28) as u32, 0) } != 0 {
-        return Err(());
-    }
-    swap_macs(ctx)?;
-    // Type 3 (destination unreachable), code 3 (port unreachable), then the quoted datagram.
-    let mut icmp = [0u32; 9];
-    icmp[0] = w([3, 3, 0, 0]);
-    let quoted: [u32; 7] = load(ctx, ETH_HLEN + 28)?;
-    icmp[2..].copy_from_slice(&quoted);
-    let c = fold(csum(&mut icmp, 0)).to_ne_bytes();
-    let head = [w([3, 3, c[0], c[1]]), 0];
-    let ip = ipv4_header(20 + 36, 1, p.daddr[3], p.saddr[3]);
-    ctx.store(ETH_HLEN, &ip, 0).map_err(|_| ())?;
-    ctx.store(ETH_HLEN + 20, &head, 0).map_err(|_| ())?;
-    Ok(bounce(ctx))
-}
-
-#[inline(never)]
-fn icmp6_unreachable(ctx: &TcContext, p: &Pkt) -> i32 {
-    icmp6_unreachable_inner(ctx, p).unwrap_or(TC_ACT_SHOT)
-}
-
-/// ICMPv6 type 1 (destination unreachable), code 4 (port unreachable), quoting the original
-/// IPv6 header and the 8-byte UDP header (RFC 4443 asks for as much as fits; this is what
-/// kube-proxy's ip6tables REJECT needs a client to match its socket).
-#[inline(always)]
-fn icmp6_unreachable_inner(ctx: &TcContext, p: &Pkt) -> R<i32> {
+fn icmp_error_inner(ctx: &TcContext, p: &Pkt, kind: u32, rest: u32) -> R<i32> {
+    const PROTO_ICMP: u8 = 1;
     const PROTO_ICMPV6: u8 = 58;
-    // The new IPv6 + ICMPv6 headers go in front of the original IPv6 + UDP headers.
-    const ADDED: usize = 40 + 8;
-    const QUOTED: usize = 40 + 8;
-    const PAYLOAD: usize = 8 + QUOTED;
-    if p.l4 != p.l3 + 40 {
+    let ip_len = if p.v6 { 40 } else { 20 };
+    if p.l4 != p.l3 + ip_len {
         return Err(());
     }
-    ctx.adjust_room(ADDED as i32, BPF_ADJ_ROOM_MAC, 0)
-        .map_err(|_| ())?;
+    // Read before the cut, which turns a GSO packet into a plain one (its checksum is still
+    // the device's to complete).
+    // SAFETY: the context's __sk_buff.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    // Cut the packet to the quote, then make room for the new IP and ICMP headers in front of
+    // it (cut first: less to move, and a GSO packet no longer is one).
     // SAFETY: helper on our own skb.
-    if unsafe { bpf_skb_change_tail(ctx.as_ptr().cast(), (ETH_HLEN + 40 + PAYLOAD) as u32, 0) } != 0
-    {
+    if unsafe { bpf_skb_change_tail(ctx.as_ptr().cast(), (p.l4 + quoted_l4(p)) as u32, 0) } != 0 {
         return Err(());
     }
+    ctx.adjust_room((ip_len + 8) as i32, BPF_ADJ_ROOM_MAC, 0)
+        .map_err(|_| ())?;
     swap_macs(ctx)?;
-    let mut icmp = [0u32; PAYLOAD / 4];
-    icmp[0] = w([1, 4, 0, 0]);
-    let quoted: [u32; QUOTED / 4] = load(ctx, ETH_HLEN + ADDED)?;
-    icmp[2..].copy_from_slice(&quoted);
-    // Checksum over the pseudo header (from the frontend back to the client) and the message.
-    let mut ph = [0u32; 10];
-    ph[..4].copy_from_slice(&p.daddr);
-    ph[4..8].copy_from_slice(&p.saddr);
-    ph[8] = w([0, 0, 0, PAYLOAD as u8]);
-    ph[9] = w([0, 0, 0, PROTO_ICMPV6]);
-    let seed = csum(&mut ph, 0);
-    let c = fold(csum(&mut icmp, seed)).to_ne_bytes();
-    let head = [w([1, 4, c[0], c[1]]), 0];
-    let ip6 = [w([0x60, 0, 0, 0]), w([0, PAYLOAD as u8, PROTO_ICMPV6, 64])];
-    ctx.store(ETH_HLEN, &ip6, 0).map_err(|_| ())?;
-    ctx.store(ETH_HLEN + 8, &p.daddr, 0).map_err(|_| ())?;
-    ctx.store(ETH_HLEN + 24, &p.saddr, 0).map_err(|_| ())?;
-    ctx.store(ETH_HLEN + 40, &head, 0).map_err(|_| ())?;
+    let len = 8 + ip_len + quoted_l4(p);
+    let mut head = [kind, rest];
+    let seed = if p.v6 {
+        // The pseudo header: from where the packet was sent to, back to its sender.
+        let mut tail = [w([0, 0, 0, len as u8]), w([0, 0, 0, PROTO_ICMPV6])];
+        csum_ro(&p.saddr, csum_ro(&p.daddr, csum(&mut tail, 0)))
+    } else {
+        0
+    };
+    let seed = csum(&mut head, seed);
+    let c = fold(quote_sum(ctx, p, ETH_HLEN + ip_len + 8, gso, seed)?).to_ne_bytes();
+    let k = kind.to_ne_bytes();
+    let head = [w([k[0], k[1], c[0], c[1]]), rest];
+    if p.v6 {
+        let ip6 = [w([0x60, 0, 0, 0]), w([0, len as u8, PROTO_ICMPV6, 64])];
+        ctx.store(ETH_HLEN, &ip6, 0).map_err(|_| ())?;
+        ctx.store(ETH_HLEN + 8, &p.daddr, 0).map_err(|_| ())?;
+        ctx.store(ETH_HLEN + 24, &p.saddr, 0).map_err(|_| ())?;
+    } else {
+        let ip = ipv4_header((20 + len) as u16, PROTO_ICMP, p.daddr[3], p.saddr[3]);
+        ctx.store(ETH_HLEN, &ip, 0).map_err(|_| ())?;
+    }
+    ctx.store(ETH_HLEN + ip_len, &head, 0).map_err(|_| ())?;
     Ok(bounce(ctx))
 }
 
