@@ -854,7 +854,8 @@ fn gso_skb_ctx(ifindex: u32, segs: u32, size: u32) -> Vec<u8> {
 
 /// A translated packet too big for the interface its route leaves by gets what a router sends
 /// (kube-proxy's forwarding does): ICMP Fragmentation Needed / ICMPv6 Packet Too Big with that
-/// MTU, from the address it was sent to, quoting it exactly as the client sent it.
+/// MTU, from the address it was sent to, quoting it exactly as its sender (the client, or a
+/// backend answering) sent it.
 #[test]
 fn packets_too_big_for_the_way_out_are_answered_with_the_mtu() {
     let c = cluster();
@@ -982,10 +983,29 @@ fn packets_too_big_for_the_way_out_are_answered_with_the_mtu() {
         );
         let (verdict, out) = b.tc("tg_tc_ingress", &small);
         assert_eq!(verdict, TC_ACT_REDIRECT);
-        assert_eq!(
-            (parse(&out).dst, parse(&out).dport),
-            (IpAddr::V4(REMOTE_POD), 8080)
+        let fwd = parse(&out);
+        assert_eq!((fwd.dst, fwd.dport), (IpAddr::V4(REMOTE_POD), 8080));
+        // The backend's answer too big for the way to the client: the backend is told, about
+        // its packet as it sent it (to the SNAT address and port), from that address.
+        let (pod, node) = (IpAddr::V4(REMOTE_POD), IpAddr::V4(NODE));
+        let answer = ether(
+            b.eth0_mac,
+            PEER_MAC,
+            0x0800,
+            &ipv4(
+                6,
+                REMOTE_POD,
+                NODE,
+                &tcp(&pod, &node, 8080, fwd.sport, 0x18, &[9; 1560]),
+            ),
         );
+        let (verdict, out) = b.tc("tg_tc_ingress", &answer);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let icmp = parse(&out);
+        assert_eq!((icmp.proto, icmp.src, icmp.dst), (1, node, pod));
+        assert_eq!(icmp.l4[0..2], [3, 4]);
+        assert_eq!(icmp.l4[8..], answer[14..14 + 40]);
+        assert_eq!((icmp.dst_mac, icmp.src_mac), (PEER_MAC, b.eth0_mac));
     });
 }
 
