@@ -236,38 +236,56 @@ fn path_mtu_discovery_to_a_remote_backend_over_a_smaller_mtu_link() {
         "fd00:250::2",
     ]);
     let outside = &s.cluster.outside;
-    let received = |name: &str| icmp_counter(s.cluster.outside(), name);
     let second = Duration::from_secs(1);
+    // Each part starts with the client knowing no path MTU, and must tell it one.
+    let told = |counter: &str, part: &dyn Fn()| {
+        outside.ip(&["route", "flush", "cache"]);
+        outside.ip(&["-6", "route", "flush", "cache"]);
+        let before = icmp_counter(s.cluster.outside(), counter);
+        part();
+        assert!(
+            icmp_counter(s.cluster.outside(), counter) > before,
+            "the client was told the MTU ({counter})"
+        );
+    };
     // TCP: 64 KiB requests (the client's TSO bursts arrive as GSO packets, judged by their
-    // segments), to the local and the remote backend.
-    let before = received("InDestUnreachs");
-    let np = format!("{}:{}", node1.ip, scenario::NODEPORT);
-    let t = s.client(s.cluster.outside(), &np, 10, Mode::TcpUpload, second);
-    assert_eq!(t.ok, 10, "{t:?}");
-    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
-    assert!(
-        received("InDestUnreachs") > before,
-        "the client was told the MTU"
-    );
-    // UDP: 4000-byte datagrams, which the client sends as 1500-byte fragments (no DF): it is
-    // told the MTU too (a router would fragment them; the programs cannot), and from then on
-    // fragments to it. Only the first datagram to the remote backend is lost (its socket gets
-    // EMSGSIZE).
-    outside.ip(&["route", "flush", "cache"]);
-    let udp = format!("{}:{}", node1.ip, scenario::NODEPORT_UDP);
-    let t = s.client(s.cluster.outside(), &udp, 20, Mode::UdpLarge, T);
-    assert!(t.ok >= 19, "{t:?}");
-    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
-    // IPv6: Packet Too Big.
-    let before = received("Icmp6InPktTooBigs");
-    let np6 = format!("[{}]:{}", node1.ip6, scenario::NODEPORT6);
-    let t = s.client(s.cluster.outside(), &np6, 10, Mode::TcpUpload, second);
-    assert_eq!(t.ok, 10, "{t:?}");
-    assert_eq!(t.names(), ["n1p1", "n2p1"], "{t:?}");
-    assert!(
-        received("Icmp6InPktTooBigs") > before,
-        "the client was told the MTU"
-    );
+    // segments), to the local and the remote backend, over IPv4 and IPv6.
+    for (addr, counter) in [
+        (
+            format!("{}:{}", node1.ip, scenario::NODEPORT),
+            "InDestUnreachs",
+        ),
+        (
+            format!("[{}]:{}", node1.ip6, scenario::NODEPORT6),
+            "Icmp6InPktTooBigs",
+        ),
+    ] {
+        told(counter, &|| {
+            let t = s.client(s.cluster.outside(), &addr, 10, Mode::TcpUpload, second);
+            assert_eq!(t.ok, 10, "{addr}: {t:?}");
+            assert_eq!(t.names(), ["n1p1", "n2p1"], "{addr}: {t:?}");
+        });
+    }
+    // UDP: 4000-byte datagrams, which the client sends as 1500-byte fragments (IPv4 without
+    // DF; IPv6 with a Fragment header): it is told the MTU too (a router would fragment IPv4
+    // ones; the programs cannot), and from then on fragments to it. Only the first datagram to
+    // the remote backend is lost (its socket gets EMSGSIZE).
+    for (addr, counter) in [
+        (
+            format!("{}:{}", node1.ip, scenario::NODEPORT_UDP),
+            "InDestUnreachs",
+        ),
+        (
+            format!("[{}]:{}", node1.ip6, scenario::NODEPORT6_UDP),
+            "Icmp6InPktTooBigs",
+        ),
+    ] {
+        told(counter, &|| {
+            let t = s.client(s.cluster.outside(), &addr, 20, Mode::UdpLarge, T);
+            assert!(t.ok >= 19, "{addr}: {t:?}");
+            assert_eq!(t.names(), ["n1p1", "n2p1"], "{addr}: {t:?}");
+        });
+    }
 }
 
 /// Bulk TCP through a NodePort, and path MTU discovery through it.

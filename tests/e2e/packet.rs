@@ -70,6 +70,21 @@ fn ipv4(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Vec<u8> {
     ip
 }
 
+/// [`ipv4`] with 4 bytes of options (three No-Operations and an End of Options List): a
+/// 24-byte header.
+fn ipv4_with_options(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Vec<u8> {
+    let plain = ipv4(proto, src, dst, l4);
+    let mut ip = plain[..20].to_vec();
+    ip[0] = 0x46;
+    ip[2..4].copy_from_slice(&((24 + l4.len()) as u16).to_be_bytes());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    ip.extend_from_slice(&[1, 1, 1, 0]);
+    let c = fold(sum16(&ip, 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(l4);
+    ip
+}
+
 fn ipv6(proto: u8, src: &IpAddr, dst: &IpAddr, l4: &[u8]) -> Vec<u8> {
     let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
         panic!("ipv6() takes IPv6 addresses: {src} → {dst}");
@@ -798,6 +813,19 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
         assert_eq!(icmp.l4[0..2], [3, 3], "destination/port unreachable");
         assert_eq!(icmp.l4[8 + 9], 17, "quotes the original UDP datagram");
         assert_eq!(out.len(), 14 + 20 + 8 + 28);
+        // Behind IPv4 options: a plain IP header, the quote with the options.
+        let dgram = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4_with_options(17, CLIENT, NODE, &udp(&s, &d, 5004, 30098, b"hello", false)),
+        );
+        let (verdict, out) = b.tc("tg_tc_ingress", &dgram);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let icmp = parse(&out);
+        assert_eq!((icmp.proto, icmp.src, icmp.dst), (1, d, s));
+        assert_eq!((out[14], &icmp.l4[0..2]), (0x45, &[3, 3][..]));
+        assert_eq!(icmp.l4[8..], dgram[14..14 + 24 + 8]);
         // IPv6: a reset for a SYN, an ICMPv6 port unreachable for a datagram.
         let (s6, d6): (IpAddr, IpAddr) = ("fd00:77::100".parse().unwrap(), NODE6.parse().unwrap());
         let frame6 = |proto: u8, l4: Vec<u8>| {
@@ -969,6 +997,24 @@ fn packets_too_big_for_the_way_out_are_answered_with_the_mtu() {
         );
         assert_eq!(icmp.l4[8..], big6[14..14 + 60]);
         assert_eq!(out.len(), 14 + 40 + 8 + 60);
+        // The first IPv6 fragment of a large datagram: the quote has its Fragment header; a
+        // later fragment, which has no ports to quote, is dropped.
+        let dgram = udp(&s6, &d6, 5021, 30054, &[3; 2000], false);
+        let (first, later) = ipv6_fragments(&b, &s6, &d6, 77, &dgram, 1480);
+        let (verdict, out) = b.tc("tg_tc_ingress", &first);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let icmp = parse(&out);
+        assert_eq!((icmp.proto, icmp.src, icmp.dst), (58, d6, s6));
+        assert_eq!(icmp.l4[0..2], [2, 0]);
+        assert_eq!(icmp.l4[8..], first[14..14 + 40 + 8 + 8]);
+        let bigger_later = {
+            let mut dgram = dgram.clone();
+            dgram.extend_from_slice(&[3; 1000]);
+            ipv6_fragments(&b, &s6, &d6, 77, &dgram, 1480).1
+        };
+        assert!(later.len() < 1500 && bigger_later.len() > 1514);
+        let (verdict, _) = b.tc("tg_tc_ingress", &bigger_later);
+        assert_eq!(verdict, TC_ACT_SHOT);
         // The flows' packets that fit still go to the backend.
         let small = ether(
             b.eth0_mac,
@@ -1667,6 +1713,20 @@ fn ipv6_extension_headers_are_walked_to_the_tcp_header() {
             "a reset, checksum verified"
         );
         assert_eq!((out[14 + 6], out.len()), (6, 14 + 40 + 20));
+        // A datagram behind a Destination Options header gets a port unreachable with a plain
+        // IPv6 header, quoting the datagram's headers, the extension header with them.
+        let dgram = client6_frame(
+            &b,
+            &exts[1..],
+            17,
+            &udp(&s, &d, 5024, 30097, b"hello", false),
+        );
+        let (verdict, out) = b.tc("tg_tc_ingress", &dgram);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let icmp = parse(&out);
+        assert_eq!((icmp.proto, icmp.src, icmp.dst), (58, d, s));
+        assert_eq!((out[14 + 6], &icmp.l4[0..2]), (58, &[1, 4][..]));
+        assert_eq!(icmp.l4[8..], dgram[14..14 + 40 + 8 + 8]);
     });
 }
 

@@ -851,20 +851,25 @@ fn as_sent(gso: bool, l4: &mut [u32], field: usize) {
     l4[word] = u32::from_ne_bytes(b);
 }
 
-/// One's-complement sum of the quote at `quote` (the IP header and [`quoted_l4`] bytes of the
-/// TCP/UDP header; `gso`: of a GSO packet, see [`as_sent`]), continuing from `seed`; read in
-/// 20-byte pieces (the stack has no room for it whole).
+/// One's-complement sum of the quote at `quote` (the IP header with its options or extension
+/// headers, `p.l4 - p.l3` bytes, then [`quoted_l4`] bytes of the TCP/UDP header; `gso`: of a
+/// GSO packet, see [`as_sent`]), continuing from `seed`.
 #[inline(always)]
 fn quote_sum(ctx: &TcContext, p: &Pkt, quote: usize, gso: bool, seed: i64) -> R<i64> {
-    let mut ip: [u32; 5] = load(ctx, quote)?;
-    let mut sum = csum(&mut ip, seed);
-    let l4 = if p.v6 {
-        let mut rest: [u32; 5] = load(ctx, quote + 20)?;
-        sum = csum(&mut rest, sum);
-        quote + 40
-    } else {
-        quote + 20
-    };
+    let hdr = p.l4 - p.l3;
+    // The IP headers word by word (at most 40 + 64 bytes), summed as 32-bit words with the
+    // carries kept, then folded to 32 bits as `bpf_csum_diff` returns sums.
+    let mut sum = seed as u64 & 0xffff_ffff;
+    for i in 0..(pkt::MAX_OFFSET - ETH_HLEN) / 4 {
+        if i * 4 >= hdr {
+            break;
+        }
+        sum += u64::from(load::<u32>(ctx, quote + i * 4)?);
+    }
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = sum as i64;
+    let l4 = quote + hdr;
     if p.proto == PROTO_TCP {
         let mut t: [u32; 5] = load(ctx, l4)?;
         as_sent(gso, &mut t, 16);
@@ -878,9 +883,10 @@ fn quote_sum(ctx: &TcContext, p: &Pkt, quote: usize, gso: bool, seed: i64) -> R<
 
 /// An ICMP or ICMPv6 error about the packet `p` (its first word `kind`, type and code, the
 /// second `rest`), from the address `p` was sent to, back out of the interface it came in on.
-/// It quotes the IP header and the first [`quoted_l4`] bytes of the TCP/UDP header (RFC 4443
-/// asks for as much as fits; this is what a sender needs to match its socket, and what
-/// kube-proxy's REJECT sends). Packets with IPv4 options or IPv6 extension headers are dropped.
+/// It quotes the IP header (with its options or extension headers) and the first
+/// [`quoted_l4`] bytes of the TCP/UDP header (RFC 4443 asks for as much as fits; this is what
+/// a sender needs to match its socket, and what kube-proxy's REJECT sends). The error itself
+/// has a plain IP header.
 #[inline(never)]
 fn icmp_error(ctx: &TcContext, p: &Pkt, kind: u32, rest: u32) -> i32 {
     icmp_error_inner(ctx, p, kind, rest).unwrap_or(TC_ACT_SHOT)
@@ -891,7 +897,7 @@ fn icmp_error_inner(ctx: &TcContext, p: &Pkt, kind: u32, rest: u32) -> R<i32> {
     const PROTO_ICMP: u8 = 1;
     const PROTO_ICMPV6: u8 = 58;
     let ip_len = if p.v6 { 40 } else { 20 };
-    if p.l4 != p.l3 + ip_len {
+    if p.l3 != ETH_HLEN || p.l4 > pkt::MAX_OFFSET {
         return Err(());
     }
     // Read before the cut, which turns a GSO packet into a plain one (its checksum is still
@@ -907,7 +913,7 @@ fn icmp_error_inner(ctx: &TcContext, p: &Pkt, kind: u32, rest: u32) -> R<i32> {
     ctx.adjust_room((ip_len + 8) as i32, BPF_ADJ_ROOM_MAC, 0)
         .map_err(|_| ())?;
     swap_macs(ctx)?;
-    let len = 8 + ip_len + quoted_l4(p);
+    let len = 8 + (p.l4 - p.l3) + quoted_l4(p);
     let mut head = [kind, rest];
     let seed = if p.v6 {
         // The pseudo header: from where the packet was sent to, back to its sender.
