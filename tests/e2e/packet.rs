@@ -796,36 +796,29 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
             (CLIENT_MAC, b.eth0_mac),
             "back to the sender"
         );
+        // A datagram gets a port unreachable with a plain IP header, quoting the datagram's IP
+        // header (with its options) and UDP header.
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
-        let dgram = ether(
-            b.eth0_mac,
-            CLIENT_MAC,
-            0x0800,
-            &ipv4(17, CLIENT, NODE, &udp(&s, &d, 5002, 30098, b"hello", false)),
-        );
-        let (verdict, out) = b.tc("tg_tc_ingress", &dgram);
-        assert_eq!(verdict, TC_ACT_REDIRECT);
-        let icmp = parse(&out);
-        assert_eq!(
-            (icmp.proto, icmp.src, icmp.dst),
-            (1, IpAddr::V4(NODE), IpAddr::V4(CLIENT))
-        );
-        assert_eq!(icmp.l4[0..2], [3, 3], "destination/port unreachable");
-        assert_eq!(icmp.l4[8 + 9], 17, "quotes the original UDP datagram");
-        assert_eq!(out.len(), 14 + 20 + 8 + 28);
-        // Behind IPv4 options: a plain IP header, the quote with the options.
-        let dgram = ether(
-            b.eth0_mac,
-            CLIENT_MAC,
-            0x0800,
-            &ipv4_with_options(17, CLIENT, NODE, &udp(&s, &d, 5004, 30098, b"hello", false)),
-        );
-        let (verdict, out) = b.tc("tg_tc_ingress", &dgram);
-        assert_eq!(verdict, TC_ACT_REDIRECT);
-        let icmp = parse(&out);
-        assert_eq!((icmp.proto, icmp.src, icmp.dst), (1, d, s));
-        assert_eq!((out[14], &icmp.l4[0..2]), (0x45, &[3, 3][..]));
-        assert_eq!(icmp.l4[8..], dgram[14..14 + 24 + 8]);
+        type Ip = fn(u8, Ipv4Addr, Ipv4Addr, &[u8]) -> Vec<u8>;
+        for (ip, hdr) in [(ipv4 as Ip, 20), (ipv4_with_options, 24)] {
+            let dgram = ether(
+                b.eth0_mac,
+                CLIENT_MAC,
+                0x0800,
+                &ip(17, CLIENT, NODE, &udp(&s, &d, 5002, 30098, b"hello", false)),
+            );
+            let (verdict, out) = b.tc("tg_tc_ingress", &dgram);
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            let icmp = parse(&out);
+            assert_eq!((icmp.proto, icmp.src, icmp.dst), (1, d, s));
+            assert_eq!(
+                (out[14], &icmp.l4[0..2]),
+                (0x45, &[3, 3][..]),
+                "destination/port unreachable"
+            );
+            assert_eq!(icmp.l4[8..], dgram[14..14 + hdr + 8]);
+            assert_eq!(out.len(), 14 + 20 + 8 + hdr + 8);
+        }
         // IPv6: a reset for a SYN, an ICMPv6 port unreachable for a datagram.
         let (s6, d6): (IpAddr, IpAddr) = ("fd00:77::100".parse().unwrap(), NODE6.parse().unwrap());
         let frame6 = |proto: u8, l4: Vec<u8>| {

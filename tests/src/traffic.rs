@@ -270,48 +270,49 @@ fn tcp_once(
 /// `timeout` of the connect (not only each read: a transfer that keeps stalling on
 /// retransmission timeouts fails).
 fn tcp_large(to: SocketAddr, timeout: Duration, tally: &mut Tally) -> std::io::Result<()> {
-    let start = Instant::now();
-    let mut s = TcpStream::connect_timeout(&to, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    let peer = s.peer_addr().ok();
-    s.write_all(b"large\n")?;
-    let mut line = String::new();
-    BufReader::new(&mut s).read_line(&mut line)?;
-    if line.len() != LARGE_ANSWER {
-        return Err(std::io::Error::other(format!(
-            "answer of {} bytes, not {LARGE_ANSWER}",
-            line.len()
-        )));
-    }
-    if start.elapsed() > timeout {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("the answer took {:?}", start.elapsed()),
-        ));
-    }
-    tally.answer(&line, peer);
-    Ok(())
+    tcp_timed(to, timeout, b"large\n", Some(LARGE_ANSWER), tally)
 }
 
 /// One connection sending a [`LARGE_ANSWER`]-byte request line, whose answer must be complete
 /// within `timeout` of the connect.
 fn tcp_upload(to: SocketAddr, timeout: Duration, tally: &mut Tally) -> std::io::Result<()> {
+    let mut request = b"upload".to_vec();
+    request.resize(LARGE_ANSWER - 1, b' ');
+    request.push(b'\n');
+    tcp_timed(to, timeout, &request, None, tally)
+}
+
+/// One connection: `request`, then an answer line (of `want` bytes, if given), all within
+/// `timeout` of the connect.
+fn tcp_timed(
+    to: SocketAddr,
+    timeout: Duration,
+    request: &[u8],
+    want: Option<usize>,
+    tally: &mut Tally,
+) -> std::io::Result<()> {
     let start = Instant::now();
     let mut s = TcpStream::connect_timeout(&to, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     let peer = s.peer_addr().ok();
-    let mut request = b"upload".to_vec();
-    request.resize(LARGE_ANSWER - 1, b' ');
-    request.push(b'\n');
-    s.write_all(&request)?;
+    s.write_all(request)?;
     let mut line = String::new();
     BufReader::new(&mut s).read_line(&mut line)?;
-    if line.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "no answer",
-        ));
+    match want {
+        Some(want) if line.len() != want => {
+            return Err(std::io::Error::other(format!(
+                "answer of {} bytes, not {want}",
+                line.len()
+            )));
+        }
+        None if line.is_empty() => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "no answer",
+            ));
+        }
+        _ => {}
     }
     if start.elapsed() > timeout {
         return Err(std::io::Error::new(
