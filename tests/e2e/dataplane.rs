@@ -90,6 +90,48 @@ fn cluster_ip_from_pods_and_host_tcp_and_udp() {
     );
 }
 
+/// A UDP NodePort Service (port 53, `node_port`) of the family `v6` whose one endpoint is
+/// `pod` at `target_port`; `local`: externalTrafficPolicy Local.
+fn udp_nodeport(
+    c: &Cluster,
+    name: &str,
+    v6: bool,
+    node_port: u16,
+    pod: &str,
+    target_port: u16,
+    local: bool,
+) -> [serde_json::Value; 2] {
+    let pod = c.pod(pod);
+    let (family, endpoint) = if v6 {
+        ("IPv6", scenario::endpoint6(pod, scenario::ready()))
+    } else {
+        ("IPv4", scenario::endpoint(pod, scenario::ready()))
+    };
+    let cluster_ip = if v6 {
+        format!("fd00:96::{node_port:x}")
+    } else {
+        format!("10.96.{}.{}", node_port / 256, node_port % 256)
+    };
+    let mut spec = serde_json::json!({"type": "NodePort", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+        "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": target_port, "nodePort": node_port}]});
+    if v6 {
+        spec["ipFamilies"] = serde_json::json!(["IPv6"]);
+    }
+    if local {
+        spec["externalTrafficPolicy"] = serde_json::json!("Local");
+    }
+    [
+        scenario::service(name, spec),
+        scenario::slice(
+            &format!("{name}-1"),
+            name,
+            family,
+            serde_json::json!([{"name": "dns", "port": target_port, "protocol": "UDP"}]),
+            vec![endpoint],
+        ),
+    ]
+}
+
 /// ICMP errors about translated flows go back translated (conntrack's RELATED): a UDP NodePort
 /// whose backend does not listen on the target port answers the client with a port unreachable
 /// (the client's connected socket gets ECONNREFUSED at once instead of waiting), from a local
@@ -97,41 +139,13 @@ fn cluster_ip_from_pods_and_host_tcp_and_udp() {
 /// over the uplink), over IPv4 and IPv6.
 #[test]
 fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
-    let closed = |c: &Cluster, name: &str, v6: bool, node_port: u16, pod: &str| {
-        let pod = c.pod(pod);
-        let (family, endpoint) = if v6 {
-            ("IPv6", scenario::endpoint6(pod, scenario::ready()))
-        } else {
-            ("IPv4", scenario::endpoint(pod, scenario::ready()))
-        };
-        let cluster_ip = if v6 {
-            format!("fd00:96::{node_port:x}")
-        } else {
-            format!("10.96.{}.{}", node_port / 256, node_port % 256)
-        };
-        let mut spec = serde_json::json!({"type": "NodePort", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
-            "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5399, "nodePort": node_port}]});
-        if v6 {
-            spec["ipFamilies"] = serde_json::json!(["IPv6"]);
-        }
-        [
-            scenario::service(name, spec),
-            scenario::slice(
-                &format!("{name}-1"),
-                name,
-                family,
-                serde_json::json!([{"name": "dns", "port": 5399, "protocol": "UDP"}]),
-                vec![endpoint],
-            ),
-        ]
-    };
     let s = Scenario::with_objects(Default::default(), &[], |c| {
         [
             scenario::objects(c),
-            closed(c, "closed-local", false, 30056, "n1p1").to_vec(),
-            closed(c, "closed-remote", false, 30057, "n2p1").to_vec(),
-            closed(c, "closed-local6", true, 30058, "n1p1").to_vec(),
-            closed(c, "closed-remote6", true, 30059, "n2p1").to_vec(),
+            udp_nodeport(c, "closed-local", false, 30056, "n1p1", 5399, false).to_vec(),
+            udp_nodeport(c, "closed-remote", false, 30057, "n2p1", 5399, false).to_vec(),
+            udp_nodeport(c, "closed-local6", true, 30058, "n1p1", 5399, false).to_vec(),
+            udp_nodeport(c, "closed-remote6", true, 30059, "n2p1", 5399, false).to_vec(),
         ]
         .concat()
     });
@@ -169,6 +183,52 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
         before,
         "node1 sent port unreachables itself"
     );
+}
+
+/// The node's own ICMP errors about packets it forwarded to a translated flow's local backend
+/// leave translated back (conntrack's RELATED for kube-proxy): here a Local-policy UDP
+/// NodePort whose backend's interface has a smaller MTU (1400) than the uplink, as pods have
+/// under an overlay network. node1's forwarding answers a datagram that does not fit (IPv4 with
+/// DF; an IPv6 fragment) with Fragmentation Needed / Packet Too Big quoting it as forwarded, to
+/// the pod; the uplink's egress program makes it quote the datagram as the client sent it, to
+/// the NodePort, so the client's kernel matches it and lowers its path MTU. Only the first
+/// datagram is lost. Untranslated, every one was.
+#[test]
+fn the_nodes_own_icmp_errors_about_forwarded_packets_leave_translated() {
+    let s = Scenario::with_objects(Default::default(), &[], |c| {
+        [
+            scenario::objects(c),
+            udp_nodeport(c, "mtu-local", false, 30063, "n1p1", 5353, true).to_vec(),
+            udp_nodeport(c, "mtu-local6", true, 30064, "n1p1", 5353, true).to_vec(),
+        ]
+        .concat()
+    });
+    let (node1, pod) = (s.node("node1"), s.pod("n1p1"));
+    node1
+        .ns
+        .ip(&["link", "set", &pod.host_iface, "mtu", "1400"]);
+    pod.ns.ip(&["link", "set", "eth0", "mtu", "1400"]);
+    for (addr, mode, counter) in [
+        (
+            format!("{}:30063", node1.ip),
+            Mode::UdpFull,
+            "InDestUnreachs",
+        ),
+        (
+            format!("[{}]:30064", node1.ip6),
+            Mode::UdpLarge,
+            "Icmp6InPktTooBigs",
+        ),
+    ] {
+        let before = icmp_counter(s.cluster.outside(), counter);
+        let t = s.client(s.cluster.outside(), &addr, 10, mode, T);
+        assert!(t.ok >= 9, "{addr}: {t:?}");
+        assert_eq!(t.names(), ["n1p1"], "{addr}: {t:?}");
+        assert!(
+            icmp_counter(s.cluster.outside(), counter) > before,
+            "{addr}: the client was told the MTU"
+        );
+    }
 }
 
 /// An ICMP counter of the namespace at `at`: `/proc/net/snmp`'s (a header line of names, then

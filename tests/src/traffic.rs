@@ -167,6 +167,10 @@ pub enum Mode {
     /// UDP on a connected socket, [`LARGE_DATAGRAM`] bytes each way: IPv4 fragments at the
     /// test bed's 1500-byte MTU. Only an answer of full length counts.
     UdpLarge,
+    /// UDP on a connected socket, datagrams filling a 1500-byte packet each way (1472 bytes
+    /// over IPv4, sent with DF as Linux sends them; 1452 over IPv6). Only an answer of full
+    /// length counts.
+    UdpFull,
 }
 
 /// Datagram size of [`Mode::UdpLarge`].
@@ -386,6 +390,12 @@ pub fn connect(
             Mode::Mptcp => tcp_once(to, timeout, true, &mut tally),
             Mode::Udp => udp_connected(to, timeout)
                 .and_then(|s| udp_exchange(&s, b"hello\n", None, &mut buf, &mut tally)),
+            Mode::UdpFull => udp_connected(to, timeout).and_then(|s| {
+                let size = if to.is_ipv4() { 1472 } else { 1452 };
+                let mut request = b"hello\n".to_vec();
+                request.resize(size, b' ');
+                udp_exchange(&s, &request, Some(size), &mut buf, &mut tally)
+            }),
             Mode::UdpLarge => udp_connected(to, timeout).and_then(|s| {
                 let mut request = b"hello\n".to_vec();
                 request.resize(LARGE_DATAGRAM, b' ');

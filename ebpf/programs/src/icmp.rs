@@ -9,8 +9,10 @@
 //! The quoted packet's reverse is a packet of the flow going the error's way: the conntrack
 //! entry that translates such a packet gives the error's new destination and the quoted
 //! packet's original addresses and ports. The error's own source (a router, the backend) is
-//! kept. Only an error whose quoted packet is a plain IPv4 (no options) or IPv6 (no extension
-//! headers) TCP or UDP packet is translated; anything else passes as before.
+//! kept. Errors arriving (uplinks, pods' interfaces) and the node's own, leaving by an uplink
+//! (about packets it forwarded to a local backend) are translated. The quoted packet must be a
+//! TCP or UDP packet with its ports (IPv4 options and IPv6 extension headers are walked, a
+//! later fragment is not matched); anything else passes as before.
 
 use aya_ebpf::{
     bindings::{BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
@@ -121,19 +123,29 @@ fn parse<F: Frame>(f: &F, e: &mut Error) -> Option<()> {
             return None;
         }
         let h = Header::<40>::at(f, inner_l3)?;
-        e.inner_l4 = inner_l3 + 40;
-        e.proto = h.u8::<6>();
+        // Read before the walk, which may pull the packet (and so invalidate `h`).
         e.saddr = [h.u32::<8>(), h.u32::<12>(), h.u32::<16>(), h.u32::<20>()];
         e.daddr = [h.u32::<24>(), h.u32::<28>(), h.u32::<32>(), h.u32::<36>()];
+        let next = h.u8::<6>();
+        // The quoted packet's extension headers (a first fragment's Fragment header); a later
+        // fragment has no ports to match.
+        let (l4, next, frag, _) = pkt::ipv6_payload(f, inner_l3 + 40, next)?;
+        if frag == pkt::LATER_FRAGMENT {
+            return None;
+        }
+        e.inner_l4 = l4;
+        e.proto = next;
     } else {
         if !ICMP_ERRORS.contains(&kind) {
             return None;
         }
         let h = Header::<20>::at(f, inner_l3)?;
-        if h.u8::<0>() != 0x45 {
+        let vihl = h.u8::<0>();
+        // IPv4 with its options; not a later fragment (it has no ports to match).
+        if vihl >> 4 != 4 || vihl & 0x0f < 5 || u16::from_be(h.u16::<6>()) & 0x1fff != 0 {
             return None;
         }
-        e.inner_l4 = inner_l3 + 20;
+        e.inner_l4 = inner_l3 + usize::from(vihl & 0x0f) * 4;
         e.proto = h.u8::<9>();
         e.saddr = v4_mapped(h.u32::<12>());
         e.daddr = v4_mapped(h.u32::<16>());
@@ -150,8 +162,10 @@ fn parse<F: Frame>(f: &F, e: &mut Error) -> Option<()> {
 
 /// Translates an ICMP error about a translated flow and returns the TC verdict; `None` when the
 /// packet is not such an error (it passes as before). Works in the per-CPU scratch `s`.
+/// `redirect`: the error may be sent on through the FIB as its flow's packets are (not on the
+/// way out, where the node's own errors about the packets it forwarded already are).
 #[inline(never)]
-pub fn related(ctx: &TcContext, s: &mut Scratch) -> Option<i32> {
+pub fn related(ctx: &TcContext, s: &mut Scratch, redirect: bool) -> Option<i32> {
     parse(ctx, &mut s.icmp)?;
     let e = &s.icmp;
     // A packet of the flow going the error's way is the quoted one reversed.
@@ -165,7 +179,8 @@ pub fn related(ctx: &TcContext, s: &mut Scratch) -> Option<i32> {
     };
     let entry = nat::ct_get(&s.key)?;
     translated(&mut s.icmp, entry);
-    Some(translate(ctx, s, entry.flags & ct_flags::REDIRECT != 0).unwrap_or(TC_ACT_SHOT))
+    let redirect = redirect && entry.flags & ct_flags::REDIRECT != 0;
+    Some(translate(ctx, s, redirect).unwrap_or(TC_ACT_SHOT))
 }
 
 /// The reversed quoted packet as `entry` translates it, into `e.to_*`. FORWARD rewrites the
@@ -255,7 +270,11 @@ fn translate(ctx: &TcContext, s: &mut Scratch, redirect: bool) -> R<i32> {
         len: Frame::len(ctx),
         ..Pkt::default()
     };
-    Ok(nat::fib_redirect(ctx, &s.pkt))
+    // An error is never too big for its way out (at most 576 bytes of IPv4, 1280 of IPv6).
+    Ok(match nat::fib_redirect(ctx, &s.pkt) {
+        v if v & nat::TOO_BIG != 0 => TC_ACT_SHOT,
+        v => v,
+    })
 }
 
 /// Stores a quoted port at `off`, updating the ICMP checksum at `csum`.

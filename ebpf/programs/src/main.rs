@@ -72,11 +72,12 @@ pub fn tg_tc_ingress(ctx: TcContext) -> i32 {
 }
 
 /// TC egress on uplinks: host traffic to a service whose verdict is DROP is dropped here (the
-/// socket hook let it through so the client times out, as with kube-proxy).
+/// socket hook let it through so the client times out, as with kube-proxy), and the node's own
+/// ICMP errors about translated packets it forwarded are translated back.
 #[classifier]
 pub fn tg_tc_egress(ctx: TcContext) -> i32 {
     count_skb(&ctx, hook::TC_EGRESS);
-    nat::drop_if_empty_service(&ctx)
+    nat::egress(&ctx)
 }
 
 /// TC ingress on pod-facing interfaces (packets from pods): replies of translated flows whose

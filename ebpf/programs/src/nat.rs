@@ -462,7 +462,7 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
     };
     if !pkt::parse_into(ctx, &mut s.pkt) {
         // Not TCP or UDP: perhaps an ICMP error about a translated flow.
-        return crate::icmp::related(ctx, s).unwrap_or(TC_ACT_UNSPEC);
+        return crate::icmp::related(ctx, s, true).unwrap_or(TC_ACT_UNSPEC);
     }
     if side == Side::Pod && s.pkt.proto == PROTO_TCP && metadata_bypass(&s.pkt.daddr, s.pkt.dport) {
         return TC_ACT_SHOT;
@@ -939,14 +939,17 @@ fn icmp_error_inner(ctx: &TcContext, p: &Pkt, kind: u32, rest: u32) -> R<i32> {
     Ok(bounce(ctx))
 }
 
-/// Host traffic to a frontend without backends and a DROP verdict: dropped.
+/// Packets leaving by an uplink: host traffic to a frontend without backends and a DROP
+/// verdict is dropped; the node's own ICMP errors about packets of translated flows it
+/// forwarded (a local backend's interface with a smaller MTU than the uplink, a backend gone)
+/// are translated back for the client, as conntrack does for kube-proxy.
 #[inline(always)]
-pub fn drop_if_empty_service(ctx: &TcContext) -> i32 {
+pub fn egress(ctx: &TcContext) -> i32 {
     let Some(s) = scratch() else {
         return TC_ACT_UNSPEC;
     };
     if !pkt::parse_into(ctx, &mut s.pkt) {
-        return TC_ACT_UNSPEC;
+        return crate::icmp::related(ctx, s, false).unwrap_or(TC_ACT_UNSPEC);
     }
     let p = &s.pkt;
     match lb::frontend_inside(p.daddr, p.dport, p.proto) {
