@@ -208,27 +208,43 @@ fn the_nodes_own_icmp_errors_about_forwarded_packets_leave_translated() {
         .ns
         .ip(&["link", "set", &pod.host_iface, "mtu", "1400"]);
     pod.ns.ip(&["link", "set", "eth0", "mtu", "1400"]);
-    for (addr, mode, counter) in [
-        (
-            format!("{}:30063", node1.ip),
-            Mode::UdpFull,
-            "InDestUnreachs",
-        ),
-        (
-            format!("[{}]:30064", node1.ip6),
-            Mode::UdpLarge,
-            "Icmp6InPktTooBigs",
-        ),
+    for (addr, mode) in [
+        (format!("{}:30063", node1.ip), Mode::UdpFull),
+        (format!("[{}]:30064", node1.ip6), Mode::UdpLarge),
     ] {
-        let before = icmp_counter(s.cluster.outside(), counter);
-        let t = s.client(s.cluster.outside(), &addr, 10, mode, T);
-        assert!(t.ok >= 9, "{addr}: {t:?}");
-        assert_eq!(t.names(), ["n1p1"], "{addr}: {t:?}");
-        assert!(
-            icmp_counter(s.cluster.outside(), counter) > before,
-            "{addr}: the client was told the MTU"
-        );
+        told_the_mtu(&s, &addr, mode, 10, 1, T, &["n1p1"]);
     }
+}
+
+/// `count` exchanges of `mode` from the outside client with `addr` (each within `timeout`), at
+/// most `lost` of them unanswered, answered by exactly `names`; starting with no path MTU
+/// known (the client's route caches flushed), the client must be told one (its ICMP
+/// destination-unreachable or ICMPv6 packet-too-big count rises).
+fn told_the_mtu(
+    s: &Scenario,
+    addr: &str,
+    mode: Mode,
+    count: u64,
+    lost: u64,
+    timeout: Duration,
+    names: &[&str],
+) {
+    let outside = &s.cluster.outside;
+    outside.ip(&["route", "flush", "cache"]);
+    outside.ip(&["-6", "route", "flush", "cache"]);
+    let counter = if addr.starts_with('[') {
+        "Icmp6InPktTooBigs"
+    } else {
+        "InDestUnreachs"
+    };
+    let before = icmp_counter(s.cluster.outside(), counter);
+    let t = s.client(s.cluster.outside(), addr, count, mode, timeout);
+    assert!(t.ok + lost >= count, "{addr}: {t:?}");
+    assert_eq!(t.names(), names, "{addr}: {t:?}");
+    assert!(
+        icmp_counter(s.cluster.outside(), counter) > before,
+        "{addr}: the client was told the MTU ({counter})"
+    );
 }
 
 /// An ICMP counter of the namespace at `at`: `/proc/net/snmp`'s (a header line of names, then
@@ -295,56 +311,25 @@ fn path_mtu_discovery_to_a_remote_backend_over_a_smaller_mtu_link() {
         "via",
         "fd00:250::2",
     ]);
-    let outside = &s.cluster.outside;
     let second = Duration::from_secs(1);
-    // Each part starts with the client knowing no path MTU, and must tell it one.
-    let told = |counter: &str, part: &dyn Fn()| {
-        outside.ip(&["route", "flush", "cache"]);
-        outside.ip(&["-6", "route", "flush", "cache"]);
-        let before = icmp_counter(s.cluster.outside(), counter);
-        part();
-        assert!(
-            icmp_counter(s.cluster.outside(), counter) > before,
-            "the client was told the MTU ({counter})"
-        );
-    };
+    let both = ["n1p1", "n2p1"];
     // TCP: 64 KiB requests (the client's TSO bursts arrive as GSO packets, judged by their
-    // segments), to the local and the remote backend, over IPv4 and IPv6.
-    for (addr, counter) in [
-        (
-            format!("{}:{}", node1.ip, scenario::NODEPORT),
-            "InDestUnreachs",
-        ),
-        (
-            format!("[{}]:{}", node1.ip6, scenario::NODEPORT6),
-            "Icmp6InPktTooBigs",
-        ),
+    // segments), to the local and the remote backend, over IPv4 and IPv6, none lost.
+    for addr in [
+        format!("{}:{}", node1.ip, scenario::NODEPORT),
+        format!("[{}]:{}", node1.ip6, scenario::NODEPORT6),
     ] {
-        told(counter, &|| {
-            let t = s.client(s.cluster.outside(), &addr, 10, Mode::TcpUpload, second);
-            assert_eq!(t.ok, 10, "{addr}: {t:?}");
-            assert_eq!(t.names(), ["n1p1", "n2p1"], "{addr}: {t:?}");
-        });
+        told_the_mtu(&s, &addr, Mode::TcpUpload, 10, 0, second, &both);
     }
     // UDP: 4000-byte datagrams, which the client sends as 1500-byte fragments (IPv4 without
     // DF; IPv6 with a Fragment header): it is told the MTU too (a router would fragment IPv4
     // ones; the programs cannot), and from then on fragments to it. Only the first datagram to
     // the remote backend is lost (its socket gets EMSGSIZE).
-    for (addr, counter) in [
-        (
-            format!("{}:{}", node1.ip, scenario::NODEPORT_UDP),
-            "InDestUnreachs",
-        ),
-        (
-            format!("[{}]:{}", node1.ip6, scenario::NODEPORT6_UDP),
-            "Icmp6InPktTooBigs",
-        ),
+    for addr in [
+        format!("{}:{}", node1.ip, scenario::NODEPORT_UDP),
+        format!("[{}]:{}", node1.ip6, scenario::NODEPORT6_UDP),
     ] {
-        told(counter, &|| {
-            let t = s.client(s.cluster.outside(), &addr, 20, Mode::UdpLarge, T);
-            assert!(t.ok >= 19, "{addr}: {t:?}");
-            assert_eq!(t.names(), ["n1p1", "n2p1"], "{addr}: {t:?}");
-        });
+        told_the_mtu(&s, &addr, Mode::UdpLarge, 20, 1, T, &both);
     }
 }
 

@@ -669,17 +669,7 @@ fn tc_translates_nodeport_to_a_remote_backend_with_snat_and_redirects() {
         assert_eq!(r.dst_mac, CLIENT_MAC);
         // UDP too, with a payload.
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
-        let dgram = ether(
-            b.eth0_mac,
-            CLIENT_MAC,
-            0x0800,
-            &ipv4(
-                17,
-                CLIENT,
-                NODE,
-                &udp(&s, &d, 5000, 30053, b"query!", false),
-            ),
-        );
+        let dgram = client4_frame(&b, 17, &udp(&s, &d, 5000, 30053, b"query!", false));
         let (_, out) = b.tc("tg_tc_ingress", &dgram);
         let u = parse(&out);
         assert_eq!(
@@ -754,12 +744,7 @@ fn tc_local_policy_keeps_the_client_address_and_handles_udp_without_checksum_and
         assert_eq!((verdict, out), (TC_ACT_UNSPEC, frame));
         // IPv4 UDP without checksum stays without one (after a remote, SNAT translation).
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
-        let dgram = ether(
-            b.eth0_mac,
-            CLIENT_MAC,
-            0x0800,
-            &ipv4(17, CLIENT, NODE, &udp(&s, &d, 5001, 30053, b"x", true)),
-        );
+        let dgram = client4_frame(&b, 17, &udp(&s, &d, 5001, 30053, b"x", true));
         let (_, out) = b.tc("tg_tc_ingress", &dgram);
         let u = parse(&out);
         assert_eq!(
@@ -853,12 +838,7 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
         // A non-SYN TCP segment of a flow never seen is not ours: the stack answers it (a
         // reset, for a node address), without a service lookup.
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
-        let ack = ether(
-            b.eth0_mac,
-            CLIENT_MAC,
-            0x0800,
-            &ipv4(6, CLIENT, NODE, &tcp(&s, &d, 40004, 30099, 0x10, &[])),
-        );
+        let ack = client4_frame(&b, 6, &tcp(&s, &d, 40004, 30099, 0x10, &[]));
         let (verdict, _) = b.tc("tg_tc_ingress", &ack);
         assert_eq!(verdict, TC_ACT_UNSPEC);
     });
@@ -887,17 +867,7 @@ fn packets_too_big_for_the_way_out_are_answered_with_the_mtu() {
         let (verdict, _) = b.tc("tg_tc_ingress", &syn4(NODE, 30080, 40020, b.eth0_mac));
         assert_eq!(verdict, TC_ACT_REDIRECT, "a flow to the remote backend");
         // 1600 bytes of IP for eth0's 1500, the way to the backend.
-        let big = ether(
-            b.eth0_mac,
-            CLIENT_MAC,
-            0x0800,
-            &ipv4(
-                6,
-                CLIENT,
-                NODE,
-                &tcp(&s, &d, 40020, 30080, 0x18, &[7; 1560]),
-            ),
-        );
+        let big = client4_frame(&b, 6, &tcp(&s, &d, 40020, 30080, 0x18, &[7; 1560]));
         // XDP leaves it to TC (its FIB lookup checks the length too).
         let (verdict, out) = b.xdp(&big);
         assert_eq!((verdict, &out), (XDP_PASS, &big));
@@ -943,17 +913,7 @@ fn packets_too_big_for_the_way_out_are_answered_with_the_mtu() {
         let icmp = parse(&out);
         assert_eq!((icmp.l4[0], icmp.l4[1], icmp.dst), (3, 4, s));
         // UDP: the IP header and the 8-byte UDP header.
-        let dgram = ether(
-            b.eth0_mac,
-            CLIENT_MAC,
-            0x0800,
-            &ipv4(
-                17,
-                CLIENT,
-                NODE,
-                &udp(&s, &d, 5020, 30053, &[1; 1500], false),
-            ),
-        );
+        let dgram = client4_frame(&b, 17, &udp(&s, &d, 5020, 30053, &[1; 1500], false));
         let (verdict, out) = b.tc("tg_tc_ingress", &dgram);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let icmp = parse(&out);
@@ -992,34 +952,22 @@ fn packets_too_big_for_the_way_out_are_answered_with_the_mtu() {
         assert_eq!(out.len(), 14 + 40 + 8 + 60);
         // The first IPv6 fragment of a large datagram: the quote has its Fragment header; a
         // later fragment, which has no ports to quote, is dropped.
-        let dgram = udp(&s6, &d6, 5021, 30054, &[3; 2000], false);
+        let dgram = udp(&s6, &d6, 5021, 30054, &[3; 3000], false);
         let (first, later) = ipv6_fragments(&b, &s6, &d6, 77, &dgram, 1480);
+        assert!(
+            first.len() > 1514 && later.len() > 1514,
+            "both too big for eth0"
+        );
         let (verdict, out) = b.tc("tg_tc_ingress", &first);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let icmp = parse(&out);
         assert_eq!((icmp.proto, icmp.src, icmp.dst), (58, d6, s6));
         assert_eq!(icmp.l4[0..2], [2, 0]);
         assert_eq!(icmp.l4[8..], first[14..14 + 40 + 8 + 8]);
-        let bigger_later = {
-            let mut dgram = dgram.clone();
-            dgram.extend_from_slice(&[3; 1000]);
-            ipv6_fragments(&b, &s6, &d6, 77, &dgram, 1480).1
-        };
-        assert!(later.len() < 1500 && bigger_later.len() > 1514);
-        let (verdict, _) = b.tc("tg_tc_ingress", &bigger_later);
+        let (verdict, _) = b.tc("tg_tc_ingress", &later);
         assert_eq!(verdict, TC_ACT_SHOT);
         // The flows' packets that fit still go to the backend.
-        let small = ether(
-            b.eth0_mac,
-            CLIENT_MAC,
-            0x0800,
-            &ipv4(
-                6,
-                CLIENT,
-                NODE,
-                &tcp(&s, &d, 40020, 30080, 0x18, &[7; 1400]),
-            ),
-        );
+        let small = client4_frame(&b, 6, &tcp(&s, &d, 40020, 30080, 0x18, &[7; 1400]));
         let (verdict, out) = b.tc("tg_tc_ingress", &small);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let fwd = parse(&out);
@@ -1067,12 +1015,7 @@ fn xdp_translates_in_place_and_transmits_from_the_uplink() {
         );
         assert_eq!((p.dst_mac, p.src_mac), (PEER_MAC, b.eth0_mac));
         // A data segment of the same flow: same translation, incremental checksums right.
-        let data = ether(
-            b.eth0_mac,
-            CLIENT_MAC,
-            0x0800,
-            &ipv4(6, CLIENT, NODE, &tcp(&s, &d, 40010, 30080, 0x18, payload)),
-        );
+        let data = client4_frame(&b, 6, &tcp(&s, &d, 40010, 30080, 0x18, payload));
         let (verdict, out) = b.xdp(&data);
         assert_eq!(verdict, XDP_TX);
         let q = parse(&out);
@@ -1365,12 +1308,7 @@ fn outside_packets_take_the_conntrack_lookup_only_for_frontend_ports_or_marked_s
         // An ACK from outside to node port 2222, through TC and XDP.
         let ack = || {
             let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
-            ether(
-                b.eth0_mac,
-                CLIENT_MAC,
-                0x0800,
-                &ipv4(6, CLIENT, NODE, &tcp(&s, &d, 40020, 2222, 0x10, b"x")),
-            )
+            client4_frame(&b, 6, &tcp(&s, &d, 40020, 2222, 0x10, b"x"))
         };
         let run = |dp: &Dataplane| {
             let frame = ack();
@@ -1616,6 +1554,16 @@ fn every_fragment_of_a_udp_datagram_is_translated_both_ways() {
 }
 
 /// A frame of `ipv6_exts` from the client to node1 as it arrives on eth0.
+/// An IPv4 frame from the outside client to node1's address, as eth0 receives it.
+fn client4_frame(b: &Bench, proto: u8, l4: &[u8]) -> Vec<u8> {
+    ether(
+        b.eth0_mac,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(proto, CLIENT, NODE, l4),
+    )
+}
+
 fn client6_frame(b: &Bench, exts: &[(u8, Vec<u8>)], proto: u8, l4: &[u8]) -> Vec<u8> {
     let (s, d): (IpAddr, IpAddr) = (CLIENT6.parse().unwrap(), NODE6.parse().unwrap());
     ether(
@@ -1922,19 +1870,7 @@ fn icmp_errors_about_translated_flows_go_back_translated() {
         let (client, node4) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
         let remote = IpAddr::V4(REMOTE_POD);
         // A UDP datagram to the NodePort (remote backend, DNAT + SNAT) starts a flow.
-        let dgram = |sport| {
-            ether(
-                b.eth0_mac,
-                CLIENT_MAC,
-                0x0800,
-                &ipv4(
-                    17,
-                    CLIENT,
-                    NODE,
-                    &udp(&client, &node4, sport, 30053, b"q", false),
-                ),
-            )
-        };
+        let dgram = |sport| client4_frame(&b, 17, &udp(&client, &node4, sport, 30053, b"q", false));
         let (_, out) = b.tc("tg_tc_ingress", &dgram(5030));
         let sent = parse(&out);
         assert_eq!((sent.src, sent.dst, sent.dport), (node4, remote, 5353));
