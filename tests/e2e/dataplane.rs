@@ -1221,6 +1221,21 @@ fn reject_and_drop() {
         T,
     );
     assert_eq!((t.ok, t.refused), (0, 2), "UDP is refused too: {t:?}");
+    // A ClusterIP on a port or protocol its Service does not define: REJECT (kube-proxy
+    // nftables), from pods and host; counted node-wide.
+    for at in [s.pod("n1p1").placement(), s.node("node1").host()] {
+        let t = s.client(at, &format!("{}:9999", scenario::WEB), 2, Mode::Tcp, T);
+        assert_eq!((t.ok, t.refused), (0, 2), "{t:?}");
+        assert!(t.elapsed_ms < 500, "refused at once, not timed out: {t:?}");
+        let t = s.client(at, &format!("{}:80", scenario::WEB), 2, Mode::Udp, T);
+        assert_eq!((t.ok, t.refused), (0, 2), "UDP to a TCP-only port: {t:?}");
+    }
+    let (_, text) = admin_get(s.node("node1"), "/metrics");
+    assert_eq!(
+        metric(&text, "tollgate_cluster_ip_other_ports_refused_total"),
+        8.0,
+        "{text}"
+    );
     // internalTrafficPolicy=Local with the only endpoint on node2: node1's pods get DROP
     // (a timeout), node2's pods reach it.
     let itp = format!("{}:80", scenario::ITP_LOCAL);
@@ -1573,6 +1588,15 @@ fn service_ports_keep_their_ids_across_a_restart_and_gone_ones_take_their_affini
             assert_eq!(now, id, "{port:?} kept its ID");
         }
     }
+    // The departed service's ClusterIP no longer refuses other ports; the new one's does, and
+    // the other services' kept theirs.
+    let ips = other_ports_ips(&s, s.cluster.node("node1"));
+    assert!(
+        !ips.iter().any(|ip| ip == scenario::AFFINITY)
+            && ips.iter().any(|ip| ip == "10.96.0.17")
+            && ips.iter().any(|ip| ip == scenario::WEB),
+        "{ips:?}"
+    );
     let new_id = after[&("aff2".to_owned(), "http".to_owned())];
     assert_ne!(
         new_id, old_id,
@@ -2075,8 +2099,8 @@ fn a_full_service_map_fails_only_the_service_that_does_not_fit_until_room_frees(
         agent::{admin_get, metric, metric_opt},
         k8s, wait_for,
     };
-    // 16 frontend/slot entries: web (1 frontend + 2 slots) and small (1 + 1) fit; big
-    // (1 + 12) does not, with 11 free.
+    // 16 entries (frontends, slots and each ClusterIP's other-ports entry): web (1 frontend +
+    // 2 slots + 1) and small (1 + 1 + 1) fit; big (1 + 10 + 1) does not, with 9 free.
     let svc_and_slice = |name: &str, ip: &str, eps: Vec<serde_json::Value>| {
         vec![
             k8s::service("default", name, ip, &[("http", 80)]),
@@ -2089,7 +2113,7 @@ fn a_full_service_map_fails_only_the_service_that_does_not_fit_until_room_frees(
             ),
         ]
     };
-    let big_eps: Vec<serde_json::Value> = (1..=12)
+    let big_eps: Vec<serde_json::Value> = (1..=10)
         .map(|i| k8s::endpoint(&format!("10.244.9.{i}"), "node2"))
         .collect();
     let s = Scenario::with_objects(
@@ -2140,14 +2164,20 @@ fn a_full_service_map_fails_only_the_service_that_does_not_fit_until_room_frees(
     assert!(
         s.agents[0]
             .logs()
-            .contains("tg_svc_v1 is full: 13 more entries needed, 11 free"),
+            .contains("tg_svc_v1 is full: 12 more entries needed, 9 free"),
         "the log names the map and the shortfall"
     );
 
-    // Removing small frees 2 entries: big is retried and fits, unchanged itself.
+    // A failed write leaves no other-ports entry behind.
+    assert_eq!(
+        other_ports_ips(&s, node1),
+        [scenario::WEB, "10.96.0.41"],
+        "big's is not there"
+    );
+    // Removing small frees 3 entries: big is retried and fits, unchanged itself.
     s.remove("Service", "small");
     s.remove("EndpointSlice", "small-1");
-    let want: Vec<String> = (1..=12).map(|i| format!("10.244.9.{i}:8080")).collect();
+    let want: Vec<String> = (1..=10).map(|i| format!("10.244.9.{i}:8080")).collect();
     let want: Vec<&str> = want.iter().map(String::as_str).collect();
     // On node1, the node under test (wait_backends would also accept node2 alone).
     s.wait_backends_on(node1, "10.96.0.40:80", "internal", &want);
@@ -2159,6 +2189,21 @@ fn a_full_service_map_fails_only_the_service_that_does_not_fit_until_room_frees(
     );
     let t = s.client(s.pod("n1p2").placement(), &web, 10, Mode::Tcp, T);
     assert_eq!(t.ok, 10, "{t:?}");
+    assert_eq!(
+        other_ports_ips(&s, node1),
+        ["10.96.0.10", "10.96.0.40"],
+        "small's went with it"
+    );
+}
+
+/// The ClusterIPs `tollgate maps` lists as refusing the ports their Services do not define.
+fn other_ports_ips(s: &Scenario, node: &tollgate_tests::Node) -> Vec<String> {
+    s.maps(node)["other_ports"]["cluster_ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip.as_str().map(String::from))
+        .collect()
 }
 
 #[test]

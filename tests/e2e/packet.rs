@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::{Value, json};
 use tollgate::{
-    dataplane::{Dataplane, lbmaps::LbMaps, writer::Writer},
+    dataplane::{Dataplane, inspect, lbmaps::LbMaps, writer::Writer},
     enls::{Enls, EnlsConfig, Object, SourceEvent, ingest::Kind, metrics::EnlsMetrics},
 };
 use tollgate_common::lb::config::Config;
@@ -841,6 +841,96 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
         let ack = client4_frame(&b, 6, &tcp(&s, &d, 40004, 30099, 0x10, &[]));
         let (verdict, _) = b.tc("tg_tc_ingress", &ack);
         assert_eq!(verdict, TC_ACT_UNSPEC);
+    });
+}
+
+#[test]
+fn a_cluster_ip_refuses_the_ports_and_protocols_its_service_does_not_define() {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        // Service `remote` defines TCP 80 and UDP 53 on 10.96.0.1.
+        let vip = Ipv4Addr::new(10, 96, 0, 1);
+        let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(vip));
+        let to = |addr: Ipv4Addr, proto: u8, l4: &[u8]| {
+            ether(
+                b.eth0_mac,
+                CLIENT_MAC,
+                0x0800,
+                &ipv4(proto, CLIENT, addr, l4),
+            )
+        };
+        // TCP to a port it does not define, and to the port it defines only for UDP: a reset
+        // from the ClusterIP. (The per-packet path looks frontends up only for ports some
+        // frontend has had, `tg_feport_v1`: 30080 is a NodePort's. The socket hooks refuse
+        // every port.)
+        for dport in [30080, 53] {
+            let syn = to(vip, 6, &tcp(&s, &d, 40010, dport, 0x02, &[]));
+            let (verdict, out) = b.tc("tg_tc_ingress", &syn);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "port {dport}");
+            let r = parse(&out);
+            assert_eq!(
+                (r.src, r.sport, r.dst, r.dport, r.tcp_flags),
+                (d, dport, s, 40010, 0x14),
+                "port {dport}: RST|ACK"
+            );
+            // XDP leaves it to TC, which builds the answer.
+            assert_eq!(b.xdp(&syn).0, XDP_PASS);
+        }
+        // UDP to the port it defines only for TCP: port unreachable.
+        let (verdict, out) = b.tc(
+            "tg_tc_ingress",
+            &to(vip, 17, &udp(&s, &d, 5010, 80, b"x", false)),
+        );
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let icmp = parse(&out);
+        assert_eq!(
+            (icmp.proto, icmp.src, icmp.dst, &icmp.l4[0..2]),
+            (1, d, s, &[3, 3][..])
+        );
+        // The ports it defines are translated as before.
+        let (verdict, out) = b.tc(
+            "tg_tc_ingress",
+            &to(vip, 6, &tcp(&s, &d, 40012, 80, 0x02, &[])),
+        );
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(parse(&out).dst, IpAddr::V4(REMOTE_POD));
+        // An address no Service has is not ours; nor, here, a port no frontend has had.
+        let other = Ipv4Addr::new(10, 96, 0, 200);
+        let o = IpAddr::V4(other);
+        for (addr, dst, dport) in [(other, o, 80), (vip, d, 81)] {
+            let syn = to(addr, 6, &tcp(&s, &dst, 40013, dport, 0x02, &[]));
+            assert_eq!(
+                b.tc("tg_tc_ingress", &syn).0,
+                TC_ACT_UNSPEC,
+                "{addr}:{dport}"
+            );
+        }
+        // An IPv6 ClusterIP too.
+        let (s6, d6): (IpAddr, IpAddr) = (CLIENT6.parse().unwrap(), "fd00:96::8".parse().unwrap());
+        let syn6 = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x86dd,
+            &ipv6(6, &s6, &d6, &tcp(&s6, &d6, 40014, 30084, 0x02, &[])),
+        );
+        let (verdict, out) = b.tc("tg_tc_ingress", &syn6);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let r = parse(&out);
+        assert_eq!((r.src, r.dst, r.tcp_flags), (d6, s6, 0x14));
+        // Counted under ID 0 (XDP counts nothing it passes on), listed apart from the services.
+        let other_ports = inspect::other_ports(b.dp.pins()).unwrap();
+        assert_eq!(other_ports.refused, 4);
+        for ip in ["10.96.0.1", "10.96.0.2", "10.96.0.3", "fd00:96::8"] {
+            assert!(
+                other_ports.cluster_ips.iter().any(|a| a == ip),
+                "{ip} in {:?}",
+                other_ports.cluster_ips
+            );
+        }
+        let services = inspect::services(b.dp.pins()).unwrap();
+        assert!(services.iter().all(|s| s.service_id != 0 && s.port != 0));
     });
 }
 

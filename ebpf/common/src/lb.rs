@@ -1,7 +1,8 @@
 //! Service load-balancing maps (Cilium's proven model).
 //!
 //! - `tg_svc_v1`: per frontend (VIP, port, protocol, scope) one entry with `slot = 0` holding the
-//!   backend count and flags, and entries `slot = 1..=count` holding backend IDs;
+//!   backend count and flags, and entries `slot = 1..=count` holding backend IDs; per ClusterIP
+//!   one more (port 0, protocol 0) that refuses the ports its Service does not define;
 //! - `tg_backend_v1`: backends by ID;
 //! - `tg_revnat_v1`: frontend address by frontend (rev-NAT) ID;
 //! - `tg_ct_v2`: LRU conntrack for per-packet NAT (traffic from outside, and pod traffic the
@@ -59,6 +60,10 @@ pub mod svc_flags {
     /// Traffic from outside picks its backend from the service port's Maglev table
     /// (`tg_maglev_v2`, `--lb-algorithm maglev`) while it has one.
     pub const MAGLEV: u16 = 32;
+    /// A ClusterIP's entry for the ports and protocols its Service does not define (key
+    /// [`super::svc::SvcKey::other_ports`]): no slots, REJECT (kube-proxy nftables), counted
+    /// under service-port ID 0.
+    pub const OTHER_PORTS: u16 = 64;
 }
 
 pub mod svc {
@@ -81,6 +86,28 @@ pub mod svc {
         pub pad: [u8; 2],
     }
     const _: () = assert!(core::mem::size_of::<SvcKey>() == 24);
+
+    impl SvcKey {
+        /// The key of a ClusterIP's entry for every port and protocol its Service does not
+        /// define (port 0, protocol 0: no frontend has them), looked up after a miss.
+        #[inline(always)]
+        pub const fn other_ports(addr: [u32; 4]) -> Self {
+            Self {
+                addr,
+                port: 0,
+                proto: 0,
+                scope: super::scope::INTERNAL,
+                slot: 0,
+                pad: [0; 2],
+            }
+        }
+
+        /// Is this a ClusterIP's other-ports entry?
+        #[inline(always)]
+        pub const fn is_other_ports(&self) -> bool {
+            self.proto == 0
+        }
+    }
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -635,7 +662,8 @@ pub mod srcrange {
 
 pub mod stats {
     //! Per-CPU counters, indexed by service-port ID (`tg_svcstat_v1`) and backend ID
-    //! (`tg_bestat_v1`).
+    //! (`tg_bestat_v1`). IDs start at 1: service-port ID 0 counts the connections refused for
+    //! ports no Service of their ClusterIP defines.
     pub const SVC_NAME: &str = "tg_svcstat_v1";
     pub const BACKEND_NAME: &str = "tg_bestat_v1";
     /// IDs must stay below this.

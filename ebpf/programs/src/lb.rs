@@ -52,8 +52,19 @@ pub fn frontend_inside(addr: [u32; 4], port: u16, proto: u8) -> Option<Frontend>
     lookup(addr, port, proto, scope::INTERNAL)
 }
 
-/// Looks `key` (slot 0) up, falling back to the internal scope for an external lookup; fills
-/// `out` in place (for callers short of stack). Returns whether it was found.
+/// A ClusterIP's entry for the ports and protocols its Service does not define (REJECT), for
+/// a destination no frontend matched.
+#[inline(always)]
+pub fn other_ports(addr: [u32; 4]) -> Option<Frontend> {
+    let key = SvcKey::other_ports(addr);
+    // SAFETY: the value is copied out immediately.
+    let value = *unsafe { SERVICES.get(key) }?;
+    Some(Frontend { key, value })
+}
+
+/// Looks `key` (slot 0) up, falling back to the internal scope for an external lookup and then
+/// to the address's [`other_ports`] entry; fills `out` in place (for callers short of stack).
+/// Returns whether it was found.
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "references into the per-CPU scratch map (via the caller); by-value copies would use the 512-byte stack"
@@ -64,6 +75,11 @@ pub fn frontend_into(key: &mut SvcKey, out: &mut Frontend) -> bool {
     let mut found = unsafe { SERVICES.get(&*key) }.copied();
     if found.is_none() && key.scope == scope::EXTERNAL {
         key.scope = scope::INTERNAL;
+        // SAFETY: as above.
+        found = unsafe { SERVICES.get(&*key) }.copied();
+    }
+    if found.is_none() {
+        *key = SvcKey::other_ports(key.addr);
         // SAFETY: as above.
         found = unsafe { SERVICES.get(&*key) }.copied();
     }

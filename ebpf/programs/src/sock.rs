@@ -334,6 +334,7 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
     }
     let Some(fe) = lb::frontend_inside(addr, port, proto)
         .or_else(|| cfg.and_then(|c| localhost_nodeport(ctx, c, addr, port, proto)))
+        .or_else(|| lb::other_ports(addr))
     else {
         return ALLOW;
     };
@@ -349,7 +350,8 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
     if fe.value.count == 0 {
         lb::count(fe.value.service_id, 0, 0, 0, 0, 1);
         // DROP: let the packet leave unchanged; the per-packet path drops it, so the client
-        // sees a timeout as with kube-proxy. REJECT: refuse at once.
+        // sees a timeout as with kube-proxy. REJECT (no endpoints, or a port the ClusterIP's
+        // Service does not define): refuse at once.
         if fe.value.flags & svc_flags::DROP_IF_EMPTY != 0 {
             return ALLOW;
         }

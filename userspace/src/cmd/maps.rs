@@ -19,6 +19,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let pins = PinLayout::existing(&args.bpffs);
     let node = inspect::node(&pins)?;
     let services = inspect::services(&pins)?;
+    let other_ports = inspect::other_ports(&pins)?;
     let interfaces = dataplane::stats::iface_stats(&pins)?;
     if args.json {
         println!(
@@ -26,6 +27,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "node": node,
                 "services": services,
+                "other_ports": other_ports,
                 "interfaces": interfaces,
             }))?
         );
@@ -106,6 +108,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    if !other_ports.cluster_ips.is_empty() {
+        const SHOWN: usize = 8;
+        let ips = &other_ports.cluster_ips;
+        let more = ips.len().saturating_sub(SHOWN);
+        println!(
+            "{:<32} {:<12} {:<11} {:<38} {:>36}",
+            "(ports no Service defines)",
+            "*",
+            "ClusterIP",
+            format!("{} addresses: REJECT", ips.len()),
+            other_ports.refused
+        );
+        println!(
+            "{:<32} {:<12} {:<11}   └─ {}{}",
+            "",
+            "",
+            "",
+            ips[..ips.len().min(SHOWN)].join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
     }
     println!();
     println!(

@@ -71,6 +71,36 @@ pub struct ServiceView {
     pub frontends: Vec<FrontendView>,
 }
 
+/// The ClusterIPs that refuse the ports their Services do not define (kube-proxy nftables'
+/// REJECT), and how many connections they refused (service-port ID 0's counter).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct OtherPortsView {
+    pub cluster_ips: Vec<String>,
+    pub refused: u64,
+}
+
+/// The other-ports entries of `tg_svc_v1`, addresses sorted.
+pub fn other_ports(pins: &PinLayout) -> Result<OtherPortsView, DataplaneError> {
+    let maps = LbMaps::open(pins)?;
+    let mut addrs: Vec<std::net::IpAddr> = maps
+        .svc
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.is_other_ports())
+        .map(|k| ip(k.addr))
+        .collect();
+    addrs.sort();
+    let refused = maps
+        .svcstat
+        .get(&0, 0)
+        .map(|v| sum(&v).refused)
+        .unwrap_or_default();
+    Ok(OtherPortsView {
+        cluster_ips: addrs.iter().map(ToString::to_string).collect(),
+        refused,
+    })
+}
+
 /// The node-wide settings the programs read (`tg_config_v2`), as the agent last wrote them.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct NodeView {
@@ -156,6 +186,7 @@ fn flag_names(f: u16) -> Vec<&'static str> {
         (svc_flags::LOCAL_ONLY, "local-only"),
         (svc_flags::NODE_ADDRESS, "node-address"),
         (svc_flags::MAGLEV, "maglev"),
+        (svc_flags::OTHER_PORTS, "other-ports"),
     ]
     .into_iter()
     .filter(|(bit, _)| f & bit != 0)
@@ -177,7 +208,10 @@ pub fn services(pins: &PinLayout) -> Result<Vec<ServiceView>, DataplaneError> {
         map.get(&id, 0).map(|v| sum(&v).into()).unwrap_or_default()
     };
     let mut out: BTreeMap<u32, ServiceView> = BTreeMap::new();
-    for (k, v) in entries.iter().filter(|(k, _)| k.slot == 0) {
+    for (k, v) in entries
+        .iter()
+        .filter(|(k, _)| k.slot == 0 && !k.is_other_ports())
+    {
         let svc = out.entry(v.service_id).or_insert_with(|| {
             let info = infos.get(&v.service_id).copied().unwrap_or_default();
             ServiceView {

@@ -99,6 +99,18 @@ impl Collector for TrafficCollector {
             }
             Err(e) => tracing::debug!("service counters left out of /metrics: {e}"),
         }
+        match other_ports_refused(&self.pins) {
+            Ok(n) => {
+                let m = encoder.encode_descriptor(
+                    "tollgate_cluster_ip_other_ports_refused",
+                    "Connections to a ClusterIP on a port or protocol its Service does not define, refused (kube-proxy nftables' REJECT).",
+                    None,
+                    MetricType::Counter,
+                )?;
+                ConstCounter::new(n).encode(m)?;
+            }
+            Err(e) => tracing::debug!("other-ports counter left out of /metrics: {e}"),
+        }
         if self.level == TrafficMetrics::Backends {
             match backend_rows(&self.pins) {
                 // A backend is never refused: that counter is the service's.
@@ -155,6 +167,18 @@ fn counters<L: EncodeLabelSet, C>(
         ConstCounter::new(get(c)).encode(m.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+/// Service-port ID 0's refusals: the ClusterIPs' other-ports entries count there.
+fn other_ports_refused(pins: &PinLayout) -> Result<u64, DataplaneError> {
+    let counters: PerCpuArray<MapData, Counters> = typed(pins, stats::SVC_NAME)?;
+    counters
+        .get(&0, 0)
+        .map(|v| sum(&v).refused)
+        .map_err(|source| DataplaneError::Map {
+            name: stats::SVC_NAME,
+            source,
+        })
 }
 
 /// Has anything been counted? A service port or backend gets its series from its first count

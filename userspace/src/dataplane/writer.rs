@@ -178,6 +178,8 @@ impl WrittenPort {
 #[derive(Debug, Default)]
 struct WrittenService {
     ports: Vec<WrittenPort>,
+    /// Its ClusterIPs' other-ports entries (REJECT for ports the Service does not define).
+    other_ports: Vec<SvcKey>,
 }
 
 /// Flows and affinities that must go because a backend stopped serving a service port.
@@ -456,6 +458,11 @@ impl Writer {
                     ..f.key
                 })
             })
+            .chain(
+                self.services
+                    .values()
+                    .flat_map(|s| s.other_ports.iter().copied()),
+            )
             .collect();
         let mut removed = remove_keys_where(&mut self.maps.svc, |k| !wanted_svc.contains(k));
         let wanted_backends: HashSet<u32> = self.backends.values().map(|b| b.id).collect();
@@ -529,6 +536,7 @@ impl Writer {
             .svc
             .iter()
             .filter_map(Result::ok)
+            .filter(|(k, _)| !k.is_other_ports())
             .partition(|(k, _)| k.slot == 0);
         let services: HashMap<SvcKey, u32> =
             frontends.iter().map(|(k, v)| (*k, v.service_id)).collect();
@@ -666,13 +674,16 @@ impl Writer {
                     .sum::<usize>()
             })
             .sum();
+        let other_ports = other_ports_keys(state);
+        let needed_svc = needed_svc + other_ports.len();
         let old_svc: usize = old
             .map(|o| {
                 o.ports
                     .iter()
                     .flat_map(|p| &p.frontends)
                     .map(|f| 1 + f.slots.len())
-                    .sum()
+                    .sum::<usize>()
+                    + o.other_ports.len()
             })
             .unwrap_or(0);
         let free = self
@@ -728,7 +739,42 @@ impl Writer {
                 return Err(e);
             }
         }
+        if let Err(e) = self.write_other_ports(&other_ports, old, &mut written) {
+            self.undo(written, old);
+            return Err(e);
+        }
         Ok(written)
+    }
+
+    /// The ClusterIPs' other-ports entries, after the ports (a ClusterIP refuses only the ports
+    /// its Service does not define once those it defines are there). Written once: the value
+    /// never changes.
+    fn write_other_ports(
+        &mut self,
+        keys: &[SvcKey],
+        old: Option<&WrittenService>,
+        out: &mut WrittenService,
+    ) -> Result<(), WriteError> {
+        let value = SvcValue {
+            flags: svc_flags::OTHER_PORTS,
+            ..SvcValue::default()
+        };
+        for key in keys {
+            let had = old.is_some_and(|o| o.other_ports.contains(key));
+            if !had {
+                self.maps
+                    .svc
+                    .insert(key, value, 0)
+                    .map_err(|source| WriteError::Map {
+                        map: svc::NAME,
+                        source,
+                    })?;
+                self.svc_entries += 1;
+                self.stats.entries_written += 1;
+            }
+            out.other_ports.push(*key);
+        }
+        Ok(())
     }
 
     /// Takes back what a failed `program` wrote: entries `old` does not have are removed and
@@ -737,6 +783,7 @@ impl Writer {
     fn undo(&mut self, partial: WrittenService, old: Option<&WrittenService>) {
         let keep = WrittenService {
             ports: old.map(|o| o.ports.clone()).unwrap_or_default(),
+            other_ports: old.map(|o| o.other_ports.clone()).unwrap_or_default(),
         };
         // A table the failed write replaced may name backends about to be released (whose
         // IDs another backend could take): it goes, and is written again with the service.
@@ -1072,6 +1119,13 @@ impl Writer {
         let Some(old) = old else {
             return purge;
         };
+        for key in &old.other_ports {
+            if !new.other_ports.contains(key) {
+                let _ = self.maps.svc.remove(key);
+                self.svc_entries = self.svc_entries.saturating_sub(1);
+                self.stats.entries_deleted += 1;
+            }
+        }
         for op in &old.ports {
             let np = new.ports.iter().find(|p| p.ident == op.ident);
             for of in &op.frontends {
@@ -1133,6 +1187,25 @@ impl Writer {
         }
         purge
     }
+}
+
+/// The other-ports entries of the Service's ClusterIPs (one per address, whatever its ports):
+/// none for a Service with no port the programs balance (nothing of it is written).
+fn other_ports_keys(state: &ServiceState) -> Vec<SvcKey> {
+    let mut keys: Vec<SvcKey> = Vec::new();
+    for fe in state
+        .ports
+        .iter()
+        .filter(|p| balanced(p))
+        .flat_map(|p| &p.frontends)
+        .filter(|f| f.kind == FrontendKind::ClusterIP)
+    {
+        let key = SvcKey::other_ports(words(fe.ip));
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
 }
 
 /// Does this frontend need its own entry for traffic from outside? Only external frontends
