@@ -2671,7 +2671,7 @@ mod programmer {
                 .unwrap()
                 .svc
                 .keys()
-                .filter(|k| k.as_ref().is_ok_and(|k| k.slot == 0))
+                .filter(|k| k.as_ref().is_ok_and(|k| k.slot == 0 && !k.is_other_ports()))
                 .count()
         }
     }
