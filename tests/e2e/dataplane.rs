@@ -2196,6 +2196,116 @@ fn a_full_service_map_fails_only_the_service_that_does_not_fit_until_room_frees(
     );
 }
 
+#[test]
+fn a_frontend_stays_with_the_service_that_has_it_until_that_one_lets_go() {
+    use tollgate_tests::{
+        agent::{admin_get, metric_opt},
+        wait_for,
+    };
+    let s = Scenario::new();
+    let node1 = s.node("node1");
+    let names = |s: &Scenario| -> Vec<String> {
+        s.maps(node1)["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["name"].as_str().map(String::from))
+            .collect()
+    };
+    // web renamed in one manifest write: the new name sorts first, so its change comes before
+    // the old one's removal. Its frontend and ClusterIP pass on, nothing is reported.
+    {
+        let mut objects = s.objects.borrow_mut();
+        for o in objects.iter_mut() {
+            if o["kind"] == "Service" && o["metadata"]["name"] == "web" {
+                o["metadata"]["name"] = "a-web".into();
+            }
+            if o["kind"] == "EndpointSlice" && o["metadata"]["name"] == "web-1" {
+                o["metadata"]["labels"]["kubernetes.io/service-name"] = "a-web".into();
+            }
+        }
+        s.cluster.write_manifest(&objects);
+    }
+    wait_for("the rename", Duration::from_secs(10), || {
+        let n = names(&s);
+        (n.iter().any(|n| n == "a-web") && !n.iter().any(|n| n == "web")).then_some(())
+    });
+    let web = format!("{}:80", scenario::WEB);
+    let t = s.client(s.pod("n1p2").placement(), &web, 10, Mode::Tcp, T);
+    assert_eq!((t.ok, t.names()), (10, vec!["n1p1", "n2p1"]), "{t:?}");
+    let t = s.client(
+        s.pod("n1p2").placement(),
+        &format!("{}:9999", scenario::WEB),
+        1,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!(t.refused, 1, "its other ports are still refused: {t:?}");
+    let text = admin_get(node1, "/metrics").1;
+    assert_eq!(
+        metric_opt(
+            &text,
+            "tollgate_dataplane_write_errors_total{reason=\"taken\"}"
+        ),
+        None,
+        "{text}"
+    );
+
+    // A second Service with ext's externalIP and port: ext keeps it, dup waits (reported).
+    let ext = format!("{}:80", scenario::EXTERNAL_IP);
+    s.update(vec![
+        scenario::service(
+            "dup",
+            serde_json::json!({"clusterIP": "10.96.0.77", "externalIPs": [scenario::EXTERNAL_IP],
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+        ),
+        scenario::slice(
+            "dup-1",
+            "dup",
+            "IPv4",
+            serde_json::json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+            vec![scenario::endpoint(s.pod("n2p2"), scenario::ready())],
+        ),
+    ]);
+    wait_for("dup to be refused", Duration::from_secs(10), || {
+        let text = admin_get(node1, "/metrics").1;
+        (metric_opt(&text, "tollgate_dataplane_unprogrammed_services") == Some(1.0)).then_some(())
+    });
+    let text = admin_get(node1, "/metrics").1;
+    assert!(
+        metric_opt(
+            &text,
+            "tollgate_dataplane_write_errors_total{reason=\"taken\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        s.agents[0]
+            .logs()
+            .contains("ExternalIP 203.0.113.10:80/TCP is already Service default/ext's"),
+        "the log names the frontend and its holder"
+    );
+    let t = s.client(s.cluster.outside(), &ext, 10, Mode::Tcp, T);
+    assert_eq!((t.ok, t.names()), (10, vec!["n1p2"]), "still ext's: {t:?}");
+    // ext goes: dup takes the frontend.
+    s.remove("Service", "ext");
+    s.remove("EndpointSlice", "ext-1");
+    s.wait_backends_on(
+        node1,
+        &ext,
+        "internal",
+        &[&format!("{}:8080", s.pod("n2p2").ip)],
+    );
+    let t = s.client(s.cluster.outside(), &ext, 10, Mode::Tcp, T);
+    assert_eq!((t.ok, t.names()), (10, vec!["n2p2"]), "now dup's: {t:?}");
+    let text = admin_get(node1, "/metrics").1;
+    assert_eq!(
+        metric_opt(&text, "tollgate_dataplane_unprogrammed_services"),
+        Some(0.0)
+    );
+}
+
 /// The ClusterIPs `tollgate maps` lists as refusing the ports their Services do not define.
 fn other_ports_ips(s: &Scenario, node: &tollgate_tests::Node) -> Vec<String> {
     s.maps(node)["other_ports"]["cluster_ips"]

@@ -130,6 +130,7 @@ fn reason(e: &WriteError) -> &'static str {
         WriteError::Capacity { .. } => "capacity",
         WriteError::Ids { .. } => "ids",
         WriteError::Map { .. } => "map",
+        WriteError::Taken { .. } => "taken",
     }
 }
 
@@ -319,9 +320,16 @@ impl Programmer {
                 node = Some(n.clone());
             }
             let mut purge = Purge::default();
+            // A frontend another change of this update frees (a Service renamed, an address
+            // moved between Services: changes come sorted by name) is taken once all of them
+            // are written, before anything is reported.
+            let mut taken = Vec::new();
             for change in &update.services {
                 pending.remove(&change.key);
-                self.apply(change, &mut pending, &mut purge);
+                self.apply(change, &mut pending, &mut purge, Some(&mut taken));
+            }
+            for change in &taken {
+                self.apply(change, &mut pending, &mut purge, None);
             }
             if !pending.is_empty() && !update.services.is_empty() {
                 let retry: Vec<ServiceChange> =
@@ -402,14 +410,21 @@ impl Programmer {
 }
 
 impl Programmer {
+    /// Writes one change, reporting an error (and keeping the change for a retry); with
+    /// `defer`, a change whose frontend another Service holds is set aside there instead.
     fn apply(
         &mut self,
         change: &ServiceChange,
         pending: &mut BTreeMap<ObjKey, ServiceChange>,
         purge: &mut Purge,
+        defer: Option<&mut Vec<ServiceChange>>,
     ) {
         let unbalanced_before = self.writer.unbalanced_ports_of(&change.key);
         let result = self.apply_quietly(change, purge);
+        if let (Err(WriteError::Taken { .. }), Some(defer)) = (&result, defer) {
+            defer.push(change.clone());
+            return;
+        }
         let unbalanced = self.writer.unbalanced_ports_of(&change.key);
         if unbalanced > 0
             && unbalanced != unbalanced_before

@@ -56,7 +56,15 @@ pub enum WriteError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+    /// Another Service holds one of its frontends (two Services with one externalIP, LB IP or
+    /// ClusterIP and port): the first keeps it; this one is programmed once it is free.
+    #[error("{frontend} is already Service {owner}'s")]
+    Taken { frontend: String, owner: ObjKey },
 }
+
+/// A frontend as the maps keep it (address, port, protocol); a ClusterIP's other-ports entry
+/// is (address, 0, 0).
+type Claim = ([u32; 4], u16, u8);
 
 /// A backend's identity: one ID per address, port and protocol, shared by every service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -259,6 +267,9 @@ pub struct Writer {
     maglev_tables: HashMap<u32, Vec<u32>>,
     /// Services with ports the programs cannot balance (SCTP) → how many.
     unbalanced: HashMap<ObjKey, usize>,
+    /// The Service that wrote each frontend: an entry is only ever written and removed by its
+    /// owner, so one Service's change never takes away another's frontend.
+    owners: HashMap<Claim, ObjKey>,
 }
 
 /// Can the kernel programs balance this port's protocol? They handle TCP and UDP; an SCTP
@@ -336,6 +347,7 @@ impl Writer {
             maglev_size: maglev::DEFAULT_SIZE,
             maglev_tables: HashMap::new(),
             unbalanced: HashMap::new(),
+            owners: HashMap::new(),
         }
     }
 
@@ -558,6 +570,9 @@ impl Writer {
     /// Applies one service's change. On error the service keeps its previous programming and
     /// nothing else is affected.
     pub fn apply(&mut self, change: &ServiceChange) -> Result<Purge, WriteError> {
+        if let Some(new) = &change.new {
+            self.check_claims(&change.key, new)?;
+        }
         self.note_unbalanced(change);
         let old = self.services.remove(&change.key);
         let result = match &change.new {
@@ -567,6 +582,14 @@ impl Writer {
         match result {
             Ok(new) => {
                 let purge = self.retire(old.as_ref(), &new);
+                for claim in old.iter().flat_map(claims) {
+                    if self.owners.get(&claim) == Some(&change.key) {
+                        self.owners.remove(&claim);
+                    }
+                }
+                for claim in claims(&new) {
+                    self.owners.insert(claim, change.key.clone());
+                }
                 if !new.ports.is_empty() {
                     self.services.insert(change.key.clone(), new);
                 }
@@ -579,6 +602,34 @@ impl Writer {
                 Err(e)
             }
         }
+    }
+
+    /// Refuses a state with a frontend another Service wrote (before anything is written).
+    fn check_claims(&self, key: &ObjKey, state: &ServiceState) -> Result<(), WriteError> {
+        let ports = || state.ports.iter().filter(|p| balanced(p));
+        let frontends = ports().flat_map(|p| p.frontends.iter().map(move |f| (p.protocol, f)));
+        for (proto, fe) in frontends {
+            let claim = (words(fe.ip), port_be(fe.port), proto.number());
+            if let Some(owner) = self.owners.get(&claim).filter(|o| *o != key) {
+                let at = EndpointAddr {
+                    ip: fe.ip,
+                    port: fe.port,
+                };
+                return Err(WriteError::Taken {
+                    frontend: format!("{:?} {at}/{}", fe.kind, proto.as_str()),
+                    owner: owner.clone(),
+                });
+            }
+        }
+        for k in other_ports_keys(state) {
+            if let Some(owner) = self.owners.get(&(k.addr, 0, 0)).filter(|o| *o != key) {
+                return Err(WriteError::Taken {
+                    frontend: format!("ClusterIP {}", super::addr::ip(k.addr)),
+                    owner: owner.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn acquire(&mut self, addr: BackendAddr) -> Result<u32, WriteError> {
@@ -1187,6 +1238,16 @@ impl Writer {
         }
         purge
     }
+}
+
+/// What a written Service holds: its frontends and its other-ports entries.
+fn claims(written: &WrittenService) -> impl Iterator<Item = Claim> + '_ {
+    written
+        .ports
+        .iter()
+        .flat_map(|p| &p.frontends)
+        .map(|f| (f.key.addr, f.key.port, f.key.proto))
+        .chain(written.other_ports.iter().map(|k| (k.addr, 0, 0)))
 }
 
 /// The other-ports entries of the Service's ClusterIPs (one per address, whatever its ports):
