@@ -984,6 +984,29 @@ fn packets_too_big_for_the_way_out_are_answered_with_the_mtu() {
         );
         assert_eq!(out.len(), 14 + 20 + 8 + 40);
         assert_eq!((icmp.dst_mac, icmp.src_mac), (CLIENT_MAC, b.eth0_mac));
+        // The same while the next hop's neighbour is unresolved (the FIB checks a plain
+        // packet's length only when it resolves): answered, not left to the interface to drop.
+        let peer = PEER_NODE.to_string();
+        node.ns.ip(&["neigh", "del", &peer, "dev", "eth0"]);
+        let (verdict, out) = b.tc("tg_tc_ingress", &big);
+        node.ns.ip(&[
+            "neigh",
+            "replace",
+            &peer,
+            "lladdr",
+            "02:00:00:00:00:12",
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        let icmp = parse(&out);
+        assert_eq!(
+            (verdict, icmp.proto, icmp.dst, &icmp.l4[0..2]),
+            (TC_ACT_REDIRECT, 1, s, &[3, 4][..]),
+            "fragmentation needed without a neighbour"
+        );
+        assert_eq!(u16::from_be_bytes([icmp.l4[6], icmp.l4[7]]), 1500);
         // GRO'd bursts (GSO; the device completes their checksums, CHECKSUM_PARTIAL) are
         // judged by their segments: of 780 bytes, it goes on to the backend; of 1560 bytes, the
         // same answer as above, whose ICMP checksum covers the quoted TCP checksum as the

@@ -13,12 +13,13 @@ use aya_ebpf::{
     bindings::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_FRAG_NEEDED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
-        TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
+        TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED, bpf_fib_lookup,
     },
     btf_maps::PerCpuArray,
     helpers::{
-        bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_redirect,
-        bpf_redirect_neigh, bpf_skb_change_tail,
+        bpf_check_mtu, bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32,
+        bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail,
     },
     macros::btf_map,
     maps::lpm_trie::Key,
@@ -294,6 +295,16 @@ pub(crate) fn fib_redirect(ctx: &TcContext, p: &Pkt) -> i32 {
         return TOO_BIG | i32::from(unsafe { params.__bindgen_anon_1.mtu_result });
     }
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        // The FIB checked a GSO packet's segments (tot_len) but not a plain packet's length:
+        // the kernel checks that only on success. Checked here against the interface's MTU,
+        // or the first packets to a backend whose neighbour is not yet resolved would be
+        // dropped by the interface instead of answered.
+        let mut mtu: u32 = 0;
+        // SAFETY: helper valid for TC programs; `mtu` is a stack u32 (0: check the skb).
+        let chk = unsafe { bpf_check_mtu(ctx.as_ptr(), params.ifindex, &mut mtu, 0, 0) };
+        if chk == i64::from(BPF_MTU_CHK_RET_FRAG_NEEDED) {
+            return TOO_BIG | (mtu & 0xffff) as i32;
+        }
         // The kernel resolves the neighbour itself.
         // SAFETY: null parameters ask the helper for its own next-hop lookup.
         return unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
