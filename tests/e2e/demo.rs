@@ -26,6 +26,7 @@ fn the_demo_tour_passes_and_leaves_nothing_behind() {
         "=== NodePort from outside the cluster",
         "n2p2 192.168.77.100:",
         "(refused as expected: true)",
+        "(other port refused as expected: true)",
         "\"localEndpoints\": 1,\n\t\"serviceProxyHealthy\": true\n}\nHTTP 200",
         "\"localEndpoints\": 0,\n\t\"serviceProxyHealthy\": true\n}\nHTTP 503",
         "(kube-env concealed from the pod, readable by the node: true)",

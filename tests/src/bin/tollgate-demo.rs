@@ -196,6 +196,12 @@ fn main() -> anyhow::Result<()> {
     let refused = !curl(n1p2.placement(), "pod n1p2", "http://10.96.0.99/");
     println!("(refused as expected: {refused})");
     ok &= refused;
+    section(
+        "a ClusterIP refuses the ports its Service does not define (kube-proxy nftables' REJECT)",
+    )?;
+    let refused = !curl(n1p2.placement(), "pod n1p2", "http://10.96.0.10:8080/");
+    println!("(other port refused as expected: {refused})");
+    ok &= refused;
 
     section("metadata concealment: pods get filtered answers, the node itself is not redirected")?;
     let md_curl = |at: Placement<'_>, where_: &str, path: &str| {
