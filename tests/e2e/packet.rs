@@ -1007,6 +1007,15 @@ fn packets_too_big_for_the_way_out_are_answered_with_the_mtu() {
             "fragmentation needed without a neighbour"
         );
         assert_eq!(u16::from_be_bytes([icmp.l4[6], icmp.l4[7]]), 1500);
+        // Only the SYN went on: the answered packets are not counted as translated.
+        let packets = inspect::services(b.dp.pins())
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == "remote" && s.port_name == "http")
+            .unwrap()
+            .counters
+            .packets;
+        assert_eq!(packets, 1);
         // GRO'd bursts (GSO; the device completes their checksums, CHECKSUM_PARTIAL) are
         // judged by their segments: of 780 bytes, it goes on to the backend; of 1560 bytes, the
         // same answer as above, whose ICMP checksum covers the quoted TCP checksum as the

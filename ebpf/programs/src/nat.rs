@@ -313,17 +313,21 @@ pub(crate) fn fib_redirect(ctx: &TcContext, p: &Pkt) -> i32 {
     TC_ACT_OK
 }
 
-/// Sends a translated packet on: redirected out through the FIB, or up the stack. `orig` is
-/// the packet as it arrived, for the answer to one too big for its way out.
+/// Sends a translated packet of flow `e` on: redirected out through the FIB, or up the stack,
+/// and counted. `orig` is the packet as it arrived, for the answer to one too big for its way
+/// out (not counted: it never reaches the backend or the client).
 #[inline(always)]
-fn finish(ctx: &TcContext, p: &mut Pkt, redirect: bool, orig: &CtKey) -> i32 {
-    if !redirect {
-        return TC_ACT_OK;
-    }
-    let verdict = fib_redirect(ctx, p);
-    if verdict & TOO_BIG != 0 {
-        return too_big(ctx, p, orig, (verdict & 0xffff) as u32);
-    }
+fn finish(ctx: &TcContext, p: &mut Pkt, e: &CtEntry, orig: &CtKey) -> i32 {
+    let verdict = if e.flags & ct_flags::REDIRECT != 0 {
+        let verdict = fib_redirect(ctx, p);
+        if verdict & TOO_BIG != 0 {
+            return too_big(ctx, p, orig, (verdict & 0xffff) as u32);
+        }
+        verdict
+    } else {
+        TC_ACT_OK
+    };
+    lb::count(e.service_id, e.backend_id, 1, u64::from(p.len), 0, 0);
     verdict
 }
 
@@ -381,8 +385,7 @@ fn apply_forward(ctx: &TcContext, p: &mut Pkt, e: &CtEntry, orig: &CtKey) -> i32
     if rewrite(ctx, p, e, false).is_err() {
         return TC_ACT_SHOT;
     }
-    lb::count(e.service_id, e.backend_id, 1, u64::from(p.len), 0, 0);
-    finish(ctx, p, e.flags & ct_flags::REDIRECT != 0, orig)
+    finish(ctx, p, e, orig)
 }
 
 /// Reply direction of a known flow (see `apply_forward`).
@@ -391,8 +394,7 @@ fn apply_reply(ctx: &TcContext, p: &mut Pkt, e: &CtEntry, orig: &CtKey) -> i32 {
     if rewrite(ctx, p, e, true).is_err() {
         return TC_ACT_SHOT;
     }
-    lb::count(e.service_id, e.backend_id, 1, u64::from(p.len), 0, 0);
-    finish(ctx, p, e.flags & ct_flags::REDIRECT != 0, orig)
+    finish(ctx, p, e, orig)
 }
 
 #[inline(always)]
