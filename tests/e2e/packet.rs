@@ -422,6 +422,22 @@ fn bench(node: &Node) -> Bench {
 
 /// [`bench`] with more objects and, with `maglev`, Maglev tables of that size
 /// (`--lb-algorithm maglev --maglev-table-size M`).
+/// A permanent neighbour entry on node1's eth0, so FIB lookups resolve.
+fn permanent_neigh(node: &Node, addr: &str, mac: [u8; 6]) {
+    let mac: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    node.ns.ip(&[
+        "neigh",
+        "replace",
+        addr,
+        "lladdr",
+        &mac.join(":"),
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+}
+
 fn bench_with(node: &Node, extra: Vec<Value>, maglev: Option<u32>) -> Bench {
     node.ns.ip(&[
         "route",
@@ -433,44 +449,13 @@ fn bench_with(node: &Node, extra: Vec<Value>, maglev: Option<u32>) -> Bench {
     node.ns
         .ip(&["-6", "route", "add", "fd00:244:2::/64", "via", PEER_NODE6]);
     for (addr, mac) in [
-        (PEER_NODE6, "02:00:00:00:00:12"),
-        (CLIENT6, "02:00:00:00:01:00"),
+        (PEER_NODE6, PEER_MAC),
+        (CLIENT6, CLIENT_MAC),
+        (&PEER_NODE.to_string(), PEER_MAC),
+        (&CLIENT.to_string(), CLIENT_MAC),
     ] {
-        node.ns.ip(&[
-            "-6",
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
+        permanent_neigh(node, addr, mac);
     }
-    node.ns.ip(&[
-        "neigh",
-        "replace",
-        &PEER_NODE.to_string(),
-        "lladdr",
-        "02:00:00:00:00:12",
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
-    node.ns.ip(&[
-        "neigh",
-        "replace",
-        &CLIENT.to_string(),
-        "lladdr",
-        "02:00:00:00:01:00",
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
     let size = maglev.unwrap_or(tollgate_common::lb::maglev::DEFAULT_SIZE);
     let sizes = tollgate::dataplane::MapSizes {
         maglev: tollgate::dataplane::MapSizes::maglev_chunks(size),
@@ -989,17 +974,7 @@ fn packets_too_big_for_the_way_out_are_answered_with_the_mtu() {
         let peer = PEER_NODE.to_string();
         node.ns.ip(&["neigh", "del", &peer, "dev", "eth0"]);
         let (verdict, out) = b.tc("tg_tc_ingress", &big);
-        node.ns.ip(&[
-            "neigh",
-            "replace",
-            &peer,
-            "lladdr",
-            "02:00:00:00:00:12",
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
+        permanent_neigh(node, &peer, PEER_MAC);
         let icmp = parse(&out);
         assert_eq!(
             (verdict, icmp.proto, icmp.dst, &icmp.l4[0..2]),

@@ -604,6 +604,16 @@ impl Writer {
         }
     }
 
+    fn put_svc(&mut self, key: SvcKey, value: SvcValue) -> Result<(), WriteError> {
+        self.maps
+            .svc
+            .insert(key, value, 0)
+            .map_err(|source| WriteError::Map {
+                map: svc::NAME,
+                source,
+            })
+    }
+
     /// Refuses a state with a frontend another Service wrote (before anything is written).
     fn check_claims(&self, key: &ObjKey, state: &ServiceState) -> Result<(), WriteError> {
         let ports = || state.ports.iter().filter(|p| balanced(p));
@@ -813,13 +823,7 @@ impl Writer {
         for key in keys {
             let had = old.is_some_and(|o| o.other_ports.contains(key));
             if !had {
-                self.maps
-                    .svc
-                    .insert(key, value, 0)
-                    .map_err(|source| WriteError::Map {
-                        map: svc::NAME,
-                        source,
-                    })?;
+                self.put_svc(*key, value)?;
                 self.svc_entries += 1;
                 self.stats.entries_written += 1;
             }
@@ -1122,13 +1126,7 @@ impl Writer {
                 backend_id: *id,
                 ..SvcValue::default()
             };
-            self.maps
-                .svc
-                .insert(skey, sval, 0)
-                .map_err(|source| WriteError::Map {
-                    map: svc::NAME,
-                    source,
-                })?;
+            self.put_svc(skey, sval)?;
             self.stats.entries_written += 1;
             if before.is_none_or(|b| i >= b.slots.len()) {
                 self.svc_entries += 1;
@@ -1136,13 +1134,7 @@ impl Writer {
         }
         value.count = slots.len() as u16;
         if before.map(|b| b.value) != Some(value) {
-            self.maps
-                .svc
-                .insert(key, value, 0)
-                .map_err(|source| WriteError::Map {
-                    map: svc::NAME,
-                    source,
-                })?;
+            self.put_svc(key, value)?;
             self.stats.entries_written += 1;
             if before.is_none() {
                 self.svc_entries += 1;
