@@ -838,14 +838,7 @@ fn a_cluster_ip_refuses_the_ports_and_protocols_its_service_does_not_define() {
         // Service `remote` defines TCP 80 and UDP 53 on 10.96.0.1.
         let vip = Ipv4Addr::new(10, 96, 0, 1);
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(vip));
-        let to = |addr: Ipv4Addr, proto: u8, l4: &[u8]| {
-            ether(
-                b.eth0_mac,
-                CLIENT_MAC,
-                0x0800,
-                &ipv4(proto, CLIENT, addr, l4),
-            )
-        };
+        let to = |addr, proto, l4: &[u8]| client4_frame_to(&b, addr, proto, l4);
         // TCP to a port it does not define, and to the port it defines only for UDP: a reset
         // from the ClusterIP. (The per-packet path looks frontends up only for ports some
         // frontend has had, `tg_feport_v1`: 30080 is a NodePort's. The socket hooks refuse
@@ -1653,11 +1646,16 @@ fn every_fragment_of_a_udp_datagram_is_translated_both_ways() {
 /// A frame of `ipv6_exts` from the client to node1 as it arrives on eth0.
 /// An IPv4 frame from the outside client to node1's address, as eth0 receives it.
 fn client4_frame(b: &Bench, proto: u8, l4: &[u8]) -> Vec<u8> {
+    client4_frame_to(b, NODE, proto, l4)
+}
+
+/// An IPv4 frame from the outside client to `dst`, as eth0 receives it.
+fn client4_frame_to(b: &Bench, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
     ether(
         b.eth0_mac,
         CLIENT_MAC,
         0x0800,
-        &ipv4(proto, CLIENT, NODE, l4),
+        &ipv4(proto, CLIENT, dst, l4),
     )
 }
 

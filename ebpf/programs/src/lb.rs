@@ -32,15 +32,7 @@ pub struct Frontend {
 }
 
 #[inline(always)]
-fn lookup(addr: [u32; 4], port: u16, proto: u8, scope: u8) -> Option<Frontend> {
-    let key = SvcKey {
-        addr,
-        port,
-        proto,
-        scope,
-        slot: 0,
-        pad: [0; 2],
-    };
+fn lookup(key: SvcKey) -> Option<Frontend> {
     // SAFETY: the value is copied out immediately.
     let value = *unsafe { SERVICES.get(key) }?;
     Some(Frontend { key, value })
@@ -49,17 +41,21 @@ fn lookup(addr: [u32; 4], port: u16, proto: u8, scope: u8) -> Option<Frontend> {
 /// For pods and host processes.
 #[inline(always)]
 pub fn frontend_inside(addr: [u32; 4], port: u16, proto: u8) -> Option<Frontend> {
-    lookup(addr, port, proto, scope::INTERNAL)
+    lookup(SvcKey {
+        addr,
+        port,
+        proto,
+        scope: scope::INTERNAL,
+        slot: 0,
+        pad: [0; 2],
+    })
 }
 
 /// A ClusterIP's entry for the ports and protocols its Service does not define (REJECT), for
 /// a destination no frontend matched.
 #[inline(always)]
 pub fn other_ports(addr: [u32; 4]) -> Option<Frontend> {
-    let key = SvcKey::other_ports(addr);
-    // SAFETY: the value is copied out immediately.
-    let value = *unsafe { SERVICES.get(key) }?;
-    Some(Frontend { key, value })
+    lookup(SvcKey::other_ports(addr))
 }
 
 /// Looks `key` (slot 0) up, falling back to the internal scope for an external lookup and then

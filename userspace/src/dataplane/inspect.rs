@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use aya::maps::{MapData, PerCpuArray};
+
 use serde::Serialize;
 use tollgate_common::lb::{
     config::{self, Config},
@@ -90,15 +92,15 @@ pub fn other_ports(pins: &PinLayout) -> Result<OtherPortsView, DataplaneError> {
         .map(|k| ip(k.addr))
         .collect();
     addrs.sort();
-    let refused = maps
-        .svcstat
-        .get(&0, 0)
-        .map(|v| sum(&v).refused)
-        .unwrap_or_default();
     Ok(OtherPortsView {
         cluster_ips: addrs.iter().map(ToString::to_string).collect(),
-        refused,
+        refused: counters_of(&maps.svcstat, 0).refused,
     })
+}
+
+/// The counters of ID `id` in a per-CPU counter map, summed over CPUs (zero if unreadable).
+pub(crate) fn counters_of(map: &PerCpuArray<MapData, Counters>, id: u32) -> Counters {
+    map.get(&id, 0).map(|v| sum(&v)).unwrap_or_default()
 }
 
 /// The node-wide settings the programs read (`tg_config_v2`), as the agent last wrote them.
@@ -186,7 +188,6 @@ fn flag_names(f: u16) -> Vec<&'static str> {
         (svc_flags::LOCAL_ONLY, "local-only"),
         (svc_flags::NODE_ADDRESS, "node-address"),
         (svc_flags::MAGLEV, "maglev"),
-        (svc_flags::OTHER_PORTS, "other-ports"),
     ]
     .into_iter()
     .filter(|(bit, _)| f & bit != 0)
@@ -204,9 +205,7 @@ pub fn services(pins: &PinLayout) -> Result<Vec<ServiceView>, DataplaneError> {
         .filter(|(k, _)| k.slot != 0)
         .map(|(k, v)| ((k.addr, k.port, k.proto, k.scope, k.slot), v.backend_id))
         .collect();
-    let counters = |map: &aya::maps::PerCpuArray<aya::maps::MapData, Counters>, id: u32| {
-        map.get(&id, 0).map(|v| sum(&v).into()).unwrap_or_default()
-    };
+    let counters = |map, id| counters_of(map, id).into();
     let mut out: BTreeMap<u32, ServiceView> = BTreeMap::new();
     for (k, v) in entries
         .iter()

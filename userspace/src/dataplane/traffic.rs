@@ -23,8 +23,7 @@ use tollgate_common::lb::{
 use super::{
     DataplaneError, PinLayout,
     addr::{ip, port_host},
-    inspect::{proto_name, text},
-    lbmaps::sum,
+    inspect::{counters_of, proto_name, text},
     stats::{IfaceStatsRow, iface_stats, open_pinned},
 };
 use crate::enls::model::EndpointAddr;
@@ -172,13 +171,7 @@ fn counters<L: EncodeLabelSet, C>(
 /// Service-port ID 0's refusals: the ClusterIPs' other-ports entries count there.
 fn other_ports_refused(pins: &PinLayout) -> Result<u64, DataplaneError> {
     let counters: PerCpuArray<MapData, Counters> = typed(pins, stats::SVC_NAME)?;
-    counters
-        .get(&0, 0)
-        .map(|v| sum(&v).refused)
-        .map_err(|source| DataplaneError::Map {
-            name: stats::SVC_NAME,
-            source,
-        })
+    Ok(counters_of(&counters, 0).refused)
 }
 
 /// Has anything been counted? A service port or backend gets its series from its first count
@@ -239,10 +232,7 @@ fn rows<V: aya::Pod, L: Ord>(
     let mut rows: Vec<(L, Counters)> = names
         .iter()
         .filter_map(Result::ok)
-        .map(|(id, v)| {
-            let c = counters.get(&id, 0).map(|v| sum(&v)).unwrap_or_default();
-            (labels(&v), c)
-        })
+        .map(|(id, v)| (labels(&v), counters_of(&counters, id)))
         .filter(|(_, c)| counted(c))
         .collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
