@@ -1271,6 +1271,100 @@ fn reject_and_drop() {
     assert_eq!((t.ok, t.names()), (5, vec!["n2p1"]), "{t:?}");
 }
 
+/// An address inside a ServiceCIDR that no Service has is not sent on (kube-proxy nftables
+/// drops it): the node's default route would take it out of the node. Here the LAN's router
+/// (the outside namespace) has the address, so a connection that leaves the node succeeds.
+#[test]
+fn unallocated_service_ips_do_not_leave_the_node() {
+    let s = Scenario::new();
+    let free = "10.96.7.7";
+    let outside = &s.cluster.outside;
+    outside.ip(&["addr", "add", &format!("{free}/32"), "dev", "lo"]);
+    // The router knows node1's pod network (its answers find the pod).
+    let node1 = s.node("node1").ip.to_string();
+    outside.ip(&["route", "add", "10.244.1.0/24", "via", &node1]);
+    let mut cmd = Command::new(tollgate_tests::tools::testbed_bin());
+    cmd.args(["serve", "--name", "beyond"]).args([
+        "--tcp",
+        &format!("{free}:80"),
+        "--udp",
+        &format!("{free}:53"),
+    ]);
+    let mut server = s.cluster.spawn_outside("beyond", cmd);
+    server.wait_for_log("serving", Duration::from_secs(5));
+    let tcp = format!("{free}:80");
+    let udp = format!("{free}:53");
+    // Pods and host processes: the call fails at once (EPERM), TCP and UDP.
+    for at in [s.pod("n1p2").placement(), s.node("node1").host()] {
+        for (to, mode) in [(&tcp, Mode::Tcp), (&udp, Mode::Udp)] {
+            let t = s.client(at, to, 2, mode, T);
+            assert_eq!((t.ok, t.other), (0, 2), "{to} {mode:?}: {t:?}");
+            assert!(t.elapsed_ms < 500, "failed at once: {t:?}");
+        }
+    }
+    // The Services' own addresses keep their verdicts.
+    let t = s.client(
+        s.pod("n1p2").placement(),
+        &format!("{}:80", scenario::WEB),
+        2,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!(t.ok, 2, "{t:?}");
+    let t = s.client(
+        s.pod("n1p2").placement(),
+        &format!("{}:80", scenario::EMPTY),
+        2,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!(t.refused, 2, "no endpoints: REJECT, as before: {t:?}");
+    let t = s.client(
+        s.pod("n1p2").placement(),
+        &format!("{}:9999", scenario::WEB),
+        2,
+        Mode::Tcp,
+        T,
+    );
+    assert_eq!(
+        t.refused, 2,
+        "a port the Service does not define: REJECT: {t:?}"
+    );
+    // Counted per prefix: `tollgate maps` and /metrics.
+    let maps = s.maps(s.node("node1"));
+    assert_eq!(
+        maps["service_cidrs"],
+        serde_json::json!([{"cidr": "10.96.0.0/16", "dropped": 8}, {"cidr": "fd00:96::/112", "dropped": 0}]),
+        "{maps}"
+    );
+    let (_, text) = admin_get(s.node("node1"), "/metrics");
+    assert_eq!(
+        metric(
+            &text,
+            "tollgate_service_cidr_unallocated_dropped_total{cidr=\"10.96.0.0/16\"}"
+        ),
+        8.0,
+        "{text}"
+    );
+    // Without the ServiceCIDR the address is nobody's: the connection leaves the node and
+    // the LAN's router answers.
+    s.remove("ServiceCIDR", "kubernetes");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = s.client(s.pod("n1p2").placement(), &tcp, 1, Mode::Tcp, T);
+        if t.ok == 1 {
+            assert_eq!(t.names(), ["beyond"], "{t:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still dropped: {t:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        s.maps(s.node("node1"))["service_cidrs"],
+        serde_json::json!([])
+    );
+}
+
 #[test]
 fn multi_port_named_ports_hairpin_ipv6_and_affinity() {
     let s = Scenario::new();
@@ -2376,6 +2470,7 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
         ("tg_tcpheld_v1", &["value"]),
         ("tg_peerport_v1", &["value"]),
         ("tg_srcrange_v1", &["rev_nat_id", "addr"]),
+        ("tg_svccidr_v1", &["addr", "dropped"]),
         ("tg_maglev_v2", &["service_id", "chunk", "backends"]),
         (
             "tg_svcstat_v1",

@@ -27,10 +27,12 @@ fn the_demo_tour_passes_and_leaves_nothing_behind() {
         "n2p2 192.168.77.100:",
         "(refused as expected: true)",
         "(other port refused as expected: true)",
+        "(unallocated Service IP dropped at once as expected: true)",
         "\"localEndpoints\": 1,\n\t\"serviceProxyHealthy\": true\n}\nHTTP 200",
         "\"localEndpoints\": 0,\n\t\"serviceProxyHealthy\": true\n}\nHTTP 503",
         "(kube-env concealed from the pod, readable by the node: true)",
         "tg_svc_v1",
+        "(unallocated Service IPs)",
         "tollgate_dataplane_programmed_services 5",
         "(0 left)",
     ] {

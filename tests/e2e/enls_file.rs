@@ -95,6 +95,8 @@ fn manifest(endpoints: &[&str]) -> String {
         k8s::service("default", "web", "10.96.0.10", &[("http", 80)]),
         k8s::slice("default", "web-1", "web", &[("http", 8080)], eps),
         k8s::service("default", "db", "10.96.0.11", &[("", 5432)]),
+        serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16"]}}),
     ];
     docs.iter()
         .map(|d| d.to_string())
@@ -121,12 +123,14 @@ fn reloads_on_change_and_keeps_the_last_good_state_on_errors() {
     assert_eq!(first["revision"], 1);
     assert_eq!(first["initial"], true);
     assert_eq!(first["services"].as_array().unwrap().len(), 2);
+    assert_eq!(first["service_cidrs"], serde_json::json!(["10.96.0.0/16"]));
 
     write(&path, &manifest(&["10.244.2.11", "10.244.2.12"]));
     let u = w.next();
     assert_eq!(u["revision"], 2);
     let changed = u["services"].as_array().unwrap();
     assert_eq!(changed.len(), 1, "only the changed service: {u}");
+    assert!(u["service_cidrs"].is_null(), "unchanged: {u}");
     assert_eq!(changed[0]["service"]["name"], "web");
     assert_eq!(
         changed[0]["service"]["ports"][0]["internal_endpoints"],
@@ -153,6 +157,11 @@ fn reloads_on_change_and_keeps_the_last_good_state_on_errors() {
     write(&path, &without_db.join("\n---\n"));
     let u = w.next();
     assert_eq!(u["revision"], 3);
+    assert_eq!(
+        u["service_cidrs"],
+        serde_json::json!([]),
+        "gone with db: {u}"
+    );
     assert_eq!(
         u["services"],
         serde_json::json!([{"op": "remove", "namespace": "default", "name": "db"}])
@@ -192,6 +201,11 @@ fn prints_the_state_once_and_refuses_a_broken_file() {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["db", "web"], "{state}");
+    assert_eq!(
+        state["service_cidrs"],
+        serde_json::json!(["10.96.0.0/16"]),
+        "{state}"
+    );
     assert_eq!(
         services[1]["ports"][0]["internal_endpoints"],
         serde_json::json!(["10.244.2.11:8080"])

@@ -21,7 +21,11 @@ use tollgate::{
     events::{Event, EventMetrics, Events, Regarding},
     source::{self, SourceOptions, SourceSpec},
 };
-use tollgate_tests::{apiserver::ApiServerDouble, k8s, tools::tollgate_bin};
+use tollgate_tests::{
+    apiserver::{ApiServerDouble, DoubleOptions},
+    k8s,
+    tools::tollgate_bin,
+};
 
 struct Pipeline {
     updates: mpsc::Receiver<Arc<Update>>,
@@ -194,6 +198,51 @@ async fn lists_watches_and_emits_only_real_changes() {
     assert_eq!(names(&u), ["db"]);
     assert!(u.services[0].new.is_none());
     assert!(p.status.borrow().synced);
+}
+
+fn service_cidr(cidrs: &[&str]) -> Value {
+    serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "kubernetes"}, "spec": {"cidrs": cidrs}})
+}
+
+fn cidrs(u: &Update) -> Option<Vec<String>> {
+    u.service_cidrs
+        .as_ref()
+        .map(|c| c.iter().map(ToString::to_string).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_cidrs_are_watched_and_an_api_server_without_them_holds_nothing_up() {
+    let double = ApiServerDouble::start_local();
+    seed(&double);
+    double.apply(service_cidr(&["10.96.0.0/16"]));
+    let mut p = pipeline(&double, "node1").await;
+    let first = next(&mut p).await;
+    assert_eq!(cidrs(&first), Some(vec!["10.96.0.0/16".to_owned()]));
+    double.apply(service_cidr(&["10.96.0.0/16", "fd00:96::/112"]));
+    let u = next(&mut p).await;
+    assert_eq!(
+        cidrs(&u),
+        Some(vec!["10.96.0.0/16".to_owned(), "fd00:96::/112".to_owned()])
+    );
+    assert!(u.services.is_empty());
+
+    // An API server before Kubernetes 1.33 has no ServiceCIDRs (404): the state is complete
+    // without them, with none.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let old = ApiServerDouble::start(
+        listener,
+        DoubleOptions {
+            unserved: vec!["ServiceCIDR"],
+            ..Default::default()
+        },
+    );
+    seed(&old);
+    let mut p = pipeline(&old, "node1").await;
+    let first = next(&mut p).await;
+    assert!(first.initial);
+    assert_eq!(names(&first), ["db", "web"]);
+    assert_eq!(cidrs(&first), Some(vec![]));
 }
 
 fn options(node: &str, kubeconfig: std::path::PathBuf) -> SourceOptions {

@@ -404,6 +404,7 @@ fn to_object(v: Value) -> Object {
         "Service" => Object::Service(Box::new(serde_json::from_value(v).unwrap())),
         "EndpointSlice" => Object::EndpointSlice(Box::new(serde_json::from_value(v).unwrap())),
         "Node" => Object::Node(Box::new(serde_json::from_value(v).unwrap())),
+        "ServiceCIDR" => Object::ServiceCidr(Box::new(serde_json::from_value(v).unwrap())),
         k => panic!("{k}"),
     }
 }
@@ -479,6 +480,9 @@ fn bench_with(node: &Node, extra: Vec<Value>, maglev: Option<u32>) -> Bench {
     for c in &update.services {
         writer.apply(c).unwrap();
     }
+    writer
+        .set_service_cidrs(update.service_cidrs.as_deref().unwrap_or_default())
+        .unwrap();
     let words = tollgate::dataplane::addr::words;
     writer
         .maps()
@@ -909,6 +913,65 @@ fn a_cluster_ip_refuses_the_ports_and_protocols_its_service_does_not_define() {
         }
         let services = inspect::services(b.dp.pins()).unwrap();
         assert!(services.iter().all(|s| s.service_id != 0 && s.port != 0));
+    });
+}
+
+/// A new connection to an address inside a ServiceCIDR that no Service has (an unallocated
+/// ClusterIP) is dropped (kube-proxy nftables), from outside and from pods, TCP and UDP, IPv4
+/// and IPv6; the Services' own addresses keep their verdicts, and addresses outside the
+/// prefixes are not ours.
+#[test]
+fn new_connections_to_unallocated_service_ips_are_dropped() {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let cidrs = json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16", "fd00:96::/112"]}});
+        let b = bench_with(node, vec![cidrs], None);
+        let s = IpAddr::V4(CLIENT);
+        let free = Ipv4Addr::new(10, 96, 0, 200);
+        let f = IpAddr::V4(free);
+        let to = |addr, proto, l4: &[u8]| client4_frame_to(&b, addr, proto, l4);
+        // From outside: a SYN (whatever its port: 8443 is no frontend's) and a datagram.
+        for dport in [80, 8443] {
+            let syn = to(free, 6, &tcp(&s, &f, 40030, dport, 0x02, &[]));
+            assert_eq!(b.tc("tg_tc_ingress", &syn).0, TC_ACT_SHOT, "{free}:{dport}");
+            // XDP leaves it to TC.
+            assert_eq!(b.xdp(&syn).0, XDP_PASS);
+        }
+        let dgram = to(free, 17, &udp(&s, &f, 5030, 53, b"x", false));
+        assert_eq!(b.tc("tg_tc_ingress", &dgram).0, TC_ACT_SHOT);
+        // Only what starts a connection: a stray segment of no flow passes as before.
+        let ack = to(free, 6, &tcp(&s, &f, 40031, 80, 0x10, &[]));
+        assert_eq!(b.tc("tg_tc_ingress", &ack).0, TC_ACT_UNSPEC);
+        // From a pod (its socket was not balanced: --socket-lb-host-namespace-only).
+        let l4 = tcp(&IpAddr::V4(LOCAL_POD), &f, 40032, 80, 0x02, &[]);
+        let frame = pod_frame(LOCAL_POD, free, 6, &l4);
+        assert_eq!(b.tc("tg_tc_from_pod", &frame).0, TC_ACT_SHOT);
+        // IPv6.
+        let (s6, d6): (IpAddr, IpAddr) = (CLIENT6.parse().unwrap(), "fd00:96::99".parse().unwrap());
+        let syn6 = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x86dd,
+            &ipv6(6, &s6, &d6, &tcp(&s6, &d6, 40033, 80, 0x02, &[])),
+        );
+        assert_eq!(b.tc("tg_tc_ingress", &syn6).0, TC_ACT_SHOT);
+        // A Service's ClusterIP keeps its verdicts: translated on its port, refused on others.
+        let vip = Ipv4Addr::new(10, 96, 0, 1);
+        let d = IpAddr::V4(vip);
+        let (verdict, out) = b.tc("tg_tc_ingress", &to(vip, 6, &tcp(&s, &d, 40034, 80, 0x02, &[])));
+        assert_eq!((verdict, parse(&out).dst), (TC_ACT_REDIRECT, IpAddr::V4(REMOTE_POD)));
+        let (verdict, out) = b.tc("tg_tc_ingress", &to(vip, 6, &tcp(&s, &d, 40035, 30080, 0x02, &[])));
+        assert_eq!((verdict, parse(&out).tcp_flags), (TC_ACT_REDIRECT, 0x14));
+        // Outside the prefixes: not ours.
+        let beyond = Ipv4Addr::new(10, 97, 0, 1);
+        let syn = to(beyond, 6, &tcp(&s, &IpAddr::V4(beyond), 40036, 80, 0x02, &[]));
+        assert_eq!(b.tc("tg_tc_ingress", &syn).0, TC_ACT_UNSPEC);
+        // Counted per prefix (XDP counts nothing it passes on).
+        let counted = inspect::service_cidrs(b.dp.pins()).unwrap();
+        let counted: Vec<(&str, u64)> = counted.iter().map(|c| (c.cidr.as_str(), c.dropped)).collect();
+        assert_eq!(counted, [("10.96.0.0/16", 4), ("fd00:96::/112", 1)]);
     });
 }
 

@@ -19,6 +19,9 @@ use crate::{
     traffic::{Mode, Tally},
 };
 
+/// The ServiceCIDRs of [`objects`] (every ClusterIP below is inside them).
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+pub const SERVICE_CIDR6: &str = "fd00:96::/112";
 pub const WEB: &str = "10.96.0.10";
 pub const MULTI: &str = "10.96.0.11";
 pub const DNS: &str = "10.96.0.53";
@@ -212,7 +215,14 @@ pub fn objects(cluster: &Cluster) -> Vec<Value> {
                 .map(|n| endpoint6(p(n), ready()))
                 .collect(),
         ),
+        service_cidr("kubernetes", &[SERVICE_CIDR, SERVICE_CIDR6]),
     ]
+}
+
+/// A ServiceCIDR object (`networking.k8s.io/v1`, cluster-scoped) with these prefixes.
+pub fn service_cidr(name: &str, cidrs: &[&str]) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": name}, "spec": {"cidrs": cidrs}})
 }
 
 /// An IPv6 NodePort Service (Cluster policy; TCP [`NODEPORT6`] and UDP [`NODEPORT6_UDP`]) with

@@ -660,6 +660,34 @@ pub mod srcrange {
     crate::impl_pod!(SrcRangeKey);
 }
 
+pub mod svccidr {
+    //! The cluster's ServiceCIDRs (`networking.k8s.io/v1`): the ranges ClusterIPs come from. A
+    //! new connection to an address inside one that no frontend has is dropped (kube-proxy
+    //! nftables' "unallocated IP inside a ServiceCIDR": it would otherwise follow the node's
+    //! routes, typically the default route out of the node).
+    pub const NAME: &str = "tg_svccidr_v1";
+    pub const CAPACITY: u32 = 1024;
+
+    /// The LPM data after the kernel's leading `prefixlen`: the prefix (be), IPv4 as
+    /// IPv4-mapped (its prefix length plus 96).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SvcCidrKey {
+        pub addr: [u32; 4],
+    }
+    const _: () = assert!(core::mem::size_of::<SvcCidrKey>() == 16);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SvcCidrValue {
+        /// host: new connections (and the packets of sockets) dropped or refused for an
+        /// unallocated address of this prefix (atomic adds: shared by every CPU).
+        pub dropped: u64,
+    }
+
+    crate::impl_pod!(SvcCidrKey, SvcCidrValue);
+}
+
 pub mod stats {
     //! Per-CPU counters, indexed by service-port ID (`tg_svcstat_v1`) and backend ID
     //! (`tg_bestat_v1`). IDs start at 1: service-port ID 0 counts the connections refused for

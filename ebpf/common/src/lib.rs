@@ -53,6 +53,7 @@ pub const MAP_NAMES: &[&str] = &[
     lb::sockrev::HELD_NAME,
     lb::sockrev::PORT_NAME,
     lb::srcrange::NAME,
+    lb::svccidr::NAME,
     lb::maglev::NAME,
     lb::stats::SVC_NAME,
     lb::stats::BACKEND_NAME,

@@ -1,6 +1,9 @@
 //! Frontend lookup and backend choice, shared by the socket hooks and the per-packet path.
 
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    maps::lpm_trie::Key,
+};
 use tollgate_common::lb::{
     affinity::{AffinityKey, AffinityValue},
     affinity_kind,
@@ -9,10 +12,11 @@ use tollgate_common::lb::{
     stats::Counters,
     svc::{SvcKey, SvcValue},
     svc_flags,
+    svccidr::{SvcCidrKey, SvcCidrValue},
 };
 
 use crate::{
-    maps::{AFFINITY, BACKEND_STATS, BACKENDS, MAGLEV, SERVICE_STATS, SERVICES},
+    maps::{AFFINITY, BACKEND_STATS, BACKENDS, MAGLEV, SERVICE_CIDRS, SERVICE_STATS, SERVICES},
     pkt::Pkt,
 };
 
@@ -56,6 +60,24 @@ pub fn frontend_inside(addr: [u32; 4], port: u16, proto: u8) -> Option<Frontend>
 #[inline(always)]
 pub fn other_ports(addr: [u32; 4]) -> Option<Frontend> {
     lookup(SvcKey::other_ports(addr))
+}
+
+/// The ServiceCIDR prefix `addr` is inside, if any (the caller having found no frontend: an
+/// unallocated Service IP).
+#[inline(always)]
+pub fn service_cidr(addr: [u32; 4]) -> Option<&'static SvcCidrValue> {
+    SERVICE_CIDRS.get(&Key::new(128, SvcCidrKey { addr }))
+}
+
+/// Counts a connection dropped for an unallocated address of the prefix `v`.
+#[inline(always)]
+pub fn count_unallocated(v: &SvcCidrValue) {
+    // SAFETY: a map value (8-byte aligned, writable by programs), shared by every CPU: an
+    // atomic add (BPF_ATOMIC | BPF_ADD).
+    unsafe {
+        use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
+        atomic_xadd::<u64, u64, { Relaxed }>(core::ptr::from_ref(&v.dropped).cast_mut(), 1);
+    }
 }
 
 /// Looks `key` (slot 0) up, falling back to the internal scope for an external lookup and then

@@ -23,6 +23,7 @@ use tollgate_common::{
         srcrange::{self, SrcRangeKey},
         stats::{self, Counters},
         svc::{self, SvcKey, SvcValue},
+        svccidr::{self, SvcCidrKey, SvcCidrValue},
         svcinfo::{self, SvcInfo},
     },
 };
@@ -109,6 +110,14 @@ pub static SOURCE_RANGES: LpmTrie<
     SrcRangeKey,
     u8,
     { srcrange::CAPACITY as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = LpmTrie::new();
+
+#[btf_map(name = "tg_svccidr_v1")]
+pub static SERVICE_CIDRS: LpmTrie<
+    SvcCidrKey,
+    SvcCidrValue,
+    { svccidr::CAPACITY as usize },
     { BPF_F_NO_PREALLOC as usize },
 > = LpmTrie::new();
 

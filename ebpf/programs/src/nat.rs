@@ -448,7 +448,7 @@ fn metadata_bypass(daddr: &[u32; 4], dport: u16) -> bool {
 
 /// The common packet, decided from five header fields before anything is copied to the
 /// scratch: a TCP segment (IPv4 or IPv6) that cannot start a flow (not a bare SYN to a port a
-/// frontend has had) and cannot belong to one (`may_have_flow`), and from a pod not to the
+/// frontend has had or to an address inside a ServiceCIDR) and cannot belong to one (`may_have_flow`), and from a pod not to the
 /// metadata server. The full path would pass it untouched too; this gets there with a fraction
 /// of the work. It is every packet of socket-balanced connections (their SYN goes to the
 /// backend's port), and nearly every packet of traffic to the node itself and between pods of
@@ -458,7 +458,7 @@ pub(crate) fn passes<F: Frame>(f: &F, side: Side) -> bool {
     let Some(p) = pkt::tcp_segment(f) else {
         return false;
     };
-    !(pkt::bare_syn(p.tcp_flags) && frontend_port(p.dport))
+    !(pkt::bare_syn(p.tcp_flags) && (frontend_port(p.dport) || lb::service_cidr(p.daddr).is_some()))
         && !(side == Side::Pod && metadata_bypass(&p.daddr, p.dport))
         && !may_have_flow(&p.saddr, p.dport, side)
 }
@@ -494,7 +494,7 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
     }
     let p = &s.pkt;
     if !may_start_flow(p) {
-        return TC_ACT_UNSPEC;
+        return unallocated(p);
     }
     s.svc_key = SvcKey {
         addr: p.daddr,
@@ -509,7 +509,7 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         pad: [0; 2],
     };
     if !lb::frontend_into(&mut s.svc_key, &mut s.fe) {
-        return TC_ACT_UNSPEC;
+        return unallocated(&s.pkt);
     }
     let fe = &s.fe;
     let p = &s.pkt;
@@ -535,6 +535,19 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
     match ct_get(&s.key) {
         Some(e) => apply_forward(ctx, &mut s.pkt, e, &s.key),
         None => TC_ACT_SHOT,
+    }
+}
+
+/// A packet no frontend matched: dropped if it starts a flow to an address inside a
+/// ServiceCIDR (an unallocated Service IP, kube-proxy nftables' DROP), else left alone.
+#[inline(always)]
+fn unallocated(p: &Pkt) -> i32 {
+    match lb::service_cidr(p.daddr) {
+        Some(v) if p.may_start_flow() => {
+            lb::count_unallocated(v);
+            TC_ACT_SHOT
+        }
+        _ => TC_ACT_UNSPEC,
     }
 }
 

@@ -336,15 +336,18 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
         .or_else(|| cfg.and_then(|c| localhost_nodeport(ctx, c, addr, port, proto)))
         .or_else(|| lb::other_ports(addr))
     else {
-        return ALLOW;
+        // An unallocated address inside a ServiceCIDR: kube-proxy drops the packets. A socket
+        // call cannot lose them quietly: it fails with EPERM (what a netfilter drop on the
+        // way out gives a UDP sender).
+        return match lb::service_cidr(addr) {
+            Some(v) if !left_to_packets(ctx, cfg) => {
+                lb::count_unallocated(v);
+                DENY
+            }
+            _ => ALLOW,
+        };
     };
-    // Pods' sockets left as they are (`--socket-lb-host-namespace-only`): their packets are
-    // translated on their interface.
-    if let Some(c) = cfg
-        && c.socket_lb_host_only != 0
-        // SAFETY: helper valid for sock_addr programs.
-        && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != c.host_netns_cookie
-    {
+    if left_to_packets(ctx, cfg) {
         return ALLOW;
     }
     if fe.value.count == 0 {
@@ -430,6 +433,17 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
         );
     }
     ALLOW
+}
+
+/// Pods' sockets left as they are (`--socket-lb-host-namespace-only`): their packets are
+/// translated (or dropped) on their interface.
+#[inline(always)]
+fn left_to_packets(ctx: &SockAddrContext, cfg: Option<&Config>) -> bool {
+    cfg.is_some_and(|c| {
+        c.socket_lb_host_only != 0
+            // SAFETY: helper valid for sock_addr programs.
+            && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != c.host_netns_cookie
+    })
 }
 
 /// recvmsg/getpeername: a backend source becomes the frontend the socket asked for.

@@ -60,6 +60,7 @@ struct Shared {
     pages: Mutex<HashMap<String, ListSnapshot>>,
     page_id: AtomicU64,
     bookmark_interval: Duration,
+    unserved: Vec<&'static str>,
 }
 
 impl Shared {
@@ -80,6 +81,8 @@ pub struct DoubleOptions {
     /// Events kept for resuming watches; older resourceVersions answer 410 Gone.
     pub event_log: usize,
     pub bookmark_interval: Duration,
+    /// Kinds answered 404, as by an API server that predates them.
+    pub unserved: Vec<&'static str>,
 }
 
 impl Default for DoubleOptions {
@@ -87,6 +90,7 @@ impl Default for DoubleOptions {
         Self {
             event_log: 100_000,
             bookmark_interval: Duration::from_millis(500),
+            unserved: Vec::new(),
         }
     }
 }
@@ -121,6 +125,7 @@ impl ApiServerDouble {
             pages: Mutex::new(HashMap::new()),
             page_id: AtomicU64::new(0),
             bookmark_interval: opts.bookmark_interval,
+            unserved: opts.unserved,
         });
         let serving = shared.clone();
         runtime.spawn(async move {
@@ -385,7 +390,8 @@ async fn handle(
             json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-tollgate-double"}),
         ));
     }
-    let Some((res, ns, name)) = route(&path) else {
+    let Some((res, ns, name)) = route(&path).filter(|(r, ..)| !shared.unserved.contains(&r.kind))
+    else {
         return Ok(full(
             StatusCode::NOT_FOUND,
             StoreError::NotFound(path).status(),

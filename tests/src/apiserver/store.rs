@@ -45,6 +45,12 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
     },
     Resource {
+        kind: "ServiceCIDR",
+        plural: "servicecidrs",
+        api_version: "networking.k8s.io/v1",
+        namespaced: false,
+    },
+    Resource {
         kind: "Event",
         plural: "events",
         api_version: "events.k8s.io/v1",

@@ -202,6 +202,15 @@ fn main() -> anyhow::Result<()> {
     let refused = !curl(n1p2.placement(), "pod n1p2", "http://10.96.0.10:8080/");
     println!("(other port refused as expected: {refused})");
     ok &= refused;
+    section(
+        "an address of the ServiceCIDR that no Service has is dropped (kube-proxy nftables' DROP), not routed out of the node",
+    )?;
+    // Sent on, it would time out after curl's 3 s: here the connect fails at once (EPERM).
+    let start = std::time::Instant::now();
+    let dropped = !curl(n1p2.placement(), "pod n1p2", "http://10.96.7.7/")
+        && start.elapsed() < Duration::from_secs(1);
+    println!("(unallocated Service IP dropped at once as expected: {dropped})");
+    ok &= dropped;
 
     section("metadata concealment: pods get filtered answers, the node itself is not redirected")?;
     let md_curl = |at: Placement<'_>, where_: &str, path: &str| {

@@ -135,6 +135,7 @@ fn print_snapshot(node: &str, first: &Update) -> anyhow::Result<()> {
         "revision": first.revision,
         "services": first.services.iter().filter_map(|c| c.new.clone()).collect::<Vec<_>>(),
         "pods": first.pods.iter().filter_map(|c| c.new.clone()).collect::<Vec<_>>(),
+        "service_cidrs": first.service_cidrs.clone().unwrap_or_default(),
     });
     if let Some(info) = &first.node {
         snapshot["node_info"] = serde_json::to_value(info)?;
@@ -167,5 +168,6 @@ pub fn update_json(update: &Update) -> serde_json::Value {
         "services": services,
         "pods": pods,
         "node": update.node,
+        "service_cidrs": update.service_cidrs,
     })
 }

@@ -20,6 +20,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let node = inspect::node(&pins)?;
     let services = inspect::services(&pins)?;
     let other_ports = inspect::other_ports(&pins)?;
+    let service_cidrs = inspect::service_cidrs(&pins)?;
     let interfaces = dataplane::stats::iface_stats(&pins)?;
     if args.json {
         println!(
@@ -28,6 +29,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "node": node,
                 "services": services,
                 "other_ports": other_ports,
+                "service_cidrs": service_cidrs,
                 "interfaces": interfaces,
             }))?
         );
@@ -132,6 +134,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 String::new()
             }
+        );
+    }
+    for c in &service_cidrs {
+        println!(
+            "{:<32} {:<12} {:<11} {:<38} {:>36}",
+            "(unallocated Service IPs)",
+            "*",
+            "ServiceCIDR",
+            format!("{}: DROP", c.cidr),
+            c.dropped
         );
     }
     println!();

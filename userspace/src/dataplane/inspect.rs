@@ -98,6 +98,41 @@ pub fn other_ports(pins: &PinLayout) -> Result<OtherPortsView, DataplaneError> {
     })
 }
 
+/// A ServiceCIDR prefix and the new connections dropped (or refused at the socket) for its
+/// unallocated addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceCidrView {
+    pub cidr: String,
+    pub dropped: u64,
+}
+
+/// The prefixes of `tg_svccidr_v1`, sorted (IPv4 first).
+pub fn service_cidrs(pins: &PinLayout) -> Result<Vec<ServiceCidrView>, DataplaneError> {
+    let maps = LbMaps::open(pins)?;
+    let mut rows: Vec<(std::net::IpAddr, u32, u64)> = maps
+        .svccidr
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| {
+            let addr = ip(k.data().addr);
+            let bits = if addr.is_ipv4() {
+                k.prefix_len().saturating_sub(96)
+            } else {
+                k.prefix_len()
+            };
+            (addr, bits, v.dropped)
+        })
+        .collect();
+    rows.sort();
+    Ok(rows
+        .into_iter()
+        .map(|(addr, bits, dropped)| ServiceCidrView {
+            cidr: format!("{addr}/{bits}"),
+            dropped,
+        })
+        .collect())
+}
+
 /// The counters of ID `id` in a per-CPU counter map, summed over CPUs (zero if unreadable).
 pub(crate) fn counters_of(map: &PerCpuArray<MapData, Counters>, id: u32) -> Counters {
     map.get(&id, 0).map(|v| sum(&v)).unwrap_or_default()

@@ -15,6 +15,7 @@ use tollgate_common::lb::{
     srcrange::{self, SrcRangeKey},
     stats::{self, Counters},
     svc::{self, SvcKey, SvcValue},
+    svccidr::{self, SvcCidrKey, SvcCidrValue},
     svcinfo::{self, SvcInfo},
 };
 
@@ -29,6 +30,7 @@ pub struct LbMaps {
     pub sockct: HashMap<MapData, SockCtKey, SockCtValue>,
     pub sockrev: HashMap<MapData, SockRevKey, SockRevValue>,
     pub srcrange: LpmTrie<MapData, SrcRangeKey, u8>,
+    pub svccidr: LpmTrie<MapData, SvcCidrKey, SvcCidrValue>,
     pub svcstat: PerCpuArray<MapData, Counters>,
     pub bestat: PerCpuArray<MapData, Counters>,
     pub config: Array<MapData, Config>,
@@ -76,6 +78,7 @@ impl LbMaps {
             sockct: open!(pins, sockct::NAME, HashMap),
             sockrev: open!(pins, sockrev::NAME, HashMap),
             srcrange: open!(pins, srcrange::NAME, LpmTrie),
+            svccidr: open!(pins, svccidr::NAME, LpmTrie),
             svcstat: open!(pins, stats::SVC_NAME, PerCpuArray),
             bestat: open!(pins, stats::BACKEND_NAME, PerCpuArray),
             config: open!(pins, config::NAME, Array),

@@ -84,7 +84,7 @@ impl DataplaneMetrics {
         );
         reg.register(
             "tollgate_dataplane_write_errors",
-            "Services that could not be programmed, by reason (capacity, ids, map)",
+            "Services (or the set of ServiceCIDRs) that could not be programmed, by reason (capacity, ids, map, taken)",
             m.errors.clone(),
         );
         reg.register(
@@ -318,6 +318,27 @@ impl Programmer {
                 self.writer.set_node(n);
                 self.health.set_node_eligible(n.eligible);
                 node = Some(n.clone());
+            }
+            if let Some(cidrs) = &update.service_cidrs {
+                if let Err(e) = self.writer.set_service_cidrs(cidrs) {
+                    tracing::error!(
+                        "writing the ServiceCIDRs (traffic to unallocated Service IPs is not dropped as it should be): {e}"
+                    );
+                    self.metrics
+                        .errors
+                        .get_or_create(&[("reason", reason(&e))])
+                        .inc();
+                } else if !update.initial || !cidrs.is_empty() {
+                    let list: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+                    tracing::info!(
+                        "ServiceCIDRs: {}; new connections to their unallocated addresses are dropped",
+                        if list.is_empty() {
+                            "none".into()
+                        } else {
+                            list.join(", ")
+                        }
+                    );
+                }
             }
             let mut purge = Purge::default();
             // A frontend another change of this update frees (a Service renamed, an address

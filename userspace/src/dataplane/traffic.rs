@@ -23,7 +23,7 @@ use tollgate_common::lb::{
 use super::{
     DataplaneError, PinLayout,
     addr::{ip, port_host},
-    inspect::{counters_of, proto_name, text},
+    inspect::{counters_of, proto_name, service_cidrs, text},
     stats::{IfaceStatsRow, iface_stats, open_pinned},
 };
 use crate::enls::model::EndpointAddr;
@@ -109,6 +109,22 @@ impl Collector for TrafficCollector {
                 ConstCounter::new(n).encode(m)?;
             }
             Err(e) => tracing::debug!("other-ports counter left out of /metrics: {e}"),
+        }
+        match service_cidrs(&self.pins) {
+            Ok(rows) => {
+                let rows: Vec<([(&str, String); 1], u64)> = rows
+                    .into_iter()
+                    .map(|r| ([("cidr", r.cidr)], r.dropped))
+                    .collect();
+                counters(
+                    &mut encoder,
+                    "tollgate_service_cidr_unallocated_dropped",
+                    "New connections to an address inside a ServiceCIDR that no Service has, dropped (kube-proxy nftables' DROP; a pod's or host's socket call fails with EPERM), by ServiceCIDR prefix.",
+                    &rows,
+                    |n| *n,
+                )?;
+            }
+            Err(e) => tracing::debug!("ServiceCIDR counters left out of /metrics: {e}"),
         }
         if self.level == TrafficMetrics::Backends {
             match backend_rows(&self.pins) {

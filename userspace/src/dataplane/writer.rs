@@ -23,6 +23,7 @@ use tollgate_common::lb::{
     stats::{self, Counters},
     svc::{self, SvcKey, SvcValue},
     svc_flags,
+    svccidr::{self, SvcCidrKey, SvcCidrValue},
     svcinfo::{self, SvcInfo},
 };
 
@@ -36,8 +37,8 @@ use super::{
 use crate::enls::{
     ServiceChange,
     model::{
-        EndpointAddr, EndpointSet, Frontend, FrontendKind, IpFamily, NodeInfo, ObjKey, Protocol,
-        ServicePortState, ServiceState,
+        EndpointAddr, EndpointSet, Frontend, FrontendKind, IpFamily, IpNet, NodeInfo, ObjKey,
+        Protocol, ServicePortState, ServiceState,
     },
 };
 
@@ -401,6 +402,54 @@ impl Writer {
 
     pub fn set_node(&mut self, node: &NodeInfo) {
         self.node_addresses = node.addresses.clone();
+    }
+
+    /// Makes `tg_svccidr_v1` hold exactly these ServiceCIDR prefixes. Prefixes kept keep their
+    /// counters; entries of a previous run that are no longer wanted are removed.
+    pub fn set_service_cidrs(&mut self, cidrs: &[IpNet]) -> Result<(), WriteError> {
+        let wanted: HashMap<(u32, [u32; 4]), IpNet> = cidrs
+            .iter()
+            .map(|c| {
+                let (addr, bits) = prefix_words(c.addr, c.prefix_len);
+                ((bits, addr), *c)
+            })
+            .collect();
+        let present: Vec<Key<SvcCidrKey>> =
+            self.maps.svccidr.keys().filter_map(Result::ok).collect();
+        let mut have = HashSet::new();
+        for key in present {
+            let data = key.data();
+            if wanted.contains_key(&(key.prefix_len(), data.addr)) {
+                have.insert((key.prefix_len(), data.addr));
+            } else {
+                let _ = self.maps.svccidr.remove(&key);
+                self.stats.entries_deleted += 1;
+            }
+        }
+        let missing: Vec<&(u32, [u32; 4])> = wanted.keys().filter(|k| !have.contains(*k)).collect();
+        let free = (svccidr::CAPACITY as usize).saturating_sub(have.len());
+        if missing.len() > free {
+            return Err(WriteError::Capacity {
+                map: svccidr::NAME,
+                needed: missing.len(),
+                free,
+            });
+        }
+        for &(bits, addr) in missing {
+            self.maps
+                .svccidr
+                .insert(
+                    &Key::new(bits, SvcCidrKey { addr }),
+                    SvcCidrValue::default(),
+                    0,
+                )
+                .map_err(|source| WriteError::Map {
+                    map: svccidr::NAME,
+                    source,
+                })?;
+            self.stats.entries_written += 1;
+        }
+        Ok(())
     }
 
     /// What the previous run had and the current state lacks, released and to be purged.

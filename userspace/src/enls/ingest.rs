@@ -13,6 +13,7 @@ use std::{net::IpAddr, sync::Arc, time::SystemTime};
 use k8s_openapi::api::{
     core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 
 use super::model::{IpFamily, IpNet, NodeInfo, ObjKey, PodIdentity, Protocol, ServiceType};
@@ -34,10 +35,17 @@ pub enum Kind {
     EndpointSlice,
     Node,
     Pod,
+    ServiceCidr,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Service, Kind::EndpointSlice, Kind::Node, Kind::Pod];
+    pub const ALL: [Kind; 5] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Node,
+        Kind::Pod,
+        Kind::ServiceCidr,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,6 +53,7 @@ impl Kind {
             Self::EndpointSlice => "EndpointSlice",
             Self::Node => "Node",
             Self::Pod => "Pod",
+            Self::ServiceCidr => "ServiceCIDR",
         }
     }
 
@@ -641,6 +650,36 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
     let secs = u64::try_from(secs).ok()?;
     Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+}
+
+/// A ServiceCIDR's prefixes (`spec.cidrs`, one per family): the ranges ClusterIPs are
+/// allocated from. A prefix that does not parse is skipped with a warning, the others kept.
+pub fn service_cidr(obj: &ServiceCIDR) -> Result<Ingested<Vec<IpNet>>, Rejection> {
+    let key = key_of(Kind::ServiceCidr, &obj.metadata)?;
+    let mut warnings = Vec::new();
+    let mut cidrs = Vec::new();
+    for s in obj
+        .spec
+        .as_ref()
+        .and_then(|s| s.cidrs.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        match IpNet::parse(s) {
+            Some(net) if !cidrs.contains(&net) => cidrs.push(net),
+            Some(_) => {}
+            None => warnings.push(Rejection {
+                kind: Kind::ServiceCidr,
+                object: key.to_string(),
+                reason: RejectReason::InvalidIp,
+                detail: format!("spec.cidrs {s:?} is not an IP prefix; ignored"),
+            }),
+        }
+    }
+    Ok(Ingested {
+        record: Some(cidrs),
+        warnings,
+    })
 }
 
 /// This node's zone, addresses and eligibility; `None` for any other node.

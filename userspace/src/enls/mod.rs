@@ -26,6 +26,7 @@ use std::{
 use k8s_openapi::api::{
     core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use serde::Serialize;
 
@@ -71,6 +72,7 @@ pub enum Object {
     EndpointSlice(Box<EndpointSlice>),
     Node(Box<Node>),
     Pod(Box<Pod>),
+    ServiceCidr(Box<ServiceCIDR>),
 }
 
 impl Object {
@@ -80,6 +82,7 @@ impl Object {
             Self::EndpointSlice(_) => Kind::EndpointSlice,
             Self::Node(_) => Kind::Node,
             Self::Pod(_) => Kind::Pod,
+            Self::ServiceCidr(_) => Kind::ServiceCidr,
         }
     }
 
@@ -89,6 +92,7 @@ impl Object {
             Self::EndpointSlice(o) => &o.metadata,
             Self::Node(o) => &o.metadata,
             Self::Pod(o) => &o.metadata,
+            Self::ServiceCidr(o) => &o.metadata,
         }
     }
 }
@@ -131,6 +135,9 @@ pub struct Update {
     pub pods: Vec<PodChange>,
     /// The node's info when it changed (always on the initial update).
     pub node: Option<NodeInfo>,
+    /// The cluster's ServiceCIDR prefixes, sorted, when they changed (always on the initial
+    /// update).
+    pub service_cidrs: Option<Vec<IpNet>>,
     /// `last-change-trigger-time`s of the EndpointSlice changes in this update (for
     /// kubeproxy_network_programming_duration_seconds, observed when programmed).
     pub trigger_times: Vec<SystemTime>,
@@ -138,7 +145,10 @@ pub struct Update {
 
 impl Update {
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.pods.is_empty() && self.node.is_none()
+        self.services.is_empty()
+            && self.pods.is_empty()
+            && self.node.is_none()
+            && self.service_cidrs.is_none()
     }
 }
 
@@ -149,6 +159,9 @@ pub struct Snapshot {
     pub revision: u64,
     pub services: Vec<Arc<ServiceState>>,
     pub pods: Vec<Arc<PodIdentity>>,
+    /// The ServiceCIDR prefixes (traffic to an address inside one that no Service has is
+    /// dropped).
+    pub service_cidrs: Vec<IpNet>,
 }
 
 /// The ENLS engine: records, computed state, revision. Pure and synchronous; see
@@ -168,9 +181,11 @@ pub struct Enls {
     interner: Interner,
     node: Option<NodeInfo>,
     pods: HashMap<ObjKey, Arc<PodIdentity>>,
+    /// ServiceCIDR objects' prefixes.
+    service_cidrs: HashMap<ObjKey, Vec<IpNet>>,
 
-    listing: [Option<HashSet<ObjKey>>; 4],
-    synced: [bool; 4],
+    listing: [Option<HashSet<ObjKey>>; Kind::ALL.len()],
+    synced: [bool; Kind::ALL.len()],
     dirty_services: HashSet<ObjKey>,
     all_services_dirty: bool,
     dirty_pods: HashSet<ObjKey>,
@@ -179,6 +194,7 @@ pub struct Enls {
     state: BTreeMap<ObjKey, Arc<ServiceState>>,
     pod_state: BTreeMap<ObjKey, Arc<PodIdentity>>,
     node_state: Option<NodeInfo>,
+    cidr_state: Vec<IpNet>,
     revision: u64,
     emitted_initial: bool,
     api_events: u64,
@@ -201,8 +217,9 @@ impl Enls {
             interner: Interner::default(),
             node: None,
             pods: HashMap::new(),
+            service_cidrs: HashMap::new(),
             listing: Default::default(),
-            synced: [false; 4],
+            synced: [false; Kind::ALL.len()],
             dirty_services: HashSet::new(),
             all_services_dirty: false,
             dirty_pods: HashSet::new(),
@@ -210,6 +227,7 @@ impl Enls {
             state: BTreeMap::new(),
             pod_state: BTreeMap::new(),
             node_state: None,
+            cidr_state: Vec::new(),
             revision: 0,
             emitted_initial: false,
             api_events: 0,
@@ -244,6 +262,7 @@ impl Enls {
             revision: self.revision,
             services: self.state.values().cloned().collect(),
             pods: self.pod_state.values().cloned().collect(),
+            service_cidrs: self.cidr_state.clone(),
         }
     }
 
@@ -333,6 +352,15 @@ impl Enls {
                             }
                         }
                         None => self.remove(kind, &key),
+                    }
+                }
+                Err(r) => self.reject(&r),
+            },
+            Object::ServiceCidr(obj) => match ingest::service_cidr(&obj) {
+                Ok(ing) => {
+                    ing.warnings.iter().for_each(|w| self.reject(w));
+                    if let Some(cidrs) = ing.record {
+                        self.service_cidrs.insert(key, cidrs);
                     }
                 }
                 Err(r) => self.reject(&r),
@@ -432,6 +460,9 @@ impl Enls {
                     self.dirty_pods.insert(key.clone());
                 }
             }
+            Kind::ServiceCidr => {
+                self.service_cidrs.remove(key);
+            }
         }
     }
 
@@ -455,6 +486,12 @@ impl Enls {
                 .collect(),
             Kind::Pod => self
                 .pods
+                .keys()
+                .filter(|k| !seen.contains(*k))
+                .cloned()
+                .collect(),
+            Kind::ServiceCidr => self
+                .service_cidrs
                 .keys()
                 .filter(|k| !seen.contains(*k))
                 .cloned()
@@ -542,6 +579,13 @@ impl Enls {
         if initial || self.node_state != self.node {
             self.node_state = self.node.clone();
             update.node = Some(self.node.clone().unwrap_or_default());
+        }
+        let mut cidrs: Vec<IpNet> = self.service_cidrs.values().flatten().copied().collect();
+        cidrs.sort();
+        cidrs.dedup();
+        if initial || self.cidr_state != cidrs {
+            self.cidr_state = cidrs.clone();
+            update.service_cidrs = Some(cidrs);
         }
         update.trigger_times = std::mem::take(&mut self.pending_triggers);
         self.metrics.synced(start.elapsed());

@@ -913,3 +913,78 @@ fn rfc3339_parsing() {
     assert!(parse_rfc3339("2026-13-24T03:42:53Z").is_none());
     assert!(parse_rfc3339("yesterday").is_none());
 }
+
+fn service_cidr(name: &str, cidrs: Value) -> Object {
+    Object::ServiceCidr(obj(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": name}, "spec": {"cidrs": cidrs},
+    })))
+}
+
+fn cidrs(u: &Update) -> Option<Vec<String>> {
+    u.service_cidrs
+        .as_ref()
+        .map(|c| c.iter().map(ToString::to_string).collect())
+}
+
+#[test]
+fn service_cidrs_are_merged_sorted_and_reported_when_they_change() {
+    let mut h = Harness::new();
+    // Always on the initial update (empty when the cluster has none).
+    assert_eq!(cidrs(&h.initial(vec![])), Some(vec![]));
+    let u = h
+        .apply(service_cidr(
+            "kubernetes",
+            json!(["10.96.0.0/16", "fd00:96::/112"]),
+        ))
+        .expect("a new ServiceCIDR is an update");
+    assert_eq!(
+        cidrs(&u),
+        Some(vec!["10.96.0.0/16".into(), "fd00:96::/112".into()])
+    );
+    assert!(u.services.is_empty());
+    // A second object adds its prefixes; one both have is listed once. A prefix that does not
+    // parse is skipped (counted as malformed), the rest of the object kept; host bits are
+    // masked off.
+    let u = h
+        .apply(service_cidr(
+            "extra",
+            json!(["10.100.0.1/24", "10.96.0.0/16", "nonsense"]),
+        ))
+        .unwrap();
+    assert_eq!(
+        cidrs(&u),
+        Some(vec![
+            "10.96.0.0/16".into(),
+            "10.100.0.0/24".into(),
+            "fd00:96::/112".into()
+        ])
+    );
+    assert!(
+        h.metrics_text()
+            .contains(r#"kind="ServiceCIDR",reason="invalid_ip""#),
+        "{}",
+        h.metrics_text()
+    );
+    assert_eq!(
+        h.enls.snapshot().service_cidrs.len(),
+        3,
+        "`tollgate enls` shows them"
+    );
+    // The same prefixes again: no revision.
+    assert!(
+        h.apply(service_cidr(
+            "extra",
+            json!(["10.96.0.0/16", "10.100.0.0/24"])
+        ))
+        .is_none()
+    );
+    // Deleted, and gone from a re-list.
+    let u = h.delete(service_cidr("extra", json!([]))).unwrap();
+    assert_eq!(
+        cidrs(&u),
+        Some(vec!["10.96.0.0/16".into(), "fd00:96::/112".into()])
+    );
+    let u = h.relist(Kind::ServiceCidr, vec![]).unwrap();
+    assert_eq!(cidrs(&u), Some(vec![]));
+}

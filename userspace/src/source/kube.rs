@@ -8,6 +8,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::{
     core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use kube::{
     Api, Client, Config,
@@ -60,7 +61,9 @@ pub fn start(
     let node = base
         .clone()
         .fields(&format!("metadata.name={}", opts.node_name));
-    let pods = base.fields(&format!("spec.nodeName={}", opts.node_name));
+    let pods = base
+        .clone()
+        .fields(&format!("spec.nodeName={}", opts.node_name));
     vec![
         spawn_watch(
             Api::<Service>::all(client.clone()),
@@ -88,9 +91,25 @@ pub fn start(
             pods,
             ingest::Kind::Pod,
             |o| Object::Pod(Box::new(o)),
+            tx.clone(),
+        ),
+        spawn_watch(
+            Api::<ServiceCIDR>::all(client.clone()),
+            base,
+            ingest::Kind::ServiceCidr,
+            |o| Object::ServiceCidr(Box::new(o)),
             tx,
         ),
     ]
+}
+
+/// The API server does not serve the kind (404) or the agent may not list it (403).
+fn not_served(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404 || s.code == 403,
+        _ => false,
+    }
 }
 
 fn spawn_watch<K>(
@@ -105,6 +124,7 @@ where
 {
     tokio::spawn(async move {
         let mut stream = watcher(api, config).default_backoff().boxed();
+        let mut listed = false;
         while let Some(event) = stream.next().await {
             let event = match event {
                 Ok(watcher::Event::Init) => SourceEvent::ListBegin(kind),
@@ -112,7 +132,25 @@ where
                     SourceEvent::Apply(wrap(o))
                 }
                 Ok(watcher::Event::Delete(o)) => SourceEvent::Delete(wrap(o)),
-                Ok(watcher::Event::InitDone) => SourceEvent::ListDone(kind),
+                Ok(watcher::Event::InitDone) => {
+                    listed = true;
+                    SourceEvent::ListDone(kind)
+                }
+                Err(e) if kind == ingest::Kind::ServiceCidr && not_served(&e) => {
+                    // ServiceCIDRs are GA since Kubernetes 1.33; an older API server (or a
+                    // role without them) has none: an empty list, so the agent is not held up.
+                    // The watcher keeps retrying (quietly) and a later list replaces it.
+                    if listed {
+                        tracing::debug!(%kind, "still cannot list: {e}");
+                        continue;
+                    }
+                    tracing::warn!(%kind, "cannot list ServiceCIDRs ({e}); traffic to unallocated Service IPs is not dropped until they can be listed");
+                    listed = true;
+                    if tx.send(SourceEvent::ListBegin(kind)).await.is_err() {
+                        return;
+                    }
+                    SourceEvent::ListDone(kind)
+                }
                 Err(e) => {
                     // The watcher backs off and retries (re-listing when needed).
                     tracing::warn!(%kind, "watch failed, retrying: {e}");

@@ -1,9 +1,11 @@
 //! Reading ordinary Kubernetes manifests: multi-document YAML, JSON, or a `List` (also
-//! `ServiceList` & co.) of Services, EndpointSlices, Nodes and Pods. Other kinds are ignored.
+//! `ServiceList` & co.) of Services, EndpointSlices, Nodes, Pods and ServiceCIDRs. Other kinds
+//! are ignored.
 
 use k8s_openapi::api::{
     core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use serde::de::DeserializeOwned;
 
@@ -119,6 +121,7 @@ fn convert(item: serde_json::Value, kind: &str) -> Result<Option<Object>, ItemEr
         "EndpointSlice" => Object::EndpointSlice(Box::new(typed::<EndpointSlice>(item, kind)?)),
         "Node" => Object::Node(Box::new(typed::<Node>(item, kind)?)),
         "Pod" => Object::Pod(Box::new(typed::<Pod>(item, kind)?)),
+        "ServiceCIDR" => Object::ServiceCidr(Box::new(typed::<ServiceCIDR>(item, kind)?)),
         _ => return Ok(None),
     }))
 }
@@ -472,10 +475,15 @@ items:
   {"metadata": {"name": "s", "namespace": "default"}, "addressType": "IPv4", "endpoints": []}
 ]}
 ---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes}
+spec: {cidrs: [10.96.0.0/16]}
+---
 "#;
         let objs = parse(text).unwrap();
         let kinds: Vec<_> = objs.iter().map(|o| o.kind().as_str()).collect();
-        assert_eq!(kinds, ["Service", "Pod", "EndpointSlice"]);
+        assert_eq!(kinds, ["Service", "Pod", "EndpointSlice", "ServiceCIDR"]);
     }
 
     #[test]
