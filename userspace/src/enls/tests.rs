@@ -149,7 +149,12 @@ fn cluster_ip(name: &str, ip: &str) -> Object {
 #[test]
 fn nothing_is_emitted_before_every_kind_has_listed() {
     let mut h = Harness::new();
-    for k in [Kind::Service, Kind::EndpointSlice, Kind::Node] {
+    for k in [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Node,
+        Kind::ServiceCidr,
+    ] {
         h.enls.handle(SourceEvent::ListBegin(k));
         h.enls.handle(SourceEvent::ListDone(k));
     }
@@ -163,6 +168,11 @@ fn nothing_is_emitted_before_every_kind_has_listed() {
     assert_eq!(u.revision, 1);
     assert_eq!(u.services.len(), 1);
     assert!(u.node.is_some(), "the initial update carries the node info");
+    assert_eq!(
+        u.service_cidrs,
+        Some(vec![]),
+        "and the ServiceCIDRs, none here"
+    );
 }
 
 #[test]
