@@ -2471,6 +2471,7 @@ fn bpftool_prints_every_pinned_map_with_field_names() {
         ("tg_peerport_v1", &["value"]),
         ("tg_srcrange_v1", &["rev_nat_id", "addr"]),
         ("tg_svccidr_v1", &["addr", "dropped"]),
+        ("tg_cidrbits_v1", &["value"]),
         ("tg_maglev_v2", &["service_id", "chunk", "backends"]),
         (
             "tg_svcstat_v1",

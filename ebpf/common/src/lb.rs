@@ -668,6 +668,50 @@ pub mod svccidr {
     pub const NAME: &str = "tg_svccidr_v1";
     pub const CAPACITY: u32 = 1024;
 
+    /// A one-sided filter in front of the LPM lookup (which costs a SYN or datagram ~13 ns):
+    /// one bit per "slice" of the address space, set for every slice a prefix reaches into.
+    /// An address's slice folds its first 112 bits into 16 (the XOR of their 16-bit chunks,
+    /// IPv4-mapped: the IPv4 address's first two octets flipped): a prefix of /112 or longer
+    /// (IPv4: /16) is in one slice, one of /97–/111 (IPv4: /1–/15) in an aligned block of them,
+    /// a shorter IPv6 one in all. Pod and node addresses fall in other slices than the
+    /// ServiceCIDRs, so their traffic skips the lookup; a collision only costs the lookup.
+    pub const BITS_NAME: &str = "tg_cidrbits_v1";
+    /// u64 words: one bit per slice.
+    pub const WORDS: u32 = 1024;
+
+    /// The slice of an address as stored (network-order words).
+    #[inline(always)]
+    pub fn slice(addr: &[u32; 4]) -> u16 {
+        let [a, b, c, d] = addr.map(|w| {
+            let o = w.to_ne_bytes();
+            (
+                u16::from_be_bytes([o[0], o[1]]),
+                u16::from_be_bytes([o[2], o[3]]),
+            )
+        });
+        a.0 ^ a.1 ^ b.0 ^ b.1 ^ c.0 ^ c.1 ^ d.0
+    }
+
+    /// The word of the bitmap holding a slice's bit, and the bit.
+    #[inline(always)]
+    pub fn slice_bit(slice: u16) -> (u32, u64) {
+        (u32::from(slice >> 6), 1u64 << (slice & 63))
+    }
+
+    /// The first and last slice a prefix (`addr` masked to `bits` of the 128, IPv4 mapped)
+    /// reaches into: its free bits among 96–111 vary the slice's low bits.
+    pub fn slices(addr: &[u32; 4], bits: u32) -> (u16, u16) {
+        let s = slice(addr);
+        match bits {
+            0..=96 => (0, u16::MAX),
+            112.. => (s, s),
+            _ => {
+                let free = (1u16 << (112 - bits)) - 1;
+                (s & !free, s | free)
+            }
+        }
+    }
+
     /// The LPM data after the kernel's leading `prefixlen`: the prefix (be), IPv4 as
     /// IPv4-mapped (its prefix length plus 96).
     #[repr(C)]

@@ -54,6 +54,7 @@ pub const MAP_NAMES: &[&str] = &[
     lb::sockrev::PORT_NAME,
     lb::srcrange::NAME,
     lb::svccidr::NAME,
+    lb::svccidr::BITS_NAME,
     lb::maglev::NAME,
     lb::stats::SVC_NAME,
     lb::stats::BACKEND_NAME,

@@ -12,11 +12,14 @@ use tollgate_common::lb::{
     stats::Counters,
     svc::{SvcKey, SvcValue},
     svc_flags,
-    svccidr::{SvcCidrKey, SvcCidrValue},
+    svccidr::{self, SvcCidrKey, SvcCidrValue},
 };
 
 use crate::{
-    maps::{AFFINITY, BACKEND_STATS, BACKENDS, MAGLEV, SERVICE_CIDRS, SERVICE_STATS, SERVICES},
+    maps::{
+        AFFINITY, BACKEND_STATS, BACKENDS, CIDR_BITS, MAGLEV, SERVICE_CIDRS, SERVICE_STATS,
+        SERVICES,
+    },
     pkt::Pkt,
 };
 
@@ -66,6 +69,10 @@ pub fn other_ports(addr: [u32; 4]) -> Option<Frontend> {
 /// unallocated Service IP).
 #[inline(always)]
 pub fn service_cidr(addr: [u32; 4]) -> Option<&'static SvcCidrValue> {
+    let (word, bit) = svccidr::slice_bit(svccidr::slice(&addr));
+    if CIDR_BITS.get(word).is_some_and(|w| w & bit == 0) {
+        return None;
+    }
     SERVICE_CIDRS.get(&Key::new(128, SvcCidrKey { addr }))
 }
 

@@ -121,6 +121,10 @@ pub static SERVICE_CIDRS: LpmTrie<
     { BPF_F_NO_PREALLOC as usize },
 > = LpmTrie::new();
 
+/// The slices of the address space the ServiceCIDRs reach into (see `svccidr::BITS_NAME`).
+#[btf_map(name = "tg_cidrbits_v1")]
+pub static CIDR_BITS: Array<u64, { svccidr::WORDS as usize }> = Array::new();
+
 #[btf_map(name = "tg_svcstat_v1")]
 pub static SERVICE_STATS: PerCpuArray<Counters, { stats::CAPACITY as usize }> = PerCpuArray::new();
 

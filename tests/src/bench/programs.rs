@@ -4,7 +4,7 @@
 //! hold to a nanosecond, where the dataplane suite's wrk rounds scatter by percents.
 //!
 //! The embedded object is loaded without pins or attachment (fresh maps, no Services, no
-//! node settings), so nothing on the machine changes. `--object PATH` measures another build's
+//! node settings, a cluster's ServiceCIDRs), so nothing on the machine changes. `--object PATH` measures another build's
 //! object alongside, the same way, to compare a change.
 
 use std::{
@@ -15,9 +15,12 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, lpm_trie::Key},
     programs::{Program, TestRun as _, TestRunOptions},
 };
 use serde_json::json;
+use tollgate::{dataplane::addr::prefix_words, enls::model::IpNet};
+use tollgate_common::lb::svccidr::{self, SvcCidrKey, SvcCidrValue};
 
 use super::summarize;
 
@@ -163,7 +166,45 @@ fn load(label: String, bytes: &[u8], names: &[&'static str]) -> anyhow::Result<L
         };
         result.with_context(|| format!("{label}: loading {name}"))?;
     }
+    service_cidrs(&mut ebpf).with_context(|| format!("{label}: {}", svccidr::NAME))?;
     Ok(Loaded { label, ebpf })
+}
+
+/// A cluster's ServiceCIDRs in the object's `tg_svccidr_v1` and their slices in
+/// `tg_cidrbits_v1` (objects before them have neither): the programs look the destinations of
+/// SYNs and datagrams up there, and empty maps would make that cheaper than on a node. No
+/// case's destination is inside them.
+fn service_cidrs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let prefixes: Vec<(u32, [u32; 4])> = ["10.96.0.0/12", "fd00:10:96::/112"]
+        .iter()
+        .map(|c| {
+            let net = IpNet::parse(c).context("a prefix")?;
+            let (addr, bits) = prefix_words(net.addr, net.prefix_len);
+            Ok((bits, addr))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if let Some(map) = ebpf.map_mut(svccidr::BITS_NAME) {
+        let mut filter: Array<_, u64> = Array::try_from(map)?;
+        for (bits, addr) in &prefixes {
+            let (first, last) = svccidr::slices(addr, *bits);
+            for slice in first..=last {
+                let (word, bit) = svccidr::slice_bit(slice);
+                let old = filter.get(&word, 0)?;
+                filter.set(word, old | bit, 0)?;
+            }
+        }
+    }
+    if let Some(map) = ebpf.map_mut(svccidr::NAME) {
+        let mut trie: LpmTrie<_, SvcCidrKey, SvcCidrValue> = LpmTrie::try_from(map)?;
+        for (bits, addr) in prefixes {
+            trie.insert(
+                &Key::new(bits, SvcCidrKey { addr }),
+                SvcCidrValue::default(),
+                0,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Nanoseconds per program run over one `repeat`-run call (wall clock around the call, so
@@ -298,8 +339,9 @@ around the call over the runs). These are the packets every node carries whether
 belong to a Service (pod traffic that the socket hooks already balanced, traffic to the node \
 itself), so this is what installing Tollgate costs per packet, without the kernel's hook \
 dispatch around the program (TCX, the XDP driver path), which no program change removes. The \
-maps are fresh and unpinned (no Services, no node settings). The numbers include the test \
-loop's own per-run cost. `tollgate-bench programs --object [LABEL=]PATH` adds a column for another \
+maps are fresh and unpinned (no Services, no node settings; the ServiceCIDRs 10.96.0.0/12 \
+and fd00:10:96::/112, which no packet here is for). The numbers include the test loop's own \
+per-run cost. `tollgate-bench programs --object [LABEL=]PATH` adds a column for another \
 build's kernel object (`target/release/build/tollgate-*/out/tollgate-ebpf`) to compare a \
 change.\n\n{table}",
         machine = r.machine,

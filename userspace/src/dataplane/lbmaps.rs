@@ -31,6 +31,8 @@ pub struct LbMaps {
     pub sockrev: HashMap<MapData, SockRevKey, SockRevValue>,
     pub srcrange: LpmTrie<MapData, SrcRangeKey, u8>,
     pub svccidr: LpmTrie<MapData, SvcCidrKey, SvcCidrValue>,
+    /// `tg_cidrbits_v1`: the slices the ServiceCIDRs reach into.
+    pub cidr_bits: Array<MapData, u64>,
     pub svcstat: PerCpuArray<MapData, Counters>,
     pub bestat: PerCpuArray<MapData, Counters>,
     pub config: Array<MapData, Config>,
@@ -79,6 +81,7 @@ impl LbMaps {
             sockrev: open!(pins, sockrev::NAME, HashMap),
             srcrange: open!(pins, srcrange::NAME, LpmTrie),
             svccidr: open!(pins, svccidr::NAME, LpmTrie),
+            cidr_bits: open!(pins, svccidr::BITS_NAME, Array),
             svcstat: open!(pins, stats::SVC_NAME, PerCpuArray),
             bestat: open!(pins, stats::BACKEND_NAME, PerCpuArray),
             config: open!(pins, config::NAME, Array),

@@ -404,36 +404,48 @@ impl Writer {
         self.node_addresses = node.addresses.clone();
     }
 
-    /// Makes `tg_svccidr_v1` hold exactly these ServiceCIDR prefixes. Prefixes kept keep their
-    /// counters; entries of a previous run that are no longer wanted are removed.
+    /// Makes `tg_svccidr_v1` hold exactly these ServiceCIDR prefixes, and `tg_cidrbits_v1` the
+    /// slices they reach into. Prefixes kept keep their counters; entries of a previous run that
+    /// are no longer wanted are removed. A slice's bit is set before a prefix in it is written
+    /// and cleared after the last one is removed, so the filter never hides a prefix.
     pub fn set_service_cidrs(&mut self, cidrs: &[IpNet]) -> Result<(), WriteError> {
-        let wanted: HashMap<(u32, [u32; 4]), IpNet> = cidrs
+        let wanted: HashSet<(u32, [u32; 4])> = cidrs
             .iter()
             .map(|c| {
                 let (addr, bits) = prefix_words(c.addr, c.prefix_len);
-                ((bits, addr), *c)
+                (bits, addr)
             })
             .collect();
         let present: Vec<Key<SvcCidrKey>> =
             self.maps.svccidr.keys().filter_map(Result::ok).collect();
-        let mut have = HashSet::new();
-        for key in present {
-            let data = key.data();
-            if wanted.contains_key(&(key.prefix_len(), data.addr)) {
-                have.insert((key.prefix_len(), data.addr));
-            } else {
-                let _ = self.maps.svccidr.remove(&key);
-                self.stats.entries_deleted += 1;
-            }
-        }
-        let missing: Vec<&(u32, [u32; 4])> = wanted.keys().filter(|k| !have.contains(*k)).collect();
-        let free = (svccidr::CAPACITY as usize).saturating_sub(have.len());
+        let kept = present
+            .iter()
+            .filter(|k| wanted.contains(&(k.prefix_len(), k.data().addr)))
+            .count();
+        let missing: Vec<&(u32, [u32; 4])> = wanted
+            .iter()
+            .filter(|w| {
+                !present
+                    .iter()
+                    .any(|k| (k.prefix_len(), k.data().addr) == **w)
+            })
+            .collect();
+        let free = (svccidr::CAPACITY as usize).saturating_sub(kept);
         if missing.len() > free {
             return Err(WriteError::Capacity {
                 map: svccidr::NAME,
                 needed: missing.len(),
                 free,
             });
+        }
+        let bits = slice_bits(wanted.iter());
+        // Before any prefix is written: what the map has, and the new prefixes' slices.
+        self.write_cidr_bits(|word, old| old | bits[word])?;
+        for key in present {
+            if !wanted.contains(&(key.prefix_len(), key.data().addr)) {
+                let _ = self.maps.svccidr.remove(&key);
+                self.stats.entries_deleted += 1;
+            }
         }
         for &(bits, addr) in missing {
             self.maps
@@ -448,6 +460,24 @@ impl Writer {
                     source,
                 })?;
             self.stats.entries_written += 1;
+        }
+        // After the removals: exactly the slices of the prefixes left.
+        self.write_cidr_bits(|word, _| bits[word])
+    }
+
+    /// Rewrites the words of `tg_cidrbits_v1` that `new(word, old)` changes.
+    fn write_cidr_bits(&mut self, new: impl Fn(usize, u64) -> u64) -> Result<(), WriteError> {
+        let map_err = |source| WriteError::Map {
+            map: svccidr::BITS_NAME,
+            source,
+        };
+        for word in 0..svccidr::WORDS {
+            let old = self.maps.cidr_bits.get(&word, 0).map_err(map_err)?;
+            let value = new(word as usize, old);
+            if value != old {
+                self.maps.cidr_bits.set(word, value, 0).map_err(map_err)?;
+                self.stats.entries_written += 1;
+            }
         }
         Ok(())
     }
@@ -1312,6 +1342,19 @@ fn other_ports_keys(state: &ServiceState) -> Vec<SvcKey> {
 
 /// Does this frontend need its own entry for traffic from outside? Only external frontends
 /// of an externalTrafficPolicy=Local port (its backends, and no SNAT, differ from inside).
+/// The `tg_cidrbits_v1` words for these prefixes (LPM prefix length, address words).
+fn slice_bits<'a>(prefixes: impl Iterator<Item = &'a (u32, [u32; 4])>) -> Vec<u64> {
+    let mut words = vec![0u64; svccidr::WORDS as usize];
+    for (bits, addr) in prefixes {
+        let (first, last) = svccidr::slices(addr, *bits);
+        for slice in first..=last {
+            let (word, bit) = svccidr::slice_bit(slice);
+            words[word as usize] |= bit;
+        }
+    }
+    words
+}
+
 fn external_entry(port: &ServicePortState, kind: FrontendKind) -> bool {
     kind.is_external() && port.external_traffic_policy_local
 }
@@ -1319,6 +1362,60 @@ fn external_entry(port: &ServicePortState, kind: FrontendKind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Does the slice filter let `ip` through to the LPM lookup?
+    fn passes_filter(words: &[u64], ip: &str) -> bool {
+        let (word, bit) = svccidr::slice_bit(svccidr::slice(&words_of(ip)));
+        words[word as usize] & bit != 0
+    }
+
+    fn words_of(ip: &str) -> [u32; 4] {
+        words(ip.parse().unwrap())
+    }
+
+    fn bits_for(cidrs: &[&str]) -> Vec<u64> {
+        let prefixes: Vec<(u32, [u32; 4])> = cidrs
+            .iter()
+            .map(|c| {
+                let net = IpNet::parse(c).unwrap();
+                let (addr, bits) = prefix_words(net.addr, net.prefix_len);
+                (bits, addr)
+            })
+            .collect();
+        slice_bits(prefixes.iter())
+    }
+
+    #[test]
+    fn the_slice_filter_never_hides_a_service_cidr_address_and_skips_pod_addresses() {
+        let w = bits_for(&["10.96.0.0/12", "fd00:10:96::/112", "fd00:96::/108"]);
+        for inside in [
+            "10.96.0.1",
+            "10.96.7.7",
+            "10.111.255.255",
+            "fd00:10:96::a",
+            "fd00:10:96::ffff",
+            "fd00:96::1",
+            "fd00:96::f:ffff",
+        ] {
+            assert!(passes_filter(&w, inside), "{inside}");
+        }
+        for outside in [
+            "10.95.255.255",
+            "10.112.0.0",
+            "10.244.1.11",
+            "192.168.77.11",
+            "fd00:244:1::11",
+            "fd00:10:244::5",
+        ] {
+            assert!(!passes_filter(&w, outside), "{outside}");
+        }
+        // 16 slices for the /12, one for the /112, 16 for the /108.
+        let set: u32 = w.iter().map(|x| x.count_ones()).sum();
+        assert_eq!(set, 16 + 1 + 16);
+        // An IPv6 prefix shorter than /97 leaves its slice open: every one.
+        let all = bits_for(&["fd00::/64"]);
+        assert!(all.iter().all(|x| *x == u64::MAX));
+    }
 
     #[test]
     fn ids_are_reused_as_late_as_possible_and_stop_at_the_limit() {
