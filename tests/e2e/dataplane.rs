@@ -23,7 +23,7 @@ use tollgate_common::lb::{
     svc_flags, v4_mapped,
 };
 use tollgate_tests::{
-    Cluster,
+    BgProcess, Cluster,
     agent::{admin_get, http_get, metric, metric_opt},
     apiserver::ApiServerDouble,
     scenario::{self, Scenario},
@@ -31,6 +31,8 @@ use tollgate_tests::{
 };
 
 const T: Duration = Duration::from_secs(2);
+/// For a client expected to time out (a dropped packet).
+const SHORT: Duration = Duration::from_millis(700);
 
 #[test]
 fn cluster_ip_from_pods_and_host_tcp_and_udp() {
@@ -1294,13 +1296,14 @@ fn unallocated_service_ips_do_not_leave_the_node() {
     server.wait_for_log("serving", Duration::from_secs(5));
     let tcp = format!("{free}:80");
     let udp = format!("{free}:53");
-    // Pods and host processes: the call fails at once (EPERM), TCP and UDP.
-    for at in [s.pod("n1p2").placement(), s.node("node1").host()] {
-        for (to, mode) in [(&tcp, Mode::Tcp), (&udp, Mode::Udp)] {
-            let t = s.client(at, to, 2, mode, T);
-            assert_eq!((t.ok, t.other), (0, 2), "{to} {mode:?}: {t:?}");
-            assert!(t.elapsed_ms < 500, "failed at once: {t:?}");
-        }
+    // A pod's SYN or datagram is dropped on its interface (a timeout); a host process's call
+    // fails at once (EPERM). TCP and UDP.
+    for (to, mode) in [(&tcp, Mode::Tcp), (&udp, Mode::Udp)] {
+        let pod = s.client(s.pod("n1p2").placement(), to, 2, mode, SHORT);
+        assert_eq!((pod.ok, pod.timeout), (0, 2), "{to} {mode:?}: {pod:?}");
+        let host = s.client(s.node("node1").host(), to, 2, mode, T);
+        assert_eq!((host.ok, host.other), (0, 2), "{to} {mode:?}: {host:?}");
+        assert!(host.elapsed_ms < 500, "failed at once: {host:?}");
     }
     // The Services' own addresses keep their verdicts.
     let t = s.client(
@@ -1362,6 +1365,44 @@ fn unallocated_service_ips_do_not_leave_the_node() {
     assert_eq!(
         s.maps(s.node("node1"))["service_cidrs"],
         serde_json::json!([])
+    );
+}
+
+/// A pod connecting to a ClusterIP the moment it is allocated, before the agent has
+/// programmed it, gets through once it is (its first SYN dropped as unallocated, a
+/// retransmitted one translated), as with kube-proxy, whose rules catch the retransmit.
+#[test]
+fn a_pod_connecting_to_a_cluster_ip_before_it_is_programmed_gets_through() {
+    let s = Scenario::new();
+    let late = "10.96.7.8";
+    let mut cmd = Command::new(tollgate_tests::tools::testbed_bin());
+    cmd.args(["connect", "--to", &format!("{late}:80"), "--count", "1"])
+        .args(["--mode", "tcp", "--timeout-ms", "6000"]);
+    let mut client = BgProcess::spawn("early-client", s.pod("n1p2").placement(), cmd);
+    std::thread::sleep(Duration::from_millis(300));
+    s.update(vec![
+        scenario::service(
+            "late",
+            serde_json::json!({"clusterIP": late, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+        ),
+        scenario::slice(
+            "late-1",
+            "late",
+            "IPv4",
+            serde_json::json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+            vec![scenario::endpoint(s.pod("n2p1"), scenario::ready())],
+        ),
+    ]);
+    let t = Scenario::finish(&mut client, Duration::from_secs(10));
+    assert_eq!((t.ok, t.names()), (1, vec!["n2p1"]), "{t:?}");
+    assert!(
+        t.elapsed_ms >= 900,
+        "through a retransmitted SYN, not the first: {t:?}"
+    );
+    let maps = s.maps(s.node("node1"));
+    assert_eq!(
+        maps["service_cidrs"][0]["dropped"], 1,
+        "the first SYN: {maps}"
     );
 }
 

@@ -336,11 +336,14 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
         .or_else(|| cfg.and_then(|c| localhost_nodeport(ctx, c, addr, port, proto)))
         .or_else(|| lb::other_ports(addr))
     else {
-        // An unallocated address inside a ServiceCIDR: kube-proxy drops the packets. A socket
-        // call cannot lose them quietly: it fails with EPERM (what a netfilter drop on the
-        // way out gives a UDP sender).
+        // An unallocated address inside a ServiceCIDR: kube-proxy drops the packets. A pod's
+        // are dropped on its interface, where a SYN retransmitted once the Service is
+        // programmed (a ClusterIP used the moment it is allocated) is translated, as
+        // kube-proxy's rules catch the retransmit. A host process's packets pass no hook of
+        // ours later: its call fails with EPERM (what a netfilter drop on the way out gives a
+        // UDP sender).
         return match lb::service_cidr(addr) {
-            Some(v) if !left_to_packets(ctx, cfg) => {
+            Some(v) if in_host_netns(ctx, cfg) => {
                 lb::count_unallocated(v);
                 DENY
             }
@@ -433,6 +436,13 @@ pub fn translate(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
         );
     }
     ALLOW
+}
+
+/// A host-network socket (the agent's own network namespace)?
+#[inline(always)]
+fn in_host_netns(ctx: &SockAddrContext, cfg: Option<&Config>) -> bool {
+    // SAFETY: helper valid for sock_addr programs.
+    cfg.is_some_and(|c| unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == c.host_netns_cookie)
 }
 
 /// Pods' sockets left as they are (`--socket-lb-host-namespace-only`): their packets are

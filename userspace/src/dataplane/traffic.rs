@@ -119,7 +119,7 @@ impl Collector for TrafficCollector {
                 counters(
                     &mut encoder,
                     "tollgate_service_cidr_unallocated_dropped",
-                    "New connections to an address inside a ServiceCIDR that no Service has, dropped (kube-proxy nftables' DROP; a pod's or host's socket call fails with EPERM), by ServiceCIDR prefix.",
+                    "New connections to an address inside a ServiceCIDR that no Service has, dropped (kube-proxy nftables' DROP; a host process's socket call fails with EPERM), by ServiceCIDR prefix.",
                     &rows,
                     |n| *n,
                 )?;
