@@ -448,17 +448,20 @@ fn metadata_bypass(daddr: &[u32; 4], dport: u16) -> bool {
 
 /// The common packet, decided from five header fields before anything is copied to the
 /// scratch: a TCP segment (IPv4 or IPv6) that cannot start a flow (not a bare SYN to a port a
-/// frontend has had or to an address inside a ServiceCIDR) and cannot belong to one (`may_have_flow`), and from a pod not to the
-/// metadata server. The full path would pass it untouched too; this gets there with a fraction
-/// of the work. It is every packet of socket-balanced connections (their SYN goes to the
-/// backend's port), and nearly every packet of traffic to the node itself and between pods of
-/// different nodes, which pay for Tollgate only this.
+/// frontend has had or to an address inside a ServiceCIDR) and cannot belong to one
+/// (`may_have_flow`), and from a pod not to the metadata server. The full path would pass it
+/// untouched too; this gets there with a fraction of the work. It is every packet of
+/// socket-balanced connections (their SYN goes to the backend's port), and nearly every packet
+/// of traffic to the node itself and between pods of different nodes, which pay for Tollgate
+/// only this.
 #[inline(always)]
 pub(crate) fn passes<F: Frame>(f: &F, side: Side) -> bool {
     let Some(p) = pkt::tcp_segment(f) else {
         return false;
     };
-    !(pkt::bare_syn(p.tcp_flags) && (frontend_port(p.dport) || lb::service_cidr(p.daddr).is_some()))
+    let may_start = pkt::bare_syn(p.tcp_flags)
+        && (frontend_port(p.dport) || lb::service_cidr(p.daddr).is_some());
+    !may_start
         && !(side == Side::Pod && metadata_bypass(&p.daddr, p.dport))
         && !may_have_flow(&p.saddr, p.dport, side)
 }
@@ -542,13 +545,13 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
 /// ServiceCIDR (an unallocated Service IP, kube-proxy nftables' DROP), else left alone.
 #[inline(always)]
 fn unallocated(p: &Pkt) -> i32 {
-    match lb::service_cidr(p.daddr) {
-        Some(v) if p.may_start_flow() => {
-            lb::count_unallocated(v);
-            TC_ACT_SHOT
-        }
-        _ => TC_ACT_UNSPEC,
+    if p.may_start_flow()
+        && let Some(v) = lb::service_cidr(p.daddr)
+    {
+        lb::count_unallocated(v);
+        return TC_ACT_SHOT;
     }
+    TC_ACT_UNSPEC
 }
 
 /// A new flow: choose a backend and claim its conntrack entries. Out of line (its own stack

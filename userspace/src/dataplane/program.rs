@@ -26,7 +26,7 @@ use crate::{
     enls::{
         ServiceChange, Update,
         metrics::ProgrammingMetrics,
-        model::{NodeInfo, ObjKey, ServiceState},
+        model::{IpNet, NodeInfo, ObjKey, ServiceState},
     },
     events::{Event, Events, Regarding},
 };
@@ -306,6 +306,8 @@ impl Programmer {
         // previous entries and are retried after every update, so room freed by another
         // service's removal is used without waiting for this one to change.
         let mut pending: BTreeMap<ObjKey, ServiceChange> = BTreeMap::new();
+        // ServiceCIDRs not yet written (a map error).
+        let mut cidrs_pending: Option<Vec<IpNet>> = None;
         self.writer.adopt();
         while let Some(update) = updates.blocking_recv() {
             // Held while this update is written (see `Programming::stop`).
@@ -320,24 +322,34 @@ impl Programmer {
                 node = Some(n.clone());
             }
             if let Some(cidrs) = &update.service_cidrs {
-                if let Err(e) = self.writer.set_service_cidrs(cidrs) {
-                    tracing::error!(
-                        "writing the ServiceCIDRs (traffic to unallocated Service IPs is not dropped as it should be): {e}"
-                    );
-                    self.metrics
-                        .errors
-                        .get_or_create(&[("reason", reason(&e))])
-                        .inc();
-                } else if !update.initial || !cidrs.is_empty() {
-                    let list: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
-                    tracing::info!(
-                        "ServiceCIDRs: {}; new connections to their unallocated addresses are dropped",
-                        if list.is_empty() {
-                            "none".into()
-                        } else {
-                            list.join(", ")
+                cidrs_pending = Some(cidrs.clone());
+            }
+            // Retried after every update until written, as a Service that did not fit is.
+            if let Some(cidrs) = &cidrs_pending {
+                match self.writer.set_service_cidrs(cidrs) {
+                    Ok(()) => {
+                        if !update.initial || !cidrs.is_empty() {
+                            let list: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+                            tracing::info!(
+                                "ServiceCIDRs: {}; new connections to their unallocated addresses are dropped",
+                                if list.is_empty() {
+                                    "none".into()
+                                } else {
+                                    list.join(", ")
+                                }
+                            );
                         }
-                    );
+                        cidrs_pending = None;
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "writing the ServiceCIDRs (retried on later updates; until then traffic to unallocated Service IPs follows the previous ones): {e}"
+                        );
+                        self.metrics
+                            .errors
+                            .get_or_create(&[("reason", reason(&e))])
+                            .inc();
+                    }
                 }
             }
             let mut purge = Purge::default();

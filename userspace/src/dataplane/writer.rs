@@ -1340,8 +1340,6 @@ fn other_ports_keys(state: &ServiceState) -> Vec<SvcKey> {
     keys
 }
 
-/// Does this frontend need its own entry for traffic from outside? Only external frontends
-/// of an externalTrafficPolicy=Local port (its backends, and no SNAT, differ from inside).
 /// The `tg_cidrbits_v1` words for these prefixes (LPM prefix length, address words).
 fn slice_bits<'a>(prefixes: impl Iterator<Item = &'a (u32, [u32; 4])>) -> Vec<u64> {
     let mut words = vec![0u64; svccidr::WORDS as usize];
@@ -1355,6 +1353,8 @@ fn slice_bits<'a>(prefixes: impl Iterator<Item = &'a (u32, [u32; 4])>) -> Vec<u6
     words
 }
 
+/// Does this frontend need its own entry for traffic from outside? Only external frontends
+/// of an externalTrafficPolicy=Local port (its backends, and no SNAT, differ from inside).
 fn external_entry(port: &ServicePortState, kind: FrontendKind) -> bool {
     kind.is_external() && port.external_traffic_policy_local
 }
