@@ -87,11 +87,14 @@ fn filler(i: usize, ips: &[String]) -> [Value; 2] {
 
 /// `count` Services: the target (backed by the nginx pods, `(address, node)`; with
 /// internalTrafficPolicy Local, so each node's pods reach their own node's nginx) and
-/// `count - 1` fillers.
+/// `count - 1` fillers; and the ServiceCIDR their ClusterIPs are in, as every cluster since
+/// Kubernetes 1.33 has (the programs then check the destination of every SYN against it).
 fn manifest_objects(count: usize, endpoints: usize, nginx: &[(String, String)]) -> Vec<Value> {
     let mut target = k8s::service("bench", "target", TARGET_IP, &[("http", 80)]);
     target["spec"]["internalTrafficPolicy"] = json!("Local");
     let mut v = vec![
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/12"]}}),
         target,
         k8s::slice(
             "bench",
@@ -1101,6 +1104,9 @@ pub fn programming(opts: &Options, maglev_size: Option<u32>) -> anyhow::Result<P
             .apply(c)
             .map_err(|e| anyhow::anyhow!("{}: {e}", c.key))?;
     }
+    writer
+        .set_service_cidrs(update.service_cidrs.as_deref().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("ServiceCIDRs: {e}"))?;
     let full_write_ms = start.elapsed().as_secs_f64() * 1e3;
     let how = if maglev {
         format!(" (maglev, M = {maglev_size})")

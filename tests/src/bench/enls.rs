@@ -87,6 +87,7 @@ pub(crate) fn to_object(v: Value) -> anyhow::Result<Object> {
         Some("EndpointSlice") => Object::EndpointSlice(Box::new(serde_json::from_value(v)?)),
         Some("Node") => Object::Node(Box::new(serde_json::from_value(v)?)),
         Some("Pod") => Object::Pod(Box::new(serde_json::from_value(v)?)),
+        Some("ServiceCIDR") => Object::ServiceCidr(Box::new(serde_json::from_value(v)?)),
         other => bail!("unexpected kind {other:?}"),
     })
 }
