@@ -1400,8 +1400,9 @@ fn a_pod_connecting_to_a_cluster_ip_before_it_is_programmed_gets_through() {
         "through a retransmitted SYN, not the first: {t:?}"
     );
     let maps = s.maps(s.node("node1"));
-    assert_eq!(
-        maps["service_cidrs"][0]["dropped"], 1,
+    // The first SYN at least (a slow reload may drop a retransmit too).
+    assert!(
+        maps["service_cidrs"][0]["dropped"].as_u64() >= Some(1),
         "the first SYN: {maps}"
     );
 }
