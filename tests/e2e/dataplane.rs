@@ -939,16 +939,28 @@ fn sctp_ports_are_reported_and_left_out_while_the_services_other_ports_work() {
                 {"name": "sig", "port": 9000, "protocol": "SCTP"}]),
             vec![scenario::endpoint(c.pod("n2p1"), scenario::ready())],
         ));
+        o.push(scenario::service(
+            "sctp-only",
+            serde_json::json!({"clusterIP": "10.96.0.42", "ports": [
+                {"name": "sig", "port": 9000, "protocol": "SCTP"}]}),
+        ));
         o
     });
     let t = s.client(s.pod("n1p1").placement(), "10.96.0.41:80", 3, Mode::Tcp, T);
     assert_eq!((t.ok, t.names()), (3, vec!["n2p1"]), "{t:?}");
+    // A Service with only SCTP ports still has its ClusterIP: TCP and UDP to it are refused
+    // (kube-proxy nftables' REJECT), not dropped as an unallocated address.
+    for mode in [Mode::Tcp, Mode::Udp] {
+        let t = s.client(s.pod("n1p1").placement(), "10.96.0.42:9000", 2, mode, T);
+        assert_eq!((t.ok, t.refused), (0, 2), "{mode:?}: {t:?}");
+        assert!(t.elapsed_ms < 500, "refused at once: {t:?}");
+    }
     let node1 = s.node("node1");
     assert_eq!(s.backends(node1, "10.96.0.41:9000", "internal"), None);
     let metrics = admin_get(node1, "/metrics").1;
     assert_eq!(
         metric(&metrics, "tollgate_dataplane_unbalanced_service_ports"),
-        1.0
+        2.0
     );
     assert!(
         s.agents[0]
@@ -956,7 +968,8 @@ fn sctp_ports_are_reported_and_left_out_while_the_services_other_ports_work() {
             .contains("SCTP service ports are not load-balanced"),
         "the agent says so"
     );
-    // Without its SCTP port, nothing is reported any more.
+    // Without its SCTP port, and without the SCTP-only Service, nothing is reported any more.
+    s.remove("Service", "sctp-only");
     s.update(vec![scenario::service(
         "mixed",
         serde_json::json!({"clusterIP": "10.96.0.41", "ports": [
@@ -966,6 +979,15 @@ fn sctp_ports_are_reported_and_left_out_while_the_services_other_ports_work() {
         let m = admin_get(node1, "/metrics").1;
         (metric(&m, "tollgate_dataplane_unbalanced_service_ports") == 0.0).then_some(())
     });
+    // Its ClusterIP's entry went with it: the address is unallocated now (dropped).
+    let t = s.client(
+        s.pod("n1p1").placement(),
+        "10.96.0.42:9000",
+        2,
+        Mode::Tcp,
+        SHORT,
+    );
+    assert_eq!((t.ok, t.timeout), (0, 2), "{t:?}");
 }
 
 /// The peers of the established TCP sockets in `at`'s network namespace, as the kernel's socket

@@ -669,7 +669,7 @@ impl Writer {
                 for claim in claims(&new) {
                     self.owners.insert(claim, change.key.clone());
                 }
-                if !new.ports.is_empty() {
+                if !new.ports.is_empty() || !new.other_ports.is_empty() {
                     self.services.insert(change.key.clone(), new);
                 }
                 Ok(purge)
@@ -1321,14 +1321,14 @@ fn claims(written: &WrittenService) -> impl Iterator<Item = Claim> + '_ {
         .chain(written.other_ports.iter().map(|k| (k.addr, 0, 0)))
 }
 
-/// The other-ports entries of the Service's ClusterIPs (one per address, whatever its ports):
-/// none for a Service with no port the programs balance (nothing of it is written).
+/// The other-ports entries of the Service's ClusterIPs (one per address, whatever its ports),
+/// also for a Service whose ports the programs do not balance (SCTP only): TCP and UDP to its
+/// ClusterIP are refused, as kube-proxy's nftables mode does, not dropped as unallocated.
 fn other_ports_keys(state: &ServiceState) -> Vec<SvcKey> {
     let mut keys: Vec<SvcKey> = Vec::new();
     for fe in state
         .ports
         .iter()
-        .filter(|p| balanced(p))
         .flat_map(|p| &p.frontends)
         .filter(|f| f.kind == FrontendKind::ClusterIP)
     {
