@@ -891,12 +891,7 @@ fn a_cluster_ip_refuses_the_ports_and_protocols_its_service_does_not_define() {
         }
         // An IPv6 ClusterIP too.
         let (s6, d6): (IpAddr, IpAddr) = (CLIENT6.parse().unwrap(), "fd00:96::8".parse().unwrap());
-        let syn6 = ether(
-            b.eth0_mac,
-            CLIENT_MAC,
-            0x86dd,
-            &ipv6(6, &s6, &d6, &tcp(&s6, &d6, 40014, 30084, 0x02, &[])),
-        );
+        let syn6 = client6_syn_to(&b, d6, 40014, 30084);
         let (verdict, out) = b.tc("tg_tc_ingress", &syn6);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let r = parse(&out);
@@ -949,13 +944,7 @@ fn new_connections_to_unallocated_service_ips_are_dropped() {
         let frame = pod_frame(LOCAL_POD, free, 6, &l4);
         assert_eq!(b.tc("tg_tc_from_pod", &frame).0, TC_ACT_SHOT);
         // IPv6.
-        let (s6, d6): (IpAddr, IpAddr) = (CLIENT6.parse().unwrap(), "fd00:96::99".parse().unwrap());
-        let syn6 = ether(
-            b.eth0_mac,
-            CLIENT_MAC,
-            0x86dd,
-            &ipv6(6, &s6, &d6, &tcp(&s6, &d6, 40033, 80, 0x02, &[])),
-        );
+        let syn6 = client6_syn_to(&b, "fd00:96::99".parse().unwrap(), 40033, 80);
         assert_eq!(b.tc("tg_tc_ingress", &syn6).0, TC_ACT_SHOT);
         // A Service's ClusterIP keeps its verdicts: translated on its port, refused on others.
         let vip = Ipv4Addr::new(10, 96, 0, 1);
@@ -1719,6 +1708,17 @@ fn client4_frame_to(b: &Bench, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
         CLIENT_MAC,
         0x0800,
         &ipv4(proto, CLIENT, dst, l4),
+    )
+}
+
+/// A SYN from the outside client (IPv6, no extension headers) to `dst:dport`.
+fn client6_syn_to(b: &Bench, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
+    let s: IpAddr = CLIENT6.parse().unwrap();
+    ether(
+        b.eth0_mac,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(6, &s, &dst, &tcp(&s, &dst, sport, dport, 0x02, &[])),
     )
 }
 

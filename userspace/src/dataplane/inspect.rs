@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{LpmTrie, MapData, PerCpuArray};
 
 use serde::Serialize;
 use tollgate_common::lb::{
@@ -11,6 +11,7 @@ use tollgate_common::lb::{
     md_mode, scope,
     stats::Counters,
     svc_flags,
+    svccidr::{self, SvcCidrKey, SvcCidrValue},
     svcinfo::SvcInfo,
 };
 
@@ -18,7 +19,7 @@ use super::{
     DataplaneError, PinLayout,
     addr::{ip, port_host},
     lbmaps::{LbMaps, sum},
-    stats::open_array,
+    stats::{open_array, typed},
 };
 use crate::enls::model::EndpointAddr;
 
@@ -108,9 +109,8 @@ pub struct ServiceCidrView {
 
 /// The prefixes of `tg_svccidr_v1`, sorted (IPv4 first).
 pub fn service_cidrs(pins: &PinLayout) -> Result<Vec<ServiceCidrView>, DataplaneError> {
-    let maps = LbMaps::open(pins)?;
-    let mut rows: Vec<(std::net::IpAddr, u32, u64)> = maps
-        .svccidr
+    let trie: LpmTrie<MapData, SvcCidrKey, SvcCidrValue> = typed(pins, svccidr::NAME)?;
+    let mut rows: Vec<(std::net::IpAddr, u32, u64)> = trie
         .iter()
         .filter_map(Result::ok)
         .map(|(k, v)| {

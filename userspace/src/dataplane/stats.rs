@@ -21,6 +21,14 @@ pub(crate) fn open_pinned(pins: &PinLayout, name: &'static str) -> Result<Map, D
     Map::from_map_data(data).map_err(|source| DataplaneError::Map { name, source })
 }
 
+/// Opens a pinned map by name as the typed handle `T`.
+pub(crate) fn typed<T>(pins: &PinLayout, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    T::try_from(open_pinned(pins, name)?).map_err(|source| DataplaneError::Map { name, source })
+}
+
 /// Opens a pinned array map by name from the pin directory.
 pub(crate) fn open_array<V: aya::Pod>(
     pins: &PinLayout,

@@ -24,7 +24,7 @@ use super::{
     DataplaneError, PinLayout,
     addr::{ip, port_host},
     inspect::{counters_of, proto_name, service_cidrs, text},
-    stats::{IfaceStatsRow, iface_stats, open_pinned},
+    stats::{IfaceStatsRow, iface_stats, typed},
 };
 use crate::enls::model::EndpointAddr;
 
@@ -253,13 +253,6 @@ fn rows<V: aya::Pod, L: Ord>(
         .collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(rows)
-}
-
-fn typed<T>(pins: &PinLayout, name: &'static str) -> Result<T, DataplaneError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    T::try_from(open_pinned(pins, name)?).map_err(|source| DataplaneError::Map { name, source })
 }
 
 #[cfg(test)]

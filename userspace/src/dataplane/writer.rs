@@ -416,21 +416,16 @@ impl Writer {
                 (bits, addr)
             })
             .collect();
-        let present: Vec<Key<SvcCidrKey>> =
-            self.maps.svccidr.keys().filter_map(Result::ok).collect();
-        let kept = present
-            .iter()
-            .filter(|k| wanted.contains(&(k.prefix_len(), k.data().addr)))
-            .count();
-        let missing: Vec<&(u32, [u32; 4])> = wanted
-            .iter()
-            .filter(|w| {
-                !present
-                    .iter()
-                    .any(|k| (k.prefix_len(), k.data().addr) == **w)
-            })
+        let present: HashSet<(u32, [u32; 4])> = self
+            .maps
+            .svccidr
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (k.prefix_len(), k.data().addr))
             .collect();
-        let free = (svccidr::CAPACITY as usize).saturating_sub(kept);
+        let missing: Vec<&(u32, [u32; 4])> = wanted.difference(&present).collect();
+        let free =
+            (svccidr::CAPACITY as usize).saturating_sub(present.intersection(&wanted).count());
         if missing.len() > free {
             return Err(WriteError::Capacity {
                 map: svccidr::NAME,
@@ -441,11 +436,12 @@ impl Writer {
         let bits = slice_bits(wanted.iter());
         // Before any prefix is written: what the map has, and the new prefixes' slices.
         self.write_cidr_bits(|word, old| old | bits[word])?;
-        for key in present {
-            if !wanted.contains(&(key.prefix_len(), key.data().addr)) {
-                let _ = self.maps.svccidr.remove(&key);
-                self.stats.entries_deleted += 1;
-            }
+        for &(bits, addr) in present.difference(&wanted) {
+            let _ = self
+                .maps
+                .svccidr
+                .remove(&Key::new(bits, SvcCidrKey { addr }));
+            self.stats.entries_deleted += 1;
         }
         for &(bits, addr) in missing {
             self.maps

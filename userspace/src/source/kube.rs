@@ -69,6 +69,7 @@ pub fn start(
             Api::<Service>::all(client.clone()),
             services,
             ingest::Kind::Service,
+            Needed::Always,
             |o| Object::Service(Box::new(o)),
             tx.clone(),
         ),
@@ -76,6 +77,7 @@ pub fn start(
             Api::<EndpointSlice>::all(client.clone()),
             slices,
             ingest::Kind::EndpointSlice,
+            Needed::Always,
             |o| Object::EndpointSlice(Box::new(o)),
             tx.clone(),
         ),
@@ -83,6 +85,7 @@ pub fn start(
             Api::<Node>::all(client.clone()),
             node,
             ingest::Kind::Node,
+            Needed::Always,
             |o| Object::Node(Box::new(o)),
             tx.clone(),
         ),
@@ -90,6 +93,7 @@ pub fn start(
             Api::<Pod>::all(client.clone()),
             pods,
             ingest::Kind::Pod,
+            Needed::Always,
             |o| Object::Pod(Box::new(o)),
             tx.clone(),
         ),
@@ -97,10 +101,24 @@ pub fn start(
             Api::<ServiceCIDR>::all(client.clone()),
             base,
             ingest::Kind::ServiceCidr,
+            Needed::IfServed {
+                without: "traffic to unallocated Service IPs is not dropped",
+            },
             |o| Object::ServiceCidr(Box::new(o)),
             tx,
         ),
     ]
+}
+
+/// Whether the agent waits for a kind's list before its state is complete.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Needed {
+    Always,
+    /// ServiceCIDRs (GA in Kubernetes 1.33): an API server that does not serve them, or a role
+    /// that may not list them, has none; `without` says what the node does not do then.
+    IfServed {
+        without: &'static str,
+    },
 }
 
 /// The API server does not serve the kind (404) or the agent may not list it (403).
@@ -116,6 +134,7 @@ fn spawn_watch<K>(
     api: Api<K>,
     config: watcher::Config,
     kind: ingest::Kind,
+    needed: Needed,
     wrap: fn(K) -> Object,
     tx: mpsc::Sender<SourceEvent>,
 ) -> JoinHandle<()>
@@ -136,15 +155,18 @@ where
                     listed = true;
                     SourceEvent::ListDone(kind)
                 }
-                Err(e) if kind == ingest::Kind::ServiceCidr && not_served(&e) => {
-                    // ServiceCIDRs are GA since Kubernetes 1.33; an older API server (or a
-                    // role without them) has none: an empty list, so the agent is not held up.
-                    // The watcher keeps retrying (quietly) and a later list replaces it.
+                Err(e)
+                    if let Needed::IfServed { without } = needed
+                        && not_served(&e) =>
+                {
+                    // A kind an older API server (or a role without it) does not serve: an
+                    // empty list, so the agent is not held up. The watcher keeps retrying
+                    // (quietly) and a later list replaces it.
                     if listed {
                         tracing::debug!(%kind, "still cannot list: {e}");
                         continue;
                     }
-                    tracing::warn!(%kind, "cannot list ServiceCIDRs ({e}); traffic to unallocated Service IPs is not dropped until they can be listed");
+                    tracing::warn!(%kind, "cannot list it ({e}): taken as none, so {without}, until it can be listed");
                     listed = true;
                     if tx.send(SourceEvent::ListBegin(kind)).await.is_err() {
                         return;
