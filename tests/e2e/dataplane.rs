@@ -1390,6 +1390,95 @@ fn unallocated_service_ips_do_not_leave_the_node() {
     );
 }
 
+/// `ping -c 1` from `at` (`-I source`: without it, iputils ping first connects a UDP socket to
+/// the address to learn its source, which the socket hooks refuse for a ClusterIP): whether
+/// it got an echo reply, and its output.
+fn ping_once(at: tollgate_tests::process::Placement<'_>, source: &str, to: &str) -> (bool, String) {
+    let mut cmd = Command::new("ping");
+    cmd.args(["-n", "-c", "1", "-W", "1", "-I", source, to]);
+    let out = at.output(cmd);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// Pings (and any protocol but TCP and UDP) to Service IPs do not leave the node, as with
+/// kube-proxy's nftables rules: a ClusterIP answers with a port unreachable, an unallocated
+/// address inside a ServiceCIDR drops them. From pods and from the host (whose pings no
+/// socket hook sees), IPv4 and IPv6. Without this a ping to a ClusterIP goes out by the
+/// default route, and one to an unallocated address reaches whatever has it beyond the node.
+#[test]
+fn pings_to_service_ips_are_refused_or_dropped_not_routed() {
+    let s = Scenario::new();
+    let free = "10.96.7.7";
+    let outside = &s.cluster.outside;
+    outside.ip(&["addr", "add", &format!("{free}/32"), "dev", "lo"]);
+    // The router knows node1's pod network (its answers find the pod).
+    let node1 = s.node("node1");
+    outside.ip(&[
+        "route",
+        "add",
+        "10.244.1.0/24",
+        "via",
+        &node1.ip.to_string(),
+    ]);
+    let pod = s.pod("n1p2");
+    let (pod_ip, node_ip) = (pod.ip.to_string(), node1.ip.to_string());
+    for (name, at, source) in [
+        ("pod", pod.placement(), &pod_ip),
+        ("host", node1.host(), &node_ip),
+    ] {
+        let (replied, out) = ping_once(at, source, scenario::WEB);
+        assert!(
+            !replied
+                && out.contains(&format!(
+                    "From {} icmp_seq=1 Destination Port Unreachable",
+                    scenario::WEB
+                )),
+            "{name}: refused by the ClusterIP: {out}"
+        );
+        let (replied, out) = ping_once(at, source, free);
+        assert!(
+            !replied && out.contains("100% packet loss"),
+            "{name}: dropped: {out}"
+        );
+        // Counted per prefix (`tollgate maps`): the pod's echo request once; the host's at
+        // least once (ping tries again when the first send fails with ENOBUFS).
+        let dropped = s.maps(node1)["service_cidrs"][0]["dropped"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            if name == "pod" {
+                dropped == 1
+            } else {
+                dropped > 1
+            },
+            "{name}: {dropped} dropped"
+        );
+    }
+    let (replied, out) = ping_once(pod.placement(), &pod.ip6.to_string(), scenario::WEB6);
+    assert!(
+        !replied && out.contains("Port unreachable"),
+        "pod, IPv6: refused by the ClusterIP: {out}"
+    );
+    // Pings to other addresses are not Tollgate's: a pod on the other node, the router.
+    let router = tollgate_tests::cluster::OUTSIDE_V4.to_string();
+    for to in [s.pod("n2p1").ip.to_string(), router] {
+        let (replied, out) = ping_once(pod.placement(), &pod_ip, &to);
+        assert!(replied, "pod to {to}: {out}");
+    }
+    // Refusals counted with the ClusterIPs' other ports: the pod's two, the host's one.
+    let maps = s.maps(node1);
+    assert_eq!(maps["other_ports"]["refused"], 3, "{maps}");
+    // Without the ServiceCIDR the address is nobody's: the ping leaves the node, and the LAN's
+    // router answers.
+    s.remove("ServiceCIDR", "kubernetes");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ping_once(pod.placement(), &pod_ip, free).0 {
+        assert!(std::time::Instant::now() < deadline, "still dropped");
+    }
+}
+
 /// A pod connecting to a ClusterIP the moment it is allocated, before the agent has
 /// programmed it, gets through once it is (its first SYN dropped as unallocated, a
 /// retransmitted one translated), as with kube-proxy, whose rules catch the retransmit.

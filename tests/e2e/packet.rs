@@ -964,6 +964,115 @@ fn new_connections_to_unallocated_service_ips_are_dropped() {
     });
 }
 
+/// An ICMP (IPv4) or ICMPv6 message (`pseudo`: ICMPv6's pseudo-header sum, 0 for ICMP).
+fn icmp_message(kind: u8, code: u8, rest: [u8; 4], payload: &[u8], pseudo: u32) -> Vec<u8> {
+    let mut m = vec![kind, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(payload);
+    let c = fold(sum16(&m, pseudo));
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// Packets of other protocols than TCP and UDP to Service IPs (kube-proxy nftables checks
+/// every protocol): a ping, or a GRE packet, to a ClusterIP is refused with a port
+/// unreachable from it, quoting the IP header and 8 bytes; to an unallocated address inside a
+/// ServiceCIDR dropped; ICMP that does not start a flow (a reply, an error) and addresses
+/// that are no Service IP pass. From outside, from pods, and the host's own on its way out.
+#[test]
+fn other_protocols_to_service_ips_are_refused_or_dropped() {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let cidrs = json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16", "fd00:96::/112"]}});
+        let b = bench_with(node, vec![cidrs], None);
+        let vip = Ipv4Addr::new(10, 96, 0, 1);
+        let free = Ipv4Addr::new(10, 96, 0, 200);
+        let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(vip));
+        let echo = icmp_message(8, 0, [0x12, 0x34, 0, 1], b"ping ping", 0);
+        let gre = [0u8, 0, 0x08, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2];
+        // From outside: refused from the ClusterIP, MACs swapped, the IP header and the first
+        // 8 bytes quoted, checksums verified (`parse`).
+        for (proto, l4) in [(1u8, &echo[..]), (47, &gre[..])] {
+            let frame = client4_frame_to(&b, vip, proto, l4);
+            let (verdict, out) = b.tc("tg_tc_ingress", &frame);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "protocol {proto}");
+            let r = parse(&out);
+            assert_eq!(
+                (r.proto, r.src, r.dst, &r.l4[0..2]),
+                (1, d, s, &[3, 3][..]),
+                "protocol {proto}: port unreachable from the ClusterIP"
+            );
+            assert_eq!(r.l4[8..], frame[14..14 + 20 + 8], "protocol {proto}");
+            assert_eq!((r.dst_mac, r.src_mac), (CLIENT_MAC, b.eth0_mac));
+            // XDP leaves it to TC.
+            assert_eq!(b.xdp(&frame).0, XDP_PASS);
+        }
+        // From a pod.
+        let (verdict, out) = b.tc("tg_tc_from_pod", &pod_frame(LOCAL_POD, vip, 1, &echo));
+        let r = parse(&out);
+        assert_eq!(
+            (verdict, r.proto, r.src, r.dst, &r.l4[0..2]),
+            (TC_ACT_REDIRECT, 1, d, IpAddr::V4(LOCAL_POD), &[3, 3][..])
+        );
+        // The node's own ping, leaving by the uplink: refused too (into the node).
+        let host = ether(PEER_MAC, b.eth0_mac, 0x0800, &ipv4(1, NODE, vip, &echo));
+        let (verdict, out) = b.tc("tg_tc_egress", &host);
+        let r = parse(&out);
+        assert_eq!(
+            (verdict, r.src, r.dst, &r.l4[0..2]),
+            (TC_ACT_REDIRECT, d, IpAddr::V4(NODE), &[3, 3][..])
+        );
+        assert_eq!(r.dst_mac, b.eth0_mac, "addressed to the node's own interface");
+        // IPv6: an ICMPv6 port unreachable (its checksum over the pseudo header).
+        let (s6, d6): (IpAddr, IpAddr) = (CLIENT6.parse().unwrap(), "fd00:96::8".parse().unwrap());
+        let echo6 = icmp_message(128, 0, [0x12, 0x34, 0, 1], b"ping", pseudo(&s6, &d6, 58, 12));
+        let frame6 = ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ipv6(58, &s6, &d6, &echo6));
+        let (verdict, out) = b.tc("tg_tc_ingress", &frame6);
+        let r = parse(&out);
+        assert_eq!(
+            (verdict, r.proto, r.src, r.dst, &r.l4[0..2]),
+            (TC_ACT_REDIRECT, 58, d6, s6, &[1, 4][..])
+        );
+        assert_eq!(r.l4[8..], frame6[14..14 + 40 + 8]);
+        // Unallocated addresses: dropped, from outside, from a pod, from the host, IPv6.
+        let f = IpAddr::V4(free);
+        for (program, frame) in [
+            ("tg_tc_ingress", client4_frame_to(&b, free, 1, &echo)),
+            ("tg_tc_ingress", client4_frame_to(&b, free, 47, &gre)),
+            ("tg_tc_from_pod", pod_frame(LOCAL_POD, free, 1, &echo)),
+            (
+                "tg_tc_egress",
+                ether(PEER_MAC, b.eth0_mac, 0x0800, &ipv4(1, NODE, free, &echo)),
+            ),
+        ] {
+            assert_eq!(b.tc(program, &frame).0, TC_ACT_SHOT, "{program} to {f}");
+        }
+        let free6: IpAddr = "fd00:96::99".parse().unwrap();
+        let echo6 = icmp_message(128, 0, [0, 1, 0, 1], b"ping", pseudo(&s6, &free6, 58, 12));
+        let frame6 = ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ipv6(58, &s6, &free6, &echo6));
+        assert_eq!(b.tc("tg_tc_ingress", &frame6).0, TC_ACT_SHOT);
+        // What does not start a flow passes: an echo reply, an error about no flow of ours;
+        // so does a ping to an address that is no Service IP (the node, beyond the prefix).
+        let reply = icmp_message(0, 0, [0x12, 0x34, 0, 1], b"pong", 0);
+        let error = icmp_message(3, 1, [0; 4], &ipv4(17, vip, CLIENT, &[0; 8]), 0);
+        let beyond = Ipv4Addr::new(10, 97, 0, 1);
+        for (dst, l4) in [(vip, &reply), (vip, &error), (NODE, &echo), (beyond, &echo)] {
+            let frame = client4_frame_to(&b, dst, 1, l4);
+            assert_eq!(b.tc("tg_tc_ingress", &frame).0, TC_ACT_UNSPEC, "{dst}: {l4:?}");
+        }
+        // Nothing to quote (a GRE header cut to 4 bytes): dropped, not answered.
+        let short = client4_frame_to(&b, vip, 47, &gre[..4]);
+        assert_eq!(b.tc("tg_tc_ingress", &short).0, TC_ACT_SHOT);
+        // Counted: refusals under ID 0 (the ClusterIPs' other-ports entries), drops per prefix.
+        assert_eq!(inspect::other_ports(b.dp.pins()).unwrap().refused, 6);
+        let counted = inspect::service_cidrs(b.dp.pins()).unwrap();
+        let counted: Vec<(&str, u64)> = counted.iter().map(|c| (c.cidr.as_str(), c.dropped)).collect();
+        assert_eq!(counted, [("10.96.0.0/16", 4), ("fd00:96::/112", 1)]);
+    });
+}
+
 /// `__sk_buff` input for a GSO packet (a GRO'd burst): `skb_ctx` with gso_segs (offset 164)
 /// and gso_size (offset 176).
 fn gso_skb_ctx(ifindex: u32, segs: u32, size: u32) -> Vec<u8> {

@@ -13,6 +13,7 @@ mod icmp;
 mod lb;
 mod maps;
 mod nat;
+mod other_proto;
 mod pkt;
 mod sock;
 mod stats;

@@ -11,7 +11,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_FRAG_NEEDED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
         TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
         bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED, bpf_fib_lookup,
@@ -357,11 +357,11 @@ fn too_big_inner(ctx: &TcContext, p: &mut Pkt, orig: &CtKey, mtu: u32) -> R<i32>
     set_port(ctx, p, false, orig.dport)?;
     Ok(if p.v6 {
         // Type 2 (packet too big), code 0, the 32-bit MTU.
-        icmp_error(ctx, p, w([2, 0, 0, 0]), mtu.to_be())
+        icmp_error(ctx, p, w([2, 0, 0, 0]), mtu.to_be(), false)
     } else {
         // Type 3 (destination unreachable), code 4 (fragmentation needed), the next-hop MTU.
         let m = (mtu as u16).to_be_bytes();
-        icmp_error(ctx, p, w([3, 4, 0, 0]), w([0, 0, m[0], m[1]]))
+        icmp_error(ctx, p, w([3, 4, 0, 0]), w([0, 0, m[0], m[1]]), false)
     })
 }
 
@@ -477,8 +477,12 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         return TC_ACT_UNSPEC;
     };
     if !pkt::parse_into(ctx, &mut s.pkt) {
-        // Not TCP or UDP: perhaps an ICMP error about a translated flow.
-        return crate::icmp::related(ctx, s, true).unwrap_or(TC_ACT_UNSPEC);
+        // Not TCP or UDP: perhaps an ICMP error about a translated flow, or another
+        // protocol's packet to a Service IP.
+        return match crate::icmp::related(ctx, s, true) {
+            Some(verdict) => verdict,
+            None => crate::other_proto::handle(ctx, s, false),
+        };
     }
     if side == Side::Pod && s.pkt.proto == PROTO_TCP && metadata_bypass(&s.pkt.daddr, s.pkt.dport) {
         return TC_ACT_SHOT;
@@ -754,9 +758,7 @@ fn csum_ro(words: &[u32; 4], seed: i64) -> i64 {
 fn reject(ctx: &TcContext, p: &Pkt) -> i32 {
     match p.proto {
         PROTO_TCP if p.tcp_flags & TCP_SYN != 0 && p.tcp_flags & TCP_ACK == 0 => tcp_reset(ctx, p),
-        // Destination unreachable, port unreachable: ICMP type 3 code 3, ICMPv6 type 1 code 4.
-        PROTO_UDP if !p.v6 => icmp_error(ctx, p, w([3, 3, 0, 0]), 0),
-        PROTO_UDP => icmp_error(ctx, p, w([1, 4, 0, 0]), 0),
+        PROTO_UDP => port_unreachable(ctx, p, false),
         _ => TC_ACT_SHOT,
     }
 }
@@ -769,10 +771,33 @@ fn swap_macs(ctx: &TcContext) -> R<()> {
     ctx.store(6, &dst, 0).map_err(|_| ())
 }
 
+/// Sends the answer built in the packet's place back to its sender: out of the interface it
+/// came in on, or (`to_host`: a packet the node itself was sending out) into the node, through
+/// the interface it was leaving by.
 #[inline(always)]
-fn bounce(ctx: &TcContext) -> i32 {
+fn bounce(ctx: &TcContext, to_host: bool) -> i32 {
     // SAFETY: the context's __sk_buff; the redirect helper returns TC_ACT_REDIRECT.
-    unsafe { bpf_redirect((*ctx.skb.skb).ingress_ifindex, 0) as i32 }
+    unsafe {
+        let skb = ctx.skb.skb;
+        if to_host {
+            bpf_redirect((*skb).ifindex, u64::from(BPF_F_INGRESS)) as i32
+        } else {
+            bpf_redirect((*skb).ingress_ifindex, 0) as i32
+        }
+    }
+}
+
+/// kube-proxy's REJECT of a datagram (or, see `other_proto`, of any packet but a TCP SYN): an
+/// ICMP (IPv4) or ICMPv6 port unreachable, from where it was sent to.
+#[inline(always)]
+pub(crate) fn port_unreachable(ctx: &TcContext, p: &Pkt, to_host: bool) -> i32 {
+    // Destination unreachable, port unreachable: ICMP type 3 code 3, ICMPv6 type 1 code 4.
+    let kind = if p.v6 {
+        w([1, 4, 0, 0])
+    } else {
+        w([3, 3, 0, 0])
+    };
+    icmp_error(ctx, p, kind, 0, to_host)
 }
 
 /// An IPv4 header without options, checksum filled in.
@@ -846,12 +871,13 @@ fn tcp_reset_inner(ctx: &TcContext, p: &Pkt) -> R<i32> {
         ctx.store(p.l3, &ip, 0).map_err(|_| ())?;
     }
     ctx.store(l4, &tcp, 0).map_err(|_| ())?;
-    Ok(bounce(ctx))
+    Ok(bounce(ctx, false))
 }
 
 /// Bytes of the TCP or UDP header an ICMP error here quotes: UDP's 8 (ports, length,
 /// checksum), TCP's first 20 (RFC 792's "64 bits" would cut it before its checksum, which a
-/// packet whose checksum the device completes, CHECKSUM_PARTIAL, must keep).
+/// packet whose checksum the device completes, CHECKSUM_PARTIAL, must keep); of any other
+/// protocol's, RFC 792's 8.
 #[inline(always)]
 fn quoted_l4(p: &Pkt) -> usize {
     if p.proto == PROTO_TCP { 20 } else { 8 }
@@ -917,14 +943,13 @@ fn quote_sum(ctx: &TcContext, p: &Pkt, quote: usize, gso: bool, seed: i64) -> R<
 /// a sender needs to match its socket, and what kube-proxy's REJECT sends). The error itself
 /// has a plain IP header.
 #[inline(never)]
-fn icmp_error(ctx: &TcContext, p: &Pkt, kind: u32, rest: u32) -> i32 {
-    icmp_error_inner(ctx, p, kind, rest).unwrap_or(TC_ACT_SHOT)
+fn icmp_error(ctx: &TcContext, p: &Pkt, kind: u32, rest: u32, to_host: bool) -> i32 {
+    icmp_error_inner(ctx, p, kind, rest, to_host).unwrap_or(TC_ACT_SHOT)
 }
 
 #[inline(always)]
-fn icmp_error_inner(ctx: &TcContext, p: &Pkt, kind: u32, rest: u32) -> R<i32> {
-    const PROTO_ICMP: u8 = 1;
-    const PROTO_ICMPV6: u8 = 58;
+fn icmp_error_inner(ctx: &TcContext, p: &Pkt, kind: u32, rest: u32, to_host: bool) -> R<i32> {
+    use crate::icmp::{PROTO_ICMP, PROTO_ICMPV6};
     let ip_len = if p.v6 { 40 } else { 20 };
     if p.l3 != ETH_HLEN || p.l4 > pkt::MAX_OFFSET {
         return Err(());
@@ -965,20 +990,25 @@ fn icmp_error_inner(ctx: &TcContext, p: &Pkt, kind: u32, rest: u32) -> R<i32> {
         ctx.store(ETH_HLEN, &ip, 0).map_err(|_| ())?;
     }
     ctx.store(ETH_HLEN + ip_len, &head, 0).map_err(|_| ())?;
-    Ok(bounce(ctx))
+    Ok(bounce(ctx, to_host))
 }
 
 /// Packets leaving by an uplink: host traffic to a frontend without backends and a DROP
 /// verdict is dropped; the node's own ICMP errors about packets of translated flows it
 /// forwarded (a local backend's interface with a smaller MTU than the uplink, a backend gone)
-/// are translated back for the client, as conntrack does for kube-proxy.
+/// are translated back for the client, as conntrack does for kube-proxy; the node's packets
+/// of other protocols to Service IPs (a ping from the host: no socket hook sees it) are
+/// refused or dropped as a pod's are (`other_proto`).
 #[inline(always)]
 pub fn egress(ctx: &TcContext) -> i32 {
     let Some(s) = scratch() else {
         return TC_ACT_UNSPEC;
     };
     if !pkt::parse_into(ctx, &mut s.pkt) {
-        return crate::icmp::related(ctx, s, false).unwrap_or(TC_ACT_UNSPEC);
+        return match crate::icmp::related(ctx, s, false) {
+            Some(verdict) => verdict,
+            None => crate::other_proto::handle(ctx, s, true),
+        };
     }
     let p = &s.pkt;
     match lb::frontend_inside(p.daddr, p.dport, p.proto) {

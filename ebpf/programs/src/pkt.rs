@@ -150,6 +150,29 @@ impl Frame for XdpContext {
 /// [`LATER_FRAGMENT`]; see [`parse_into`]).
 #[inline(always)]
 pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
+    let mut p = parse_ip(f)?;
+    if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+        return None;
+    }
+    if p.frag == LATER_FRAGMENT {
+        return Some(p);
+    }
+    let l4 = p.l4;
+    (p.csum_off, p.tcp_flags, p.sport, p.dport) = if p.proto == PROTO_TCP {
+        let h = Header::<14>::at(f, l4)?;
+        (l4 + 16, h.u8::<13>(), h.u16::<0>(), h.u16::<2>())
+    } else {
+        let h = Header::<4>::at(f, l4)?;
+        (l4 + 6, 0, h.u16::<0>(), h.u16::<2>())
+    };
+    Some(p)
+}
+
+/// The IP part of [`parse`], whatever the upper-layer protocol (`proto`; ports, flags and
+/// `csum_off` zero): `None` for what is not IP, an IPv6 Routing header with segments left and
+/// headers cut short.
+#[inline(always)]
+pub fn parse_ip<F: Frame>(f: &F) -> Option<Pkt> {
     let l3 = ETH_HLEN;
     let (v6, l4, proto, saddr, daddr, frag, frag_id) = match f.eth_proto()? {
         ETH_P_IP => {
@@ -180,37 +203,6 @@ pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
         }
         _ => return None,
     };
-    if frag == LATER_FRAGMENT {
-        if proto != PROTO_TCP && proto != PROTO_UDP {
-            return None;
-        }
-        return Some(Pkt {
-            v6,
-            l3,
-            l4,
-            proto,
-            saddr,
-            daddr,
-            sport: 0,
-            dport: 0,
-            csum_off: 0,
-            tcp_flags: 0,
-            len: f.len(),
-            frag,
-            frag_id,
-        });
-    }
-    let (csum_off, tcp_flags, sport, dport) = match proto {
-        PROTO_TCP => {
-            let h = Header::<14>::at(f, l4)?;
-            (l4 + 16, h.u8::<13>(), h.u16::<0>(), h.u16::<2>())
-        }
-        PROTO_UDP => {
-            let h = Header::<4>::at(f, l4)?;
-            (l4 + 6, 0, h.u16::<0>(), h.u16::<2>())
-        }
-        _ => return None,
-    };
     Some(Pkt {
         v6,
         l3,
@@ -218,10 +210,10 @@ pub fn parse<F: Frame>(f: &F) -> Option<Pkt> {
         proto,
         saddr,
         daddr,
-        sport,
-        dport,
-        csum_off,
-        tcp_flags,
+        sport: 0,
+        dport: 0,
+        csum_off: 0,
+        tcp_flags: 0,
         len: f.len(),
         frag,
         frag_id,
