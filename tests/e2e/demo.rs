@@ -28,6 +28,7 @@ fn the_demo_tour_passes_and_leaves_nothing_behind() {
         "(refused as expected: true)",
         "(other port refused as expected: true)",
         "(unallocated Service IP dropped at once as expected: true)",
+        "(ping answered by the ClusterIP as expected: true)",
         "\"localEndpoints\": 1,\n\t\"serviceProxyHealthy\": true\n}\nHTTP 200",
         "\"localEndpoints\": 0,\n\t\"serviceProxyHealthy\": true\n}\nHTTP 503",
         "(kube-env concealed from the pod, readable by the node: true)",

@@ -212,6 +212,24 @@ fn main() -> anyhow::Result<()> {
         && start.elapsed() < Duration::from_secs(1);
     println!("(unallocated Service IP dropped at once as expected: {dropped})");
     ok &= dropped;
+    section(
+        "a ping to a ClusterIP is answered by it (port unreachable, as kube-proxy nftables), not routed out of the node",
+    )?;
+    // `-I`: iputils ping first connects a UDP socket to learn its source address, which the
+    // socket hooks refuse for a ClusterIP (ping would stop at "connect: Connection refused").
+    let mut ping = Command::new("ping");
+    ping.args(["-n", "-c", "1", "-W", "1", "-I"])
+        .arg(n1p2.ip.to_string())
+        .arg("10.96.0.10");
+    let out = n1p2.placement().output(ping);
+    show(
+        &format!("ping -n -c 1 -W 1 -I {} 10.96.0.10   (pod n1p2)", n1p2.ip),
+        &out,
+    );
+    let answered = String::from_utf8_lossy(&out.stdout)
+        .contains("From 10.96.0.10 icmp_seq=1 Destination Port Unreachable");
+    println!("(ping answered by the ClusterIP as expected: {answered})");
+    ok &= answered;
 
     section("metadata concealment: pods get filtered answers, the node itself is not redirected")?;
     let md_curl = |at: Placement<'_>, where_: &str, path: &str| {
