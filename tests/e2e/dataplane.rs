@@ -1402,7 +1402,7 @@ fn ping_once(at: tollgate_tests::process::Placement<'_>, source: &str, to: &str)
     (out.status.success(), text)
 }
 
-/// Pings (and any protocol but TCP and UDP) to Service IPs do not leave the node, as with
+/// Pings (and SCTP, see the packet test) to Service IPs do not leave the node, as with
 /// kube-proxy's nftables rules: a ClusterIP answers with a port unreachable, an unallocated
 /// address inside a ServiceCIDR drops them. From pods and from the host (whose pings no
 /// socket hook sees), IPv4 and IPv6. Without this a ping to a ClusterIP goes out by the

@@ -974,11 +974,11 @@ fn icmp_message(kind: u8, code: u8, rest: [u8; 4], payload: &[u8], pseudo: u32) 
     m
 }
 
-/// Packets of other protocols than TCP and UDP to Service IPs (kube-proxy nftables checks
-/// every protocol): a ping, or a GRE packet, to a ClusterIP is refused with a port
-/// unreachable from it, quoting the IP header and 8 bytes; to an unallocated address inside a
-/// ServiceCIDR dropped; ICMP that does not start a flow (a reply, an error) and addresses
-/// that are no Service IP pass. From outside, from pods, and the host's own on its way out.
+/// Pings and SCTP to Service IPs (kube-proxy nftables checks every protocol): a ping, or an
+/// SCTP packet, to a ClusterIP is refused with a port unreachable from it, quoting the IP
+/// header and 8 bytes; to an unallocated address inside a ServiceCIDR dropped; ICMP that does
+/// not start a flow (a reply, an error), tunnels (GRE) and addresses that are no Service IP
+/// pass. From outside, from pods, and the host's own on its way out.
 #[test]
 fn other_protocols_to_service_ips_are_refused_or_dropped() {
     let c = cluster();
@@ -991,10 +991,11 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
         let free = Ipv4Addr::new(10, 96, 0, 200);
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(vip));
         let echo = icmp_message(8, 0, [0x12, 0x34, 0, 1], b"ping ping", 0);
-        let gre = [0u8, 0, 0x08, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2];
+        // An SCTP INIT's common header (ports, verification tag 0, checksum) and a chunk.
+        let sctp = [0x9c, 0x40, 0x0b, 0xb8, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 0, 0, 4];
         // From outside: refused from the ClusterIP, MACs swapped, the IP header and the first
         // 8 bytes quoted, checksums verified (`parse`).
-        for (proto, l4) in [(1u8, &echo[..]), (47, &gre[..])] {
+        for (proto, l4) in [(1u8, &echo[..]), (132, &sctp[..])] {
             let frame = client4_frame_to(&b, vip, proto, l4);
             let (verdict, out) = b.tc("tg_tc_ingress", &frame);
             assert_eq!(verdict, TC_ACT_REDIRECT, "protocol {proto}");
@@ -1040,7 +1041,7 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
         let f = IpAddr::V4(free);
         for (program, frame) in [
             ("tg_tc_ingress", client4_frame_to(&b, free, 1, &echo)),
-            ("tg_tc_ingress", client4_frame_to(&b, free, 47, &gre)),
+            ("tg_tc_ingress", client4_frame_to(&b, free, 132, &sctp)),
             ("tg_tc_from_pod", pod_frame(LOCAL_POD, free, 1, &echo)),
             (
                 "tg_tc_egress",
@@ -1054,16 +1055,25 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
         let frame6 = ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ipv6(58, &s6, &free6, &echo6));
         assert_eq!(b.tc("tg_tc_ingress", &frame6).0, TC_ACT_SHOT);
         // What does not start a flow passes: an echo reply, an error about no flow of ours;
-        // so does a ping to an address that is no Service IP (the node, beyond the prefix).
+        // so does a ping to an address that is no Service IP (the node, beyond the prefix),
+        // and a tunnel's packet (GRE), whatever its address.
         let reply = icmp_message(0, 0, [0x12, 0x34, 0, 1], b"pong", 0);
         let error = icmp_message(3, 1, [0; 4], &ipv4(17, vip, CLIENT, &[0; 8]), 0);
         let beyond = Ipv4Addr::new(10, 97, 0, 1);
-        for (dst, l4) in [(vip, &reply), (vip, &error), (NODE, &echo), (beyond, &echo)] {
-            let frame = client4_frame_to(&b, dst, 1, l4);
-            assert_eq!(b.tc("tg_tc_ingress", &frame).0, TC_ACT_UNSPEC, "{dst}: {l4:?}");
+        let gre = [0u8, 0, 0x08, 0, 0x45, 0, 0, 20].to_vec();
+        for (dst, proto, l4) in [
+            (vip, 1, &reply),
+            (vip, 1, &error),
+            (NODE, 1, &echo),
+            (beyond, 1, &echo),
+            (vip, 47, &gre),
+            (free, 47, &gre),
+        ] {
+            let frame = client4_frame_to(&b, dst, proto, l4);
+            assert_eq!(b.tc("tg_tc_ingress", &frame).0, TC_ACT_UNSPEC, "{dst} {proto}: {l4:?}");
         }
-        // Nothing to quote (a GRE header cut to 4 bytes): dropped, not answered.
-        let short = client4_frame_to(&b, vip, 47, &gre[..4]);
+        // Nothing to quote (an SCTP header cut to 4 bytes): dropped, not answered.
+        let short = client4_frame_to(&b, vip, 132, &sctp[..4]);
         assert_eq!(b.tc("tg_tc_ingress", &short).0, TC_ACT_SHOT);
         // Counted: refusals under ID 0 (the ClusterIPs' other-ports entries), drops per prefix.
         assert_eq!(inspect::other_ports(b.dp.pins()).unwrap().refused, 6);

@@ -477,8 +477,8 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         return TC_ACT_UNSPEC;
     };
     if !pkt::parse_into(ctx, &mut s.pkt) {
-        // Not TCP or UDP: perhaps an ICMP error about a translated flow, or another
-        // protocol's packet to a Service IP.
+        // Not TCP or UDP: perhaps an ICMP error about a translated flow, or a ping or SCTP
+        // packet to a Service IP.
         return match crate::icmp::related(ctx, s, true) {
             Some(verdict) => verdict,
             None => crate::other_proto::handle(ctx, s, false),
@@ -787,7 +787,7 @@ fn bounce(ctx: &TcContext, to_host: bool) -> i32 {
     }
 }
 
-/// kube-proxy's REJECT of a datagram (or, see `other_proto`, of any packet but a TCP SYN): an
+/// kube-proxy's REJECT of a datagram (or, see `other_proto`, of a ping or SCTP packet): an
 /// ICMP (IPv4) or ICMPv6 port unreachable, from where it was sent to.
 #[inline(always)]
 pub(crate) fn port_unreachable(ctx: &TcContext, p: &Pkt, to_host: bool) -> i32 {
@@ -996,9 +996,9 @@ fn icmp_error_inner(ctx: &TcContext, p: &Pkt, kind: u32, rest: u32, to_host: boo
 /// Packets leaving by an uplink: host traffic to a frontend without backends and a DROP
 /// verdict is dropped; the node's own ICMP errors about packets of translated flows it
 /// forwarded (a local backend's interface with a smaller MTU than the uplink, a backend gone)
-/// are translated back for the client, as conntrack does for kube-proxy; the node's packets
-/// of other protocols to Service IPs (a ping from the host: no socket hook sees it) are
-/// refused or dropped as a pod's are (`other_proto`).
+/// are translated back for the client, as conntrack does for kube-proxy; the node's pings
+/// and SCTP packets to Service IPs (no socket hook sees a ping) are refused or dropped as a
+/// pod's are (`other_proto`).
 #[inline(always)]
 pub fn egress(ctx: &TcContext) -> i32 {
     let Some(s) = scratch() else {
