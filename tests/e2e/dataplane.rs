@@ -1295,6 +1295,15 @@ fn reject_and_drop() {
     assert_eq!((t.ok, t.names()), (5, vec!["n2p1"]), "{t:?}");
 }
 
+/// The outside namespace (the LAN's router, where node1's default route leads) owns `addr`
+/// and knows node1's pod network (its answers find the pod).
+fn router_owns(s: &Scenario, addr: &str) {
+    let outside = &s.cluster.outside;
+    outside.ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"]);
+    let node1 = s.node("node1").ip.to_string();
+    outside.ip(&["route", "add", "10.244.1.0/24", "via", &node1]);
+}
+
 /// An address inside a ServiceCIDR that no Service has is not sent on (kube-proxy nftables
 /// drops it): the node's default route would take it out of the node. Here the LAN's router
 /// (the outside namespace) has the address, so a connection that leaves the node succeeds.
@@ -1302,11 +1311,7 @@ fn reject_and_drop() {
 fn unallocated_service_ips_do_not_leave_the_node() {
     let s = Scenario::new();
     let free = "10.96.7.7";
-    let outside = &s.cluster.outside;
-    outside.ip(&["addr", "add", &format!("{free}/32"), "dev", "lo"]);
-    // The router knows node1's pod network (its answers find the pod).
-    let node1 = s.node("node1").ip.to_string();
-    outside.ip(&["route", "add", "10.244.1.0/24", "via", &node1]);
+    router_owns(&s, free);
     let mut cmd = Command::new(tollgate_tests::tools::testbed_bin());
     cmd.args(["serve", "--name", "beyond"]).args([
         "--tcp",
@@ -1411,17 +1416,8 @@ fn ping_once(at: tollgate_tests::process::Placement<'_>, source: &str, to: &str)
 fn pings_to_service_ips_are_refused_or_dropped_not_routed() {
     let s = Scenario::new();
     let free = "10.96.7.7";
-    let outside = &s.cluster.outside;
-    outside.ip(&["addr", "add", &format!("{free}/32"), "dev", "lo"]);
-    // The router knows node1's pod network (its answers find the pod).
+    router_owns(&s, free);
     let node1 = s.node("node1");
-    outside.ip(&[
-        "route",
-        "add",
-        "10.244.1.0/24",
-        "via",
-        &node1.ip.to_string(),
-    ]);
     let pod = s.pod("n1p2");
     let (pod_ip, node_ip) = (pod.ip.to_string(), node1.ip.to_string());
     for (name, at, source) in [

@@ -911,6 +911,13 @@ fn a_cluster_ip_refuses_the_ports_and_protocols_its_service_does_not_define() {
     });
 }
 
+/// [`bench`] with the ServiceCIDRs 10.96.0.0/16 and fd00:96::/112.
+fn bench_with_service_cidrs(node: &Node) -> Bench {
+    let cidrs = json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16", "fd00:96::/112"]}});
+    bench_with(node, vec![cidrs], None)
+}
+
 /// A new connection to an address inside a ServiceCIDR that no Service has (an unallocated
 /// ClusterIP) is dropped (kube-proxy nftables), from outside and from pods, TCP and UDP, IPv4
 /// and IPv6; the Services' own addresses keep their verdicts, and addresses outside the
@@ -920,9 +927,7 @@ fn new_connections_to_unallocated_service_ips_are_dropped() {
     let c = cluster();
     let node = c.node("node1");
     node.ns.run_in(|| {
-        let cidrs = json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16", "fd00:96::/112"]}});
-        let b = bench_with(node, vec![cidrs], None);
+        let b = bench_with_service_cidrs(node);
         let s = IpAddr::V4(CLIENT);
         let free = Ipv4Addr::new(10, 96, 0, 200);
         let f = IpAddr::V4(free);
@@ -949,17 +954,33 @@ fn new_connections_to_unallocated_service_ips_are_dropped() {
         // A Service's ClusterIP keeps its verdicts: translated on its port, refused on others.
         let vip = Ipv4Addr::new(10, 96, 0, 1);
         let d = IpAddr::V4(vip);
-        let (verdict, out) = b.tc("tg_tc_ingress", &to(vip, 6, &tcp(&s, &d, 40034, 80, 0x02, &[])));
-        assert_eq!((verdict, parse(&out).dst), (TC_ACT_REDIRECT, IpAddr::V4(REMOTE_POD)));
-        let (verdict, out) = b.tc("tg_tc_ingress", &to(vip, 6, &tcp(&s, &d, 40035, 30080, 0x02, &[])));
+        let (verdict, out) = b.tc(
+            "tg_tc_ingress",
+            &to(vip, 6, &tcp(&s, &d, 40034, 80, 0x02, &[])),
+        );
+        assert_eq!(
+            (verdict, parse(&out).dst),
+            (TC_ACT_REDIRECT, IpAddr::V4(REMOTE_POD))
+        );
+        let (verdict, out) = b.tc(
+            "tg_tc_ingress",
+            &to(vip, 6, &tcp(&s, &d, 40035, 30080, 0x02, &[])),
+        );
         assert_eq!((verdict, parse(&out).tcp_flags), (TC_ACT_REDIRECT, 0x14));
         // Outside the prefixes: not ours.
         let beyond = Ipv4Addr::new(10, 97, 0, 1);
-        let syn = to(beyond, 6, &tcp(&s, &IpAddr::V4(beyond), 40036, 80, 0x02, &[]));
+        let syn = to(
+            beyond,
+            6,
+            &tcp(&s, &IpAddr::V4(beyond), 40036, 80, 0x02, &[]),
+        );
         assert_eq!(b.tc("tg_tc_ingress", &syn).0, TC_ACT_UNSPEC);
         // Counted per prefix (XDP counts nothing it passes on).
         let counted = inspect::service_cidrs(b.dp.pins()).unwrap();
-        let counted: Vec<(&str, u64)> = counted.iter().map(|c| (c.cidr.as_str(), c.dropped)).collect();
+        let counted: Vec<(&str, u64)> = counted
+            .iter()
+            .map(|c| (c.cidr.as_str(), c.dropped))
+            .collect();
         assert_eq!(counted, [("10.96.0.0/16", 4), ("fd00:96::/112", 1)]);
     });
 }
@@ -984,15 +1005,15 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
     let c = cluster();
     let node = c.node("node1");
     node.ns.run_in(|| {
-        let cidrs = json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16", "fd00:96::/112"]}});
-        let b = bench_with(node, vec![cidrs], None);
+        let b = bench_with_service_cidrs(node);
         let vip = Ipv4Addr::new(10, 96, 0, 1);
         let free = Ipv4Addr::new(10, 96, 0, 200);
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(vip));
         let echo = icmp_message(8, 0, [0x12, 0x34, 0, 1], b"ping ping", 0);
         // An SCTP INIT's common header (ports, verification tag 0, checksum) and a chunk.
-        let sctp = [0x9c, 0x40, 0x0b, 0xb8, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 0, 0, 4];
+        let sctp = [
+            0x9c, 0x40, 0x0b, 0xb8, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 0, 0, 4,
+        ];
         // From outside: refused from the ClusterIP, MACs swapped, the IP header and the first
         // 8 bytes quoted, checksums verified (`parse`).
         for (proto, l4) in [(1u8, &echo[..]), (132, &sctp[..])] {
@@ -1025,10 +1046,19 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
             (verdict, r.src, r.dst, &r.l4[0..2]),
             (TC_ACT_REDIRECT, d, IpAddr::V4(NODE), &[3, 3][..])
         );
-        assert_eq!(r.dst_mac, b.eth0_mac, "addressed to the node's own interface");
+        assert_eq!(
+            r.dst_mac, b.eth0_mac,
+            "addressed to the node's own interface"
+        );
         // IPv6: an ICMPv6 port unreachable (its checksum over the pseudo header).
         let (s6, d6): (IpAddr, IpAddr) = (CLIENT6.parse().unwrap(), "fd00:96::8".parse().unwrap());
-        let echo6 = icmp_message(128, 0, [0x12, 0x34, 0, 1], b"ping", pseudo(&s6, &d6, 58, 12));
+        let echo6 = icmp_message(
+            128,
+            0,
+            [0x12, 0x34, 0, 1],
+            b"ping",
+            pseudo(&s6, &d6, 58, 12),
+        );
         let frame6 = ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ipv6(58, &s6, &d6, &echo6));
         let (verdict, out) = b.tc("tg_tc_ingress", &frame6);
         let r = parse(&out);
@@ -1052,7 +1082,12 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
         }
         let free6: IpAddr = "fd00:96::99".parse().unwrap();
         let echo6 = icmp_message(128, 0, [0, 1, 0, 1], b"ping", pseudo(&s6, &free6, 58, 12));
-        let frame6 = ether(b.eth0_mac, CLIENT_MAC, 0x86dd, &ipv6(58, &s6, &free6, &echo6));
+        let frame6 = ether(
+            b.eth0_mac,
+            CLIENT_MAC,
+            0x86dd,
+            &ipv6(58, &s6, &free6, &echo6),
+        );
         assert_eq!(b.tc("tg_tc_ingress", &frame6).0, TC_ACT_SHOT);
         // What does not start a flow passes: an echo reply, an error about no flow of ours;
         // so does a ping to an address that is no Service IP (the node, beyond the prefix),
@@ -1070,7 +1105,11 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
             (free, 47, &gre),
         ] {
             let frame = client4_frame_to(&b, dst, proto, l4);
-            assert_eq!(b.tc("tg_tc_ingress", &frame).0, TC_ACT_UNSPEC, "{dst} {proto}: {l4:?}");
+            assert_eq!(
+                b.tc("tg_tc_ingress", &frame).0,
+                TC_ACT_UNSPEC,
+                "{dst} {proto}: {l4:?}"
+            );
         }
         // Nothing to quote (an SCTP header cut to 4 bytes): dropped, not answered.
         let short = client4_frame_to(&b, vip, 132, &sctp[..4]);
@@ -1078,7 +1117,10 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
         // Counted: refusals under ID 0 (the ClusterIPs' other-ports entries), drops per prefix.
         assert_eq!(inspect::other_ports(b.dp.pins()).unwrap().refused, 6);
         let counted = inspect::service_cidrs(b.dp.pins()).unwrap();
-        let counted: Vec<(&str, u64)> = counted.iter().map(|c| (c.cidr.as_str(), c.dropped)).collect();
+        let counted: Vec<(&str, u64)> = counted
+            .iter()
+            .map(|c| (c.cidr.as_str(), c.dropped))
+            .collect();
         assert_eq!(counted, [("10.96.0.0/16", 4), ("fd00:96::/112", 1)]);
     });
 }
