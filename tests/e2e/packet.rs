@@ -1125,6 +1125,58 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
     });
 }
 
+/// `/metrics`' traffic counters at `level`, read from the pinned maps as the agent's scrape
+/// does.
+fn scrape(b: &Bench, level: tollgate::dataplane::traffic::TrafficMetrics) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(
+        tollgate::dataplane::traffic::TrafficCollector::new(b.dp.pins().clone(), level),
+    ));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text
+}
+
+/// A counter map that cannot be read (here: its pin removed, as a careless `rm` would) leaves
+/// only its own series out of `/metrics`; the others, and the scrape, are unaffected.
+#[test]
+fn a_counter_map_that_cannot_be_read_leaves_only_its_own_metrics_out() {
+    use tollgate::dataplane::traffic::TrafficMetrics::Backends;
+    use tollgate_common::lb::stats;
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| {
+        let b = bench(node);
+        // A NodePort connection: counted for its service port, its backend and eth0.
+        let (verdict, _) = b.tc("tg_tc_ingress", &syn4(NODE, 30080, 40090, b.eth0_mac));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let families = [
+            "tollgate_service_connections_total{",
+            "tollgate_backend_connections_total{",
+            "tollgate_interface_packets_total{",
+            "tollgate_cluster_ip_other_ports_refused_total",
+        ];
+        let present = |text: &str| -> Vec<bool> {
+            assert!(text.ends_with("# EOF\n"), "{text}");
+            families.iter().map(|f| text.contains(f)).collect()
+        };
+        assert_eq!(present(&scrape(&b, Backends)), [true, true, true, true]);
+        let pins = b.dp.pins();
+        std::fs::remove_file(pins.map(stats::BACKEND_NAME)).unwrap();
+        assert_eq!(
+            present(&scrape(&b, Backends)),
+            [true, false, true, true],
+            "without tg_bestat_v1"
+        );
+        std::fs::remove_file(pins.map(stats::SVC_NAME)).unwrap();
+        assert_eq!(
+            present(&scrape(&b, Backends)),
+            [false, false, true, false],
+            "without tg_svcstat_v1 too"
+        );
+    });
+}
+
 /// `__sk_buff` input for a GSO packet (a GRO'd burst): `skb_ctx` with gso_segs (offset 164)
 /// and gso_size (offset 176).
 fn gso_skb_ctx(ifindex: u32, segs: u32, size: u32) -> Vec<u8> {

@@ -102,7 +102,7 @@ impl Collector for TrafficCollector {
             Ok(n) => {
                 let m = encoder.encode_descriptor(
                     "tollgate_cluster_ip_other_ports_refused",
-                    "Connections to a ClusterIP on a port or protocol its Service does not define, refused (kube-proxy nftables' REJECT).",
+                    "Connections (and pings) to a ClusterIP on a port or protocol its Service does not define, refused (kube-proxy nftables' REJECT).",
                     None,
                     MetricType::Counter,
                 )?;
@@ -119,7 +119,7 @@ impl Collector for TrafficCollector {
                 counters(
                     &mut encoder,
                     "tollgate_service_cidr_unallocated_dropped",
-                    "New connections to an address inside a ServiceCIDR that no Service has, dropped (kube-proxy nftables' DROP; a host process's socket call fails with EPERM), by ServiceCIDR prefix.",
+                    "New connections (and pings) to an address inside a ServiceCIDR that no Service has, dropped (kube-proxy nftables' DROP; a host process's socket call fails with EPERM), by ServiceCIDR prefix.",
                     &rows,
                     |n| *n,
                 )?;
