@@ -3106,4 +3106,40 @@ mod programmer {
             assert_eq!(bed.frontends(), N, "no update after the stop");
         });
     }
+
+    /// A stop that waits less than the update being written takes says so (`false`: the
+    /// agent logs that it terminates anyway); the update is still finished, and no other
+    /// written after it.
+    #[test]
+    fn a_stop_that_times_out_says_so_and_the_update_still_finishes() {
+        const N: usize = 5000;
+        let mut bed = Bed::new();
+        let first = bed.services(0, N);
+        let second = bed.services(N, N + 1);
+        let programmer = bed.programmer();
+        runtime().block_on(async {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let programming = programmer.spawn(rx, "(test)".into()).unwrap();
+            tx.send(first).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while bed.frontends() == 0 {
+                assert!(Instant::now() < deadline, "the update was never started");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let stopped = programming.stop(Duration::from_millis(1)).await;
+            let seen = bed.frontends();
+            assert!(
+                seen < N,
+                "still in the middle of the update after the stop ({seen} of {N} written)"
+            );
+            assert!(!stopped, "a 1 ms stop in the middle of {N} Services");
+            while bed.frontends() < N {
+                assert!(Instant::now() < deadline, "the update was not finished");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = tx.send(second).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(bed.frontends(), N, "no update after the stop");
+        });
+    }
 }
