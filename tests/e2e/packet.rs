@@ -1067,6 +1067,16 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
             (TC_ACT_REDIRECT, 58, d6, s6, &[1, 4][..])
         );
         assert_eq!(r.l4[8..], frame6[14..14 + 40 + 8]);
+        // The host's IPv6 ping on its way out, answered into the node.
+        let n6: IpAddr = NODE6.parse().unwrap();
+        let echo6 = icmp_message(128, 0, [0, 7, 0, 1], b"ping", pseudo(&n6, &d6, 58, 12));
+        let host6 = ether(PEER_MAC, b.eth0_mac, 0x86dd, &ipv6(58, &n6, &d6, &echo6));
+        let (verdict, out) = b.tc("tg_tc_egress", &host6);
+        let r = parse(&out);
+        assert_eq!(
+            (verdict, r.src, r.dst, &r.l4[0..2], r.dst_mac),
+            (TC_ACT_REDIRECT, d6, n6, &[1, 4][..], b.eth0_mac)
+        );
         // Unallocated addresses: dropped, from outside, from a pod, from the host, IPv6.
         let f = IpAddr::V4(free);
         for (program, frame) in [
@@ -1115,7 +1125,7 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
         let short = client4_frame_to(&b, vip, 132, &sctp[..4]);
         assert_eq!(b.tc("tg_tc_ingress", &short).0, TC_ACT_SHOT);
         // Counted: refusals under ID 0 (the ClusterIPs' other-ports entries), drops per prefix.
-        assert_eq!(inspect::other_ports(b.dp.pins()).unwrap().refused, 6);
+        assert_eq!(inspect::other_ports(b.dp.pins()).unwrap().refused, 7);
         let counted = inspect::service_cidrs(b.dp.pins()).unwrap();
         let counted: Vec<(&str, u64)> = counted
             .iter()
