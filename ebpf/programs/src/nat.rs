@@ -481,7 +481,10 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         // packet to a Service IP.
         return match crate::icmp::related(ctx, s, true) {
             Some(verdict) => verdict,
-            None => crate::other_proto::handle(ctx, s, false),
+            None if crate::other_proto::may_matter(ctx) => {
+                crate::other_proto::handle(ctx, s, false)
+            }
+            None => TC_ACT_UNSPEC,
         };
     }
     if side == Side::Pod && s.pkt.proto == PROTO_TCP && metadata_bypass(&s.pkt.daddr, s.pkt.dport) {
@@ -1007,7 +1010,8 @@ pub fn egress(ctx: &TcContext) -> i32 {
     if !pkt::parse_into(ctx, &mut s.pkt) {
         return match crate::icmp::related(ctx, s, false) {
             Some(verdict) => verdict,
-            None => crate::other_proto::handle(ctx, s, true),
+            None if crate::other_proto::may_matter(ctx) => crate::other_proto::handle(ctx, s, true),
+            None => TC_ACT_UNSPEC,
         };
     }
     let p = &s.pkt;

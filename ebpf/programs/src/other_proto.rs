@@ -29,6 +29,13 @@ const ICMP_QUERIES: [u8; 4] = [8, 13, 15, 17];
 const ICMPV6_QUERIES: [u8; 2] = [128, 139];
 const PROTO_SCTP: u8 = 132;
 
+/// Could [`handle`] do anything with the packet? One header field rules out most packets (a
+/// tunnel's), before the call and the full parse.
+#[inline(always)]
+pub fn may_matter(ctx: &TcContext) -> bool {
+    pkt::may_carry(ctx, &[PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP])
+}
+
 /// Decides a packet that is neither TCP nor UDP (nor an ICMP error about a translated flow)
 /// and returns the TC verdict: an ICMP query or an SCTP packet (each can start a flow,
 /// conntrack's NEW) to a Service IP is refused or dropped; anything else passes. `to_host`: the

@@ -220,6 +220,28 @@ pub fn parse_ip<F: Frame>(f: &F) -> Option<Pkt> {
     })
 }
 
+/// Could the packet's upper-layer protocol be one of `protos`? Reads only the IPv4 Protocol or
+/// the IPv6 Next Header field: an IPv6 packet whose next header is an extension header
+/// [`ipv6_payload`] walks may be (the full parse tells). For deciding before [`parse_ip`]
+/// that most packets (a tunnel's) are not of interest.
+#[inline(always)]
+pub fn may_carry<F: Frame>(f: &F, protos: &[u8]) -> bool {
+    match f.eth_proto() {
+        Some(ETH_P_IP) => {
+            Header::<20>::at(f, ETH_HLEN).is_some_and(|h| protos.contains(&h.u8::<9>()))
+        }
+        Some(ETH_P_IPV6) => Header::<40>::at(f, ETH_HLEN).is_some_and(|h| {
+            let next = h.u8::<6>();
+            protos.contains(&next)
+                || matches!(
+                    next,
+                    IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_DEST_OPTS
+                )
+        }),
+        _ => false,
+    }
+}
+
 /// Walks the IPv6 extension headers from `off` (`next`: the IPv6 header's Next Header) to the
 /// upper-layer header: its offset and protocol, and the fragment kind and identification of a
 /// Fragment header. A later fragment stops at its Fragment header (what follows is the middle

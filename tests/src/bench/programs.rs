@@ -54,6 +54,8 @@ struct Case {
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
+const ICMP: u8 = 1;
+const IPIP: u8 = 4;
 const ACK: u8 = 0x10;
 const SYN: u8 = 0x02;
 
@@ -102,6 +104,15 @@ fn frame6(proto: u8, dport: u16, flags: u8) -> Vec<u8> {
     f
 }
 
+/// Ethernet + IPv4 (`src` → `dst`) + `payload` (checksums left zero, as above).
+fn frame_with(src: [u8; 4], dst: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = frame(src, dst, proto, 0, 0);
+    f.truncate(14 + 20);
+    f[16..18].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
 fn cases() -> Vec<Case> {
     let (pod, peer, client, node) = (
         [10, 244, 1, 11],
@@ -139,6 +150,21 @@ fn cases() -> Vec<Case> {
             name: "pod → pod IP, IPv6 TCP segment (ACK)",
             program: "tg_tc_from_pod",
             frame: frame6(TCP, 8080, ACK),
+        },
+        Case {
+            name: "pod → pod IP, ping (ICMP echo request)",
+            program: "tg_tc_from_pod",
+            frame: frame_with(pod, peer, ICMP, &[8, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0]),
+        },
+        Case {
+            name: "another node → pod, IPIP (a tunnel's packet), TC",
+            program: "tg_tc_ingress",
+            frame: frame_with(
+                [192, 168, 1, 12],
+                node,
+                IPIP,
+                &frame([10, 244, 2, 11], pod, TCP, 8080, ACK)[14..],
+            ),
         },
         Case {
             name: "outside → node, TCP segment (ACK), XDP",
