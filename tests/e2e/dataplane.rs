@@ -3075,11 +3075,15 @@ mod programmer {
         });
     }
 
-    /// Stopping (the agent's SIGTERM) lets the update being written finish and writes no
-    /// other: the maps hold all of a large update's services, not the part written so far.
-    #[test]
-    fn stopping_finishes_the_update_being_written_and_writes_no_other() {
-        const N: usize = 5000;
+    /// Services in the update [`stop_while_writing`] stops in the middle of.
+    const STOPPED_UPDATE: usize = 5000;
+
+    /// Starts writing an update of [`STOPPED_UPDATE`] Services and, once its first is written,
+    /// stops the programmer with `timeout`. Returns what `stop` said, and how many frontends
+    /// were written just before the stop and just after it returned. Then checks that the
+    /// update gets finished and that the next one is not written.
+    fn stop_while_writing(timeout: Duration) -> (bool, usize, usize) {
+        const N: usize = STOPPED_UPDATE;
         let mut bed = Bed::new();
         let first = bed.services(0, N);
         let second = bed.services(N, N + 1);
@@ -3093,18 +3097,36 @@ mod programmer {
                 assert!(Instant::now() < deadline, "the update was never started");
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let seen = bed.frontends();
-            assert!(programming.stop(Duration::from_secs(60)).await, "stopped");
-            assert!(
-                seen < N,
-                "stopped in the middle of the update ({seen} of {N} written)"
-            );
-            assert_eq!(bed.frontends(), N, "the update being written was finished");
+            let before = bed.frontends();
+            let stopped = programming.stop(timeout).await;
+            let after = bed.frontends();
+            while bed.frontends() < N {
+                assert!(Instant::now() < deadline, "the update was not finished");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             // Nothing more is written.
             let _ = tx.send(second).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             assert_eq!(bed.frontends(), N, "no update after the stop");
-        });
+            (stopped, before, after)
+        })
+    }
+
+    /// Stopping (the agent's SIGTERM) lets the update being written finish and writes no
+    /// other: the maps hold all of a large update's services, not the part written so far.
+    #[test]
+    fn stopping_finishes_the_update_being_written_and_writes_no_other() {
+        const N: usize = STOPPED_UPDATE;
+        let (stopped, before, after) = stop_while_writing(Duration::from_secs(60));
+        assert!(stopped, "stopped");
+        assert!(
+            before < N,
+            "stopped in the middle of the update ({before} of {N} written)"
+        );
+        assert_eq!(
+            after, N,
+            "the update being written was finished before the stop returned"
+        );
     }
 
     /// A stop that waits less than the update being written takes says so (`false`: the
@@ -3112,34 +3134,12 @@ mod programmer {
     /// written after it.
     #[test]
     fn a_stop_that_times_out_says_so_and_the_update_still_finishes() {
-        const N: usize = 5000;
-        let mut bed = Bed::new();
-        let first = bed.services(0, N);
-        let second = bed.services(N, N + 1);
-        let programmer = bed.programmer();
-        runtime().block_on(async {
-            let (tx, rx) = tokio::sync::mpsc::channel(4);
-            let programming = programmer.spawn(rx, "(test)".into()).unwrap();
-            tx.send(first).await.unwrap();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while bed.frontends() == 0 {
-                assert!(Instant::now() < deadline, "the update was never started");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let stopped = programming.stop(Duration::from_millis(1)).await;
-            let seen = bed.frontends();
-            assert!(
-                seen < N,
-                "still in the middle of the update after the stop ({seen} of {N} written)"
-            );
-            assert!(!stopped, "a 1 ms stop in the middle of {N} Services");
-            while bed.frontends() < N {
-                assert!(Instant::now() < deadline, "the update was not finished");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let _ = tx.send(second).await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            assert_eq!(bed.frontends(), N, "no update after the stop");
-        });
+        const N: usize = STOPPED_UPDATE;
+        let (stopped, _, after) = stop_while_writing(Duration::from_millis(1));
+        assert!(
+            after < N,
+            "still in the middle of the update after the stop ({after} of {N} written)"
+        );
+        assert!(!stopped, "a 1 ms stop in the middle of {N} Services");
     }
 }
