@@ -95,8 +95,7 @@ fn manifest(endpoints: &[&str]) -> String {
         k8s::service("default", "web", "10.96.0.10", &[("http", 80)]),
         k8s::slice("default", "web-1", "web", &[("http", 8080)], eps),
         k8s::service("default", "db", "10.96.0.11", &[("", 5432)]),
-        serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16"]}}),
+        k8s::service_cidr("kubernetes", &["10.96.0.0/16"]),
     ];
     docs.iter()
         .map(|d| d.to_string())

@@ -200,11 +200,6 @@ async fn lists_watches_and_emits_only_real_changes() {
     assert!(p.status.borrow().synced);
 }
 
-fn service_cidr(cidrs: &[&str]) -> Value {
-    serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-        "metadata": {"name": "kubernetes"}, "spec": {"cidrs": cidrs}})
-}
-
 fn cidrs(u: &Update) -> Option<Vec<String>> {
     u.service_cidrs
         .as_ref()
@@ -215,11 +210,14 @@ fn cidrs(u: &Update) -> Option<Vec<String>> {
 async fn service_cidrs_are_watched_and_an_api_server_without_them_holds_nothing_up() {
     let double = ApiServerDouble::start_local();
     seed(&double);
-    double.apply(service_cidr(&["10.96.0.0/16"]));
+    double.apply(k8s::service_cidr("kubernetes", &["10.96.0.0/16"]));
     let mut p = pipeline(&double, "node1").await;
     let first = next(&mut p).await;
     assert_eq!(cidrs(&first), Some(vec!["10.96.0.0/16".to_owned()]));
-    double.apply(service_cidr(&["10.96.0.0/16", "fd00:96::/112"]));
+    double.apply(k8s::service_cidr(
+        "kubernetes",
+        &["10.96.0.0/16", "fd00:96::/112"],
+    ));
     let u = next(&mut p).await;
     assert_eq!(
         cidrs(&u),

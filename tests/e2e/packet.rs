@@ -913,8 +913,7 @@ fn a_cluster_ip_refuses_the_ports_and_protocols_its_service_does_not_define() {
 
 /// [`bench`] with the ServiceCIDRs 10.96.0.0/16 and fd00:96::/112.
 fn bench_with_service_cidrs(node: &Node) -> Bench {
-    let cidrs = json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-        "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16", "fd00:96::/112"]}});
+    let cidrs = tollgate_tests::k8s::service_cidr("kubernetes", &["10.96.0.0/16", "fd00:96::/112"]);
     bench_with(node, vec![cidrs], None)
 }
 

@@ -45,6 +45,12 @@ pub fn slice(
     })
 }
 
+/// A ServiceCIDR object (`networking.k8s.io/v1`, cluster-scoped) with these prefixes.
+pub fn service_cidr(name: &str, cidrs: &[&str]) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": name}, "spec": {"cidrs": cidrs}})
+}
+
 pub fn node(name: &str, internal_ip: &str, zone: Option<&str>) -> Value {
     let labels = match zone {
         Some(z) => json!({"topology.kubernetes.io/zone": z, "kubernetes.io/hostname": name}),

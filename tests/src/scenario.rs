@@ -215,14 +215,8 @@ pub fn objects(cluster: &Cluster) -> Vec<Value> {
                 .map(|n| endpoint6(p(n), ready()))
                 .collect(),
         ),
-        service_cidr("kubernetes", &[SERVICE_CIDR, SERVICE_CIDR6]),
+        crate::k8s::service_cidr("kubernetes", &[SERVICE_CIDR, SERVICE_CIDR6]),
     ]
-}
-
-/// A ServiceCIDR object (`networking.k8s.io/v1`, cluster-scoped) with these prefixes.
-pub fn service_cidr(name: &str, cidrs: &[&str]) -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-        "metadata": {"name": name}, "spec": {"cidrs": cidrs}})
 }
 
 /// An IPv6 NodePort Service (Cluster policy; TCP [`NODEPORT6`] and UDP [`NODEPORT6_UDP`]) with

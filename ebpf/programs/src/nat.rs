@@ -477,15 +477,7 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         return TC_ACT_UNSPEC;
     };
     if !pkt::parse_into(ctx, &mut s.pkt) {
-        // Not TCP or UDP: perhaps an ICMP error about a translated flow, or a ping or SCTP
-        // packet to a Service IP.
-        return match crate::icmp::related(ctx, s, true) {
-            Some(verdict) => verdict,
-            None if crate::other_proto::may_matter(ctx) => {
-                crate::other_proto::handle(ctx, s, false)
-            }
-            None => TC_ACT_UNSPEC,
-        };
+        return not_tcp_udp(ctx, s, false);
     }
     if side == Side::Pod && s.pkt.proto == PROTO_TCP && metadata_bypass(&s.pkt.daddr, s.pkt.dport) {
         return TC_ACT_SHOT;
@@ -546,6 +538,22 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         Some(e) => apply_forward(ctx, &mut s.pkt, e, &s.key),
         None => TC_ACT_SHOT,
     }
+}
+
+/// A packet the parser left alone (not TCP or UDP, or a later fragment it cannot place):
+/// perhaps an ICMP error about a translated flow, or a ping or SCTP packet to a Service IP.
+/// `leaving`: on an uplink's way out (the node's own packets), where errors are not sent on
+/// through the FIB and a refusal goes back into the node.
+#[inline(always)]
+fn not_tcp_udp(ctx: &TcContext, s: &mut Scratch, leaving: bool) -> i32 {
+    if let Some(verdict) = crate::icmp::related(ctx, s, !leaving) {
+        return verdict;
+    }
+    // One header field rules out most of the rest (a tunnel's packets) before the call.
+    if crate::other_proto::may_matter(ctx) {
+        return crate::other_proto::handle(ctx, s, leaving);
+    }
+    TC_ACT_UNSPEC
 }
 
 /// A packet no frontend matched: dropped if it starts a flow to an address inside a
@@ -1008,11 +1016,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     };
     if !pkt::parse_into(ctx, &mut s.pkt) {
-        return match crate::icmp::related(ctx, s, false) {
-            Some(verdict) => verdict,
-            None if crate::other_proto::may_matter(ctx) => crate::other_proto::handle(ctx, s, true),
-            None => TC_ACT_UNSPEC,
-        };
+        return not_tcp_udp(ctx, s, true);
     }
     let p = &s.pkt;
     match lb::frontend_inside(p.daddr, p.dport, p.proto) {

