@@ -2453,8 +2453,8 @@ fn a_frontend_stays_with_the_service_that_has_it_until_that_one_lets_go() {
         agent::{admin_get, metric_opt},
         wait_for,
     };
-    let s = Scenario::new();
-    let node1 = s.node("node1");
+    let mut s = Scenario::new();
+    let node1 = s.cluster.node("node1");
     let names = |s: &Scenario| -> Vec<String> {
         s.maps(node1)["services"]
             .as_array()
@@ -2539,6 +2539,22 @@ fn a_frontend_stays_with_the_service_that_has_it_until_that_one_lets_go() {
     );
     let t = s.client(s.cluster.outside(), &ext, 10, Mode::Tcp, T);
     assert_eq!((t.ok, t.names()), (10, vec!["n1p2"]), "still ext's: {t:?}");
+    // A restart (even SIGKILL) leaves it with ext, although dup sorts first: the new agent
+    // writes the Services that held the pinned frontends first.
+    s.agents[0].kill9();
+    s.agents[0] = tollgate_tests::agent::start_agent(node1, &s.source, &[]);
+    let t = s.client(s.cluster.outside(), &ext, 10, Mode::Tcp, T);
+    assert_eq!(
+        (t.ok, t.names()),
+        (10, vec!["n1p2"]),
+        "still ext's after a restart: {t:?}"
+    );
+    let text = admin_get(node1, "/metrics").1;
+    assert_eq!(
+        metric_opt(&text, "tollgate_dataplane_unprogrammed_services"),
+        Some(1.0),
+        "dup still waits: {text}"
+    );
     // ext goes: dup takes the frontend.
     s.remove("Service", "ext");
     s.remove("EndpointSlice", "ext-1");

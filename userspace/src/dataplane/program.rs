@@ -2,7 +2,7 @@
 //! config entry right, reports health and metrics, and hands stale flows to the purge task.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -357,7 +357,16 @@ impl Programmer {
             // moved between Services: changes come sorted by name) is taken once all of them
             // are written, before anything is reported.
             let mut taken = Vec::new();
-            for change in &update.services {
+            // After a restart, the Services that held the previous agent's frontends first:
+            // a frontend two of them claim stays where it was.
+            let first = if update.initial {
+                self.writer.previous_owners()
+            } else {
+                HashSet::new()
+            };
+            let (held, rest): (Vec<_>, Vec<_>) =
+                update.services.iter().partition(|c| first.contains(&c.key));
+            for change in held.into_iter().chain(rest) {
                 pending.remove(&change.key);
                 self.apply(change, &mut pending, &mut purge, Some(&mut taken));
             }

@@ -642,6 +642,24 @@ impl Writer {
             .collect();
     }
 
+    /// The Services that held a previous agent's frontends (by the names of their service
+    /// ports in `tg_svcinfo_v1`), while those frontends are not yet claimed: written first
+    /// after a restart, so a frontend two Services claim stays with the one that had it
+    /// instead of going to whichever sorts first.
+    pub fn previous_owners(&self) -> HashSet<ObjKey> {
+        let ids: HashSet<u32> = self.adopted_frontends.values().map(|(_, s)| *s).collect();
+        self.adopted_ports
+            .iter()
+            .filter(|(_, id)| ids.contains(id))
+            .map(|(info, _)| {
+                ObjKey::new(
+                    &super::inspect::text(&info.namespace),
+                    &super::inspect::text(&info.name),
+                )
+            })
+            .collect()
+    }
+
     /// Applies one service's change. On error the service keeps its previous programming and
     /// nothing else is affected.
     pub fn apply(&mut self, change: &ServiceChange) -> Result<Purge, WriteError> {
