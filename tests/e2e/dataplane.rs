@@ -1065,9 +1065,15 @@ fn socket_lb_host_namespace_only_leaves_pods_sockets_to_the_per_packet_path() {
     let t = s.client(s.pod("n1p1").placement(), &empty, 3, Mode::Tcp, T);
     assert_eq!((t.ok, t.refused), (0, 3), "{t:?}");
     assert!(t.elapsed_ms < 500, "refused at once, not timed out: {t:?}");
-    // A ClusterIP on a port its Service does not define (one some frontend has: the per-packet
-    // path looks only those up), TCP and UDP: refused per packet too.
-    for (port, mode) in [(53, Mode::Tcp), (80, Mode::Udp)] {
+    // A ClusterIP on a port its Service does not define, TCP and UDP: refused per packet too,
+    // on ports some frontend has (53, 80) and on ports none has (9999, 9998: inside the
+    // ServiceCIDR every port is looked up).
+    for (port, mode) in [
+        (53, Mode::Tcp),
+        (80, Mode::Udp),
+        (9999, Mode::Tcp),
+        (9998, Mode::Udp),
+    ] {
         let to = format!("{}:{port}", scenario::WEB);
         let t = s.client(s.pod("n1p1").placement(), &to, 2, mode, T);
         assert_eq!((t.ok, t.refused), (0, 2), "{to}: {t:?}");

@@ -844,9 +844,9 @@ fn a_cluster_ip_refuses_the_ports_and_protocols_its_service_does_not_define() {
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(vip));
         let to = |addr, proto, l4: &[u8]| client4_frame_to(&b, addr, proto, l4);
         // TCP to a port it does not define, and to the port it defines only for UDP: a reset
-        // from the ClusterIP. (The per-packet path looks frontends up only for ports some
-        // frontend has had, `tg_feport_v1`: 30080 is a NodePort's. The socket hooks refuse
-        // every port.)
+        // from the ClusterIP. (Without ServiceCIDRs, as here, the per-packet path looks
+        // frontends up only for ports some frontend has had, `tg_feport_v1`: 30080 is a
+        // NodePort's; with them, every port inside them. The socket hooks refuse every port.)
         for dport in [30080, 53] {
             let syn = to(vip, 6, &tcp(&s, &d, 40010, dport, 0x02, &[]));
             let (verdict, out) = b.tc("tg_tc_ingress", &syn);
@@ -966,6 +966,43 @@ fn new_connections_to_unallocated_service_ips_are_dropped() {
             &to(vip, 6, &tcp(&s, &d, 40035, 30080, 0x02, &[])),
         );
         assert_eq!((verdict, parse(&out).tcp_flags), (TC_ACT_REDIRECT, 0x14));
+        // Also on ports no frontend has had (8443, 5353; `tg_feport_v1` has 30080): inside a
+        // ServiceCIDR every port is looked up, as kube-proxy nftables checks every port of a
+        // ClusterIP. A reset from outside (XDP leaves it to TC) and from a pod, a port
+        // unreachable for a datagram.
+        let syn = to(vip, 6, &tcp(&s, &d, 40037, 8443, 0x02, &[]));
+        assert_eq!(b.xdp(&syn).0, XDP_PASS);
+        let (verdict, out) = b.tc("tg_tc_ingress", &syn);
+        let r = parse(&out);
+        assert_eq!(
+            (verdict, r.src, r.sport, r.dst, r.dport, r.tcp_flags),
+            (TC_ACT_REDIRECT, d, 8443, s, 40037, 0x14),
+            "a reset from the ClusterIP, not a drop"
+        );
+        let l4 = tcp(&IpAddr::V4(LOCAL_POD), &d, 40038, 8443, 0x02, &[]);
+        let (verdict, out) = b.tc("tg_tc_from_pod", &pod_frame(LOCAL_POD, vip, 6, &l4));
+        assert_eq!(
+            (verdict, parse(&out).tcp_flags),
+            (TC_ACT_REDIRECT, 0x14),
+            "a pod's"
+        );
+        let (verdict, out) = b.tc(
+            "tg_tc_ingress",
+            &to(vip, 17, &udp(&s, &d, 5031, 5353, b"x", false)),
+        );
+        let icmp = parse(&out);
+        assert_eq!(
+            (verdict, icmp.proto, icmp.src, &icmp.l4[0..2]),
+            (TC_ACT_REDIRECT, 1, d, &[3, 3][..])
+        );
+        // A stray segment there is not ours either.
+        let ack = to(vip, 6, &tcp(&s, &d, 40039, 8443, 0x10, &[]));
+        assert_eq!(b.tc("tg_tc_ingress", &ack).0, TC_ACT_UNSPEC);
+        assert_eq!(
+            inspect::other_ports(b.dp.pins()).unwrap().refused,
+            4,
+            "counted as the ClusterIP's refusals"
+        );
         // Outside the prefixes: not ours.
         let beyond = Ipv4Addr::new(10, 97, 0, 1);
         let syn = to(

@@ -239,7 +239,8 @@ pub mod feport {
     //! lookup. Traffic to the node itself and between pods across nodes mostly does. It also
     //! stands in front of the frontend lookup on every hook: a flow starts only at a frontend,
     //! so a packet to a port outside it (the SYN of a socket-balanced connection, which goes
-    //! to the backend's port) skips that lookup.
+    //! to the backend's port) skips that lookup, unless it is to an address inside a
+    //! ServiceCIDR (a ClusterIP's other ports are refused, unallocated addresses dropped).
     pub const NAME: &str = "tg_feport_v1";
     /// u64 words: one bit per port.
     pub const WORDS: u32 = 1024;

@@ -218,7 +218,8 @@ pub(crate) fn frontend_port(port: u16) -> bool {
 /// Can this packet start a flow, and is there a frontend it might be for? A flow starts only
 /// at a frontend, so a packet to a port no frontend has had skips the frontend lookup: the
 /// SYN of every socket-balanced connection (its destination is the backend's port) and UDP
-/// between pods on ports that are not a service's.
+/// between pods on ports that are not a service's (`handle` still looks up addresses inside a
+/// ServiceCIDR: their verdicts hold for every port).
 #[inline(always)]
 pub(crate) fn may_start_flow(p: &Pkt) -> bool {
     p.may_start_flow() && frontend_port(p.dport)
@@ -495,8 +496,11 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         }
     }
     let p = &s.pkt;
-    if !may_start_flow(p) {
-        return unallocated(p);
+    // A port no frontend has had is looked up only at an address inside a ServiceCIDR: a
+    // ClusterIP refuses it (a port its Service does not define), an unallocated address drops
+    // it, as kube-proxy nftables' `cluster-ips-check` does for every port.
+    if !(may_start_flow(p) || (p.may_start_flow() && lb::service_cidr(p.daddr).is_some())) {
+        return TC_ACT_UNSPEC;
     }
     s.svc_key = SvcKey {
         addr: p.daddr,
