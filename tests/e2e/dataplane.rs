@@ -2546,8 +2546,35 @@ fn a_frontend_stays_with_the_service_that_has_it_until_that_one_lets_go() {
     let t = s.client(s.cluster.outside(), &ext, 10, Mode::Tcp, T);
     assert_eq!((t.ok, t.names()), (10, vec!["n1p2"]), "still ext's: {t:?}");
     // A restart (even SIGKILL) leaves it with ext, although dup sorts first: the new agent
-    // writes the Services that held the pinned frontends first.
+    // holds each pinned frontend for the Service that had it while it writes the first state.
+    // Per frontend, not per Service: while no agent runs, a-new (which sorts first and has a
+    // frontend of its own) claims ext's address too; ext keeps it, a-new waits.
+    let other_ip = "203.0.113.77";
+    let n1p1_endpoint = scenario::endpoint(s.pod("n1p1"), scenario::ready());
+    let a_new = |ips: &[&str]| {
+        vec![
+            scenario::service(
+                "a-new",
+                serde_json::json!({"clusterIP": "10.96.0.78", "externalIPs": ips,
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+            ),
+            scenario::slice(
+                "a-new-1",
+                "a-new",
+                "IPv4",
+                serde_json::json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+                vec![n1p1_endpoint.clone()],
+            ),
+        ]
+    };
+    s.update(a_new(&[other_ip]));
+    let (n1p1, n2p2) = (
+        format!("{}:8080", s.pod("n1p1").ip),
+        format!("{}:8080", s.pod("n2p2").ip),
+    );
+    s.wait_backends_on(node1, &format!("{other_ip}:80"), "internal", &[&n1p1]);
     s.agents[0].kill9();
+    s.update(a_new(&[other_ip, scenario::EXTERNAL_IP]));
     s.agents[0] = tollgate_tests::agent::start_agent(node1, &s.source, &[]);
     let t = s.client(s.cluster.outside(), &ext, 10, Mode::Tcp, T);
     assert_eq!(
@@ -2558,18 +2585,28 @@ fn a_frontend_stays_with_the_service_that_has_it_until_that_one_lets_go() {
     let text = admin_get(node1, "/metrics").1;
     assert_eq!(
         metric_opt(&text, "tollgate_dataplane_unprogrammed_services"),
-        Some(1.0),
-        "dup still waits: {text}"
+        Some(2.0),
+        "dup and a-new wait: {text}"
     );
-    // ext goes: dup takes the frontend.
+    assert!(
+        s.agents[0]
+            .logs()
+            .contains("ExternalIP 203.0.113.10:80/TCP is already Service default/ext's"),
+        "the log names the frontend and its holder"
+    );
+    // ext goes: the waiting Services are tried again, a-new (first by name) takes the frontend.
     s.remove("Service", "ext");
     s.remove("EndpointSlice", "ext-1");
-    s.wait_backends_on(
-        node1,
-        &ext,
-        "internal",
-        &[&format!("{}:8080", s.pod("n2p2").ip)],
-    );
+    s.wait_backends_on(node1, &ext, "internal", &[&n1p1]);
+    let t = s.client(s.cluster.outside(), &ext, 10, Mode::Tcp, T);
+    assert_eq!((t.ok, t.names()), (10, vec!["n1p1"]), "now a-new's: {t:?}");
+    // a-new goes while no agent runs: the restarted agent holds its frontend for it only while
+    // the first state is tried, then dup takes it.
+    s.agents[0].kill9();
+    s.remove("Service", "a-new");
+    s.remove("EndpointSlice", "a-new-1");
+    s.agents[0] = tollgate_tests::agent::start_agent(node1, &s.source, &[]);
+    s.wait_backends_on(node1, &ext, "internal", &[&n2p2]);
     let t = s.client(s.cluster.outside(), &ext, 10, Mode::Tcp, T);
     assert_eq!((t.ok, t.names()), (10, vec!["n2p2"]), "now dup's: {t:?}");
     let text = admin_get(node1, "/metrics").1;

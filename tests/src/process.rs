@@ -71,7 +71,11 @@ pub struct BgProcess {
 
 impl BgProcess {
     pub fn spawn(name: &str, placement: Placement<'_>, mut cmd: Command) -> Self {
-        let log = std::env::temp_dir().join(format!("{name}.log"));
+        // One file per spawn: a process started again under the same name (an agent restarted
+        // in place) must not share the file its predecessor's drop removes.
+        static SPAWNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("{name}-{n}.log"));
         let out = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
         let err = out
             .try_clone()

@@ -2,7 +2,7 @@
 //! config entry right, reports health and metrics, and hands stale flows to the purge task.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -357,19 +357,13 @@ impl Programmer {
             // moved between Services: changes come sorted by name) is taken once all of them
             // are written, before anything is reported.
             let mut taken = Vec::new();
-            // After a restart, the Services that held the previous agent's frontends first:
-            // a frontend two of them claim stays where it was.
-            let first = if update.initial {
-                self.writer.previous_owners()
-            } else {
-                HashSet::new()
-            };
-            let (held, rest): (Vec<_>, Vec<_>) =
-                update.services.iter().partition(|c| first.contains(&c.key));
-            for change in held.into_iter().chain(rest) {
+            // (After a restart, also one the previous agent's maps give to a Service that has
+            // not been written yet: see `Writer::end_reservations`.)
+            for change in &update.services {
                 pending.remove(&change.key);
                 self.apply(change, &mut pending, &mut purge, Some(&mut taken));
             }
+            self.writer.end_reservations();
             for change in &taken {
                 self.apply(change, &mut pending, &mut purge, None);
             }

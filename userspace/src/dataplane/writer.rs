@@ -271,6 +271,11 @@ pub struct Writer {
     /// The Service that wrote each frontend: an entry is only ever written and removed by its
     /// owner, so one Service's change never takes away another's frontend.
     owners: HashMap<Claim, ObjKey>,
+    /// A previous agent's frontends → the Service that held them (by the names of its service
+    /// ports in `tg_svcinfo_v1`), held for it while the first state is written (until
+    /// [`Writer::end_reservations`]): a frontend two Services claim stays with the one that had
+    /// it, instead of going to whichever is written first.
+    reserved: HashMap<Claim, ObjKey>,
 }
 
 /// Can the kernel programs balance this port's protocol? They handle TCP and UDP; an SCTP
@@ -349,6 +354,7 @@ impl Writer {
             maglev_tables: HashMap::new(),
             unbalanced: HashMap::new(),
             owners: HashMap::new(),
+            reserved: HashMap::new(),
         }
     }
 
@@ -633,6 +639,22 @@ impl Writer {
             .collect();
         let used: Vec<u32> = self.adopted_frontends.values().map(|(id, _)| *id).collect();
         self.revnat_ids.adopt(&used);
+        let holders: HashMap<u32, ObjKey> = self
+            .adopted_ports
+            .iter()
+            .map(|(info, id)| {
+                let key = ObjKey::new(
+                    &super::inspect::text(&info.namespace),
+                    &super::inspect::text(&info.name),
+                );
+                (*id, key)
+            })
+            .collect();
+        self.reserved = self
+            .adopted_frontends
+            .iter()
+            .filter_map(|(claim, (_, service_id))| Some((*claim, holders.get(service_id)?.clone())))
+            .collect();
         self.adopted_pairs = slots
             .iter()
             .filter_map(|(k, v)| {
@@ -642,22 +664,11 @@ impl Writer {
             .collect();
     }
 
-    /// The Services that held a previous agent's frontends (by the names of their service
-    /// ports in `tg_svcinfo_v1`), while those frontends are not yet claimed: written first
-    /// after a restart, so a frontend two Services claim stays with the one that had it
-    /// instead of going to whichever sorts first.
-    pub fn previous_owners(&self) -> HashSet<ObjKey> {
-        let ids: HashSet<u32> = self.adopted_frontends.values().map(|(_, s)| *s).collect();
-        self.adopted_ports
-            .iter()
-            .filter(|(_, id)| ids.contains(id))
-            .map(|(info, _)| {
-                ObjKey::new(
-                    &super::inspect::text(&info.namespace),
-                    &super::inspect::text(&info.name),
-                )
-            })
-            .collect()
+    /// Lets go of the previous agent's frontends that the Services holding them did not claim
+    /// again (called once the first state's changes have all been tried): another Service's
+    /// claim waiting for one can then be written.
+    pub fn end_reservations(&mut self) {
+        self.reserved.clear();
     }
 
     /// Applies one service's change. On error the service keeps its previous programming and
@@ -713,7 +724,11 @@ impl Writer {
         let frontends = ports().flat_map(|p| p.frontends.iter().map(move |f| (p.protocol, f)));
         for (proto, fe) in frontends {
             let claim = (words(fe.ip), port_be(fe.port), proto.number());
-            if let Some(owner) = self.owners.get(&claim).filter(|o| *o != key) {
+            let owner = self
+                .owners
+                .get(&claim)
+                .or_else(|| self.reserved.get(&claim));
+            if let Some(owner) = owner.filter(|o| *o != key) {
                 let at = EndpointAddr {
                     ip: fe.ip,
                     port: fe.port,
