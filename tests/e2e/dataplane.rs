@@ -2508,22 +2508,32 @@ fn a_frontend_stays_with_the_service_that_has_it_until_that_one_lets_go() {
         "{text}"
     );
 
+    // A Service on port 80 with externalIPs, served by one pod.
+    let external = |s: &Scenario, name: &str, cluster_ip: &str, ips: &[&str], pod: &str| {
+        vec![
+            scenario::service(
+                name,
+                serde_json::json!({"clusterIP": cluster_ip, "externalIPs": ips,
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+            ),
+            scenario::slice(
+                &format!("{name}-1"),
+                name,
+                "IPv4",
+                serde_json::json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+                vec![scenario::endpoint(s.pod(pod), scenario::ready())],
+            ),
+        ]
+    };
     // A second Service with ext's externalIP and port: ext keeps it, dup waits (reported).
     let ext = format!("{}:80", scenario::EXTERNAL_IP);
-    s.update(vec![
-        scenario::service(
-            "dup",
-            serde_json::json!({"clusterIP": "10.96.0.77", "externalIPs": [scenario::EXTERNAL_IP],
-                "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
-        ),
-        scenario::slice(
-            "dup-1",
-            "dup",
-            "IPv4",
-            serde_json::json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
-            vec![scenario::endpoint(s.pod("n2p2"), scenario::ready())],
-        ),
-    ]);
+    s.update(external(
+        &s,
+        "dup",
+        "10.96.0.77",
+        &[scenario::EXTERNAL_IP],
+        "n2p2",
+    ));
     wait_for("dup to be refused", Duration::from_secs(10), || {
         let text = admin_get(node1, "/metrics").1;
         (metric_opt(&text, "tollgate_dataplane_unprogrammed_services") == Some(1.0)).then_some(())
@@ -2550,31 +2560,15 @@ fn a_frontend_stays_with_the_service_that_has_it_until_that_one_lets_go() {
     // Per frontend, not per Service: while no agent runs, a-new (which sorts first and has a
     // frontend of its own) claims ext's address too; ext keeps it, a-new waits.
     let other_ip = "203.0.113.77";
-    let n1p1_endpoint = scenario::endpoint(s.pod("n1p1"), scenario::ready());
-    let a_new = |ips: &[&str]| {
-        vec![
-            scenario::service(
-                "a-new",
-                serde_json::json!({"clusterIP": "10.96.0.78", "externalIPs": ips,
-                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
-            ),
-            scenario::slice(
-                "a-new-1",
-                "a-new",
-                "IPv4",
-                serde_json::json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
-                vec![n1p1_endpoint.clone()],
-            ),
-        ]
-    };
-    s.update(a_new(&[other_ip]));
+    let a_new = |s: &Scenario, ips: &[&str]| external(s, "a-new", "10.96.0.78", ips, "n1p1");
+    s.update(a_new(&s, &[other_ip]));
     let (n1p1, n2p2) = (
         format!("{}:8080", s.pod("n1p1").ip),
         format!("{}:8080", s.pod("n2p2").ip),
     );
     s.wait_backends_on(node1, &format!("{other_ip}:80"), "internal", &[&n1p1]);
     s.agents[0].kill9();
-    s.update(a_new(&[other_ip, scenario::EXTERNAL_IP]));
+    s.update(a_new(&s, &[other_ip, scenario::EXTERNAL_IP]));
     s.agents[0] = tollgate_tests::agent::start_agent(node1, &s.source, &[]);
     let t = s.client(s.cluster.outside(), &ext, 10, Mode::Tcp, T);
     assert_eq!(
