@@ -607,14 +607,19 @@ fn cluster() -> Cluster {
     })
 }
 
+/// Runs `f` in node1's namespace on the bench `make` builds there ([`bench`],
+/// [`bench_with_service_cidrs`]).
+fn on_node1(make: fn(&Node) -> Bench, f: impl FnOnce(&Bench) + Send) {
+    let c = cluster();
+    let node = c.node("node1");
+    node.ns.run_in(|| f(&make(node)));
+}
+
 // --- tests ---------------------------------------------------------------------------------
 
 #[test]
 fn tc_translates_nodeport_to_a_remote_backend_with_snat_and_redirects() {
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         let pkt = syn4(NODE, 30080, 40000, b.eth0_mac);
         let (verdict, out) = b.tc("tg_tc_ingress", &pkt);
         assert_eq!(verdict, TC_ACT_REDIRECT, "redirected out through the FIB");
@@ -658,7 +663,7 @@ fn tc_translates_nodeport_to_a_remote_backend_with_snat_and_redirects() {
         assert_eq!(r.dst_mac, CLIENT_MAC);
         // UDP too, with a payload.
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
-        let dgram = client4_frame(&b, 17, &udp(&s, &d, 5000, 30053, b"query!", false));
+        let dgram = client4_frame(b, 17, &udp(&s, &d, 5000, 30053, b"query!", false));
         let (_, out) = b.tc("tg_tc_ingress", &dgram);
         let u = parse(&out);
         assert_eq!(
@@ -671,10 +676,7 @@ fn tc_translates_nodeport_to_a_remote_backend_with_snat_and_redirects() {
 
 #[test]
 fn tc_local_policy_keeps_the_client_address_and_handles_udp_without_checksum_and_ipv6() {
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         let pkt = syn4(NODE, 30081, 40001, b.eth0_mac);
         let (verdict, out) = b.tc("tg_tc_ingress", &pkt);
         assert_eq!(
@@ -733,7 +735,7 @@ fn tc_local_policy_keeps_the_client_address_and_handles_udp_without_checksum_and
         assert_eq!((verdict, out), (TC_ACT_UNSPEC, frame));
         // IPv4 UDP without checksum stays without one (after a remote, SNAT translation).
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
-        let dgram = client4_frame(&b, 17, &udp(&s, &d, 5001, 30053, b"x", true));
+        let dgram = client4_frame(b, 17, &udp(&s, &d, 5001, 30053, b"x", true));
         let (_, out) = b.tc("tg_tc_ingress", &dgram);
         let u = parse(&out);
         assert_eq!(
@@ -747,10 +749,7 @@ fn tc_local_policy_keeps_the_client_address_and_handles_udp_without_checksum_and
 
 #[test]
 fn tc_rejects_with_a_reset_or_port_unreachable() {
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         let pkt = syn4(NODE, 30099, 40003, b.eth0_mac);
         let (verdict, out) = b.tc("tg_tc_ingress", &pkt);
         assert_eq!(verdict, TC_ACT_REDIRECT, "the reset goes back out");
@@ -827,7 +826,7 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
         // A non-SYN TCP segment of a flow never seen is not ours: the stack answers it (a
         // reset, for a node address), without a service lookup.
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
-        let ack = client4_frame(&b, 6, &tcp(&s, &d, 40004, 30099, 0x10, &[]));
+        let ack = client4_frame(b, 6, &tcp(&s, &d, 40004, 30099, 0x10, &[]));
         let (verdict, _) = b.tc("tg_tc_ingress", &ack);
         assert_eq!(verdict, TC_ACT_UNSPEC);
     });
@@ -835,14 +834,11 @@ fn tc_rejects_with_a_reset_or_port_unreachable() {
 
 #[test]
 fn a_cluster_ip_refuses_the_ports_and_protocols_its_service_does_not_define() {
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         // Service `remote` defines TCP 80 and UDP 53 on 10.96.0.1.
         let vip = Ipv4Addr::new(10, 96, 0, 1);
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(vip));
-        let to = |addr, proto, l4: &[u8]| client4_frame_to(&b, addr, proto, l4);
+        let to = |addr, proto, l4: &[u8]| client4_frame_to(b, addr, proto, l4);
         // TCP to a port it does not define, and to the port it defines only for UDP: a reset
         // from the ClusterIP. (Without ServiceCIDRs, as here, the per-packet path looks
         // frontends up only for ports some frontend has had, `tg_feport_v1`: 30080 is a
@@ -891,7 +887,7 @@ fn a_cluster_ip_refuses_the_ports_and_protocols_its_service_does_not_define() {
         }
         // An IPv6 ClusterIP too.
         let (s6, d6): (IpAddr, IpAddr) = (CLIENT6.parse().unwrap(), "fd00:96::8".parse().unwrap());
-        let syn6 = client6_syn_to(&b, d6, 40014, 30084);
+        let syn6 = client6_syn_to(b, d6, 40014, 30084);
         let (verdict, out) = b.tc("tg_tc_ingress", &syn6);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let r = parse(&out);
@@ -917,20 +913,27 @@ fn bench_with_service_cidrs(node: &Node) -> Bench {
     bench_with(node, vec![cidrs], None)
 }
 
+/// The drops `tg_svccidr_v1` counts, by prefix, are `expected`.
+fn assert_dropped_per_prefix(b: &Bench, expected: &[(&str, u64)]) {
+    let counted = inspect::service_cidrs(b.dp.pins()).unwrap();
+    let counted: Vec<(&str, u64)> = counted
+        .iter()
+        .map(|c| (c.cidr.as_str(), c.dropped))
+        .collect();
+    assert_eq!(counted, expected);
+}
+
 /// A new connection to an address inside a ServiceCIDR that no Service has (an unallocated
 /// ClusterIP) is dropped (kube-proxy nftables), from outside and from pods, TCP and UDP, IPv4
 /// and IPv6; the Services' own addresses keep their verdicts, and addresses outside the
 /// prefixes are not ours.
 #[test]
 fn new_connections_to_unallocated_service_ips_are_dropped() {
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench_with_service_cidrs(node);
+    on_node1(bench_with_service_cidrs, |b| {
         let s = IpAddr::V4(CLIENT);
         let free = Ipv4Addr::new(10, 96, 0, 200);
         let f = IpAddr::V4(free);
-        let to = |addr, proto, l4: &[u8]| client4_frame_to(&b, addr, proto, l4);
+        let to = |addr, proto, l4: &[u8]| client4_frame_to(b, addr, proto, l4);
         // From outside: a SYN (whatever its port: 8443 is no frontend's) and a datagram.
         for dport in [80, 8443] {
             let syn = to(free, 6, &tcp(&s, &f, 40030, dport, 0x02, &[]));
@@ -948,7 +951,7 @@ fn new_connections_to_unallocated_service_ips_are_dropped() {
         let frame = pod_frame(LOCAL_POD, free, 6, &l4);
         assert_eq!(b.tc("tg_tc_from_pod", &frame).0, TC_ACT_SHOT);
         // IPv6.
-        let syn6 = client6_syn_to(&b, "fd00:96::99".parse().unwrap(), 40033, 80);
+        let syn6 = client6_syn_to(b, "fd00:96::99".parse().unwrap(), 40033, 80);
         assert_eq!(b.tc("tg_tc_ingress", &syn6).0, TC_ACT_SHOT);
         // A Service's ClusterIP keeps its verdicts: translated on its port, refused on others.
         let vip = Ipv4Addr::new(10, 96, 0, 1);
@@ -1012,12 +1015,7 @@ fn new_connections_to_unallocated_service_ips_are_dropped() {
         );
         assert_eq!(b.tc("tg_tc_ingress", &syn).0, TC_ACT_UNSPEC);
         // Counted per prefix (XDP counts nothing it passes on).
-        let counted = inspect::service_cidrs(b.dp.pins()).unwrap();
-        let counted: Vec<(&str, u64)> = counted
-            .iter()
-            .map(|c| (c.cidr.as_str(), c.dropped))
-            .collect();
-        assert_eq!(counted, [("10.96.0.0/16", 4), ("fd00:96::/112", 1)]);
+        assert_dropped_per_prefix(b, &[("10.96.0.0/16", 4), ("fd00:96::/112", 1)]);
     });
 }
 
@@ -1038,10 +1036,7 @@ fn icmp_message(kind: u8, code: u8, rest: [u8; 4], payload: &[u8], pseudo: u32) 
 /// pass. From outside, from pods, and the host's own on its way out.
 #[test]
 fn other_protocols_to_service_ips_are_refused_or_dropped() {
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench_with_service_cidrs(node);
+    on_node1(bench_with_service_cidrs, |b| {
         let vip = Ipv4Addr::new(10, 96, 0, 1);
         let free = Ipv4Addr::new(10, 96, 0, 200);
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(vip));
@@ -1053,7 +1048,7 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
         // From outside: refused from the ClusterIP, MACs swapped, the IP header and the first
         // 8 bytes quoted, checksums verified (`parse`).
         for (proto, l4) in [(1u8, &echo[..]), (132, &sctp[..])] {
-            let frame = client4_frame_to(&b, vip, proto, l4);
+            let frame = client4_frame_to(b, vip, proto, l4);
             let (verdict, out) = b.tc("tg_tc_ingress", &frame);
             assert_eq!(verdict, TC_ACT_REDIRECT, "protocol {proto}");
             let r = parse(&out);
@@ -1075,7 +1070,7 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
             (TC_ACT_REDIRECT, 1, d, IpAddr::V4(LOCAL_POD), &[3, 3][..])
         );
         // The node's own ping, leaving by the uplink: refused too (into the node).
-        let host = ether(PEER_MAC, b.eth0_mac, 0x0800, &ipv4(1, NODE, vip, &echo));
+        let host = host4_frame_to(b, vip, 1, &echo);
         let (verdict, out) = b.tc("tg_tc_egress", &host);
         let r = parse(&out);
         assert_eq!(
@@ -1116,13 +1111,10 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
         // Unallocated addresses: dropped, from outside, from a pod, from the host, IPv6.
         let f = IpAddr::V4(free);
         for (program, frame) in [
-            ("tg_tc_ingress", client4_frame_to(&b, free, 1, &echo)),
-            ("tg_tc_ingress", client4_frame_to(&b, free, 132, &sctp)),
+            ("tg_tc_ingress", client4_frame_to(b, free, 1, &echo)),
+            ("tg_tc_ingress", client4_frame_to(b, free, 132, &sctp)),
             ("tg_tc_from_pod", pod_frame(LOCAL_POD, free, 1, &echo)),
-            (
-                "tg_tc_egress",
-                ether(PEER_MAC, b.eth0_mac, 0x0800, &ipv4(1, NODE, free, &echo)),
-            ),
+            ("tg_tc_egress", host4_frame_to(b, free, 1, &echo)),
         ] {
             assert_eq!(b.tc(program, &frame).0, TC_ACT_SHOT, "{program} to {f}");
         }
@@ -1150,7 +1142,7 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
             (vip, 47, &gre),
             (free, 47, &gre),
         ] {
-            let frame = client4_frame_to(&b, dst, proto, l4);
+            let frame = client4_frame_to(b, dst, proto, l4);
             assert_eq!(
                 b.tc("tg_tc_ingress", &frame).0,
                 TC_ACT_UNSPEC,
@@ -1158,16 +1150,11 @@ fn other_protocols_to_service_ips_are_refused_or_dropped() {
             );
         }
         // Nothing to quote (an SCTP header cut to 4 bytes): dropped, not answered.
-        let short = client4_frame_to(&b, vip, 132, &sctp[..4]);
+        let short = client4_frame_to(b, vip, 132, &sctp[..4]);
         assert_eq!(b.tc("tg_tc_ingress", &short).0, TC_ACT_SHOT);
         // Counted: refusals under ID 0 (the ClusterIPs' other-ports entries), drops per prefix.
         assert_eq!(inspect::other_ports(b.dp.pins()).unwrap().refused, 7);
-        let counted = inspect::service_cidrs(b.dp.pins()).unwrap();
-        let counted: Vec<(&str, u64)> = counted
-            .iter()
-            .map(|c| (c.cidr.as_str(), c.dropped))
-            .collect();
-        assert_eq!(counted, [("10.96.0.0/16", 4), ("fd00:96::/112", 1)]);
+        assert_dropped_per_prefix(b, &[("10.96.0.0/16", 4), ("fd00:96::/112", 1)]);
     });
 }
 
@@ -1189,10 +1176,7 @@ fn scrape(b: &Bench, level: tollgate::dataplane::traffic::TrafficMetrics) -> Str
 fn a_counter_map_that_cannot_be_read_leaves_only_its_own_metrics_out() {
     use tollgate::dataplane::traffic::TrafficMetrics::Backends;
     use tollgate_common::lb::stats;
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         // A NodePort connection: counted for its service port, its backend and eth0.
         let (verdict, _) = b.tc("tg_tc_ingress", &syn4(NODE, 30080, 40090, b.eth0_mac));
         assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -1206,17 +1190,17 @@ fn a_counter_map_that_cannot_be_read_leaves_only_its_own_metrics_out() {
             assert!(text.ends_with("# EOF\n"), "{text}");
             families.iter().map(|f| text.contains(f)).collect()
         };
-        assert_eq!(present(&scrape(&b, Backends)), [true, true, true, true]);
+        assert_eq!(present(&scrape(b, Backends)), [true, true, true, true]);
         let pins = b.dp.pins();
         std::fs::remove_file(pins.map(stats::BACKEND_NAME)).unwrap();
         assert_eq!(
-            present(&scrape(&b, Backends)),
+            present(&scrape(b, Backends)),
             [true, false, true, true],
             "without tg_bestat_v1"
         );
         std::fs::remove_file(pins.map(stats::SVC_NAME)).unwrap();
         assert_eq!(
-            present(&scrape(&b, Backends)),
+            present(&scrape(b, Backends)),
             [false, false, true, false],
             "without tg_svcstat_v1 too"
         );
@@ -1399,10 +1383,7 @@ fn packets_too_big_for_the_way_out_are_answered_with_the_mtu() {
 
 #[test]
 fn xdp_translates_in_place_and_transmits_from_the_uplink() {
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         let payload = b"GET / HTTP/1.1\r\n\r\n";
         let (s, d) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
         // A SYN starts the flow (conntrack entries created by XDP).
@@ -1416,7 +1397,7 @@ fn xdp_translates_in_place_and_transmits_from_the_uplink() {
         );
         assert_eq!((p.dst_mac, p.src_mac), (PEER_MAC, b.eth0_mac));
         // A data segment of the same flow: same translation, incremental checksums right.
-        let data = client4_frame(&b, 6, &tcp(&s, &d, 40010, 30080, 0x18, payload));
+        let data = client4_frame(b, 6, &tcp(&s, &d, 40010, 30080, 0x18, payload));
         let (verdict, out) = b.xdp(&data);
         assert_eq!(verdict, XDP_TX);
         let q = parse(&out);
@@ -1572,10 +1553,7 @@ fn maglev_picks_with(size: u32) {
         assert_eq!(chosen.len(), backends.len(), "64 flows reach every backend");
     });
     // Random choice (the default) writes no tables.
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         assert_eq!(LbMaps::open(b.dp.pins()).unwrap().maglev.keys().count(), 0);
     });
 }
@@ -1584,10 +1562,7 @@ fn maglev_picks_with(size: u32) {
 fn pod_packets_take_the_conntrack_lookup_only_from_marked_sources() {
     use tollgate::dataplane::{addr::words, marks};
     use tollgate_common::lb::ct_dir;
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         // A SYN-ACK from `src`:8080 to the client, through the pod-side program.
         let reply = |src: Ipv4Addr, dport: u16| {
             let (s, d) = (IpAddr::V4(src), IpAddr::V4(CLIENT));
@@ -1645,10 +1620,7 @@ fn pod_packets_to_the_metadata_server_are_dropped_whatever_their_flags() {
     use tollgate::dataplane::addr::words;
     use tollgate_common::lb::md_mode;
     const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         // The redirect is on (a pod's connect() goes to the proxy), as the agent sets it.
         let mut maps = LbMaps::open(b.dp.pins()).unwrap();
         let mut cfg = maps.config.get(&0, 0).unwrap();
@@ -1761,10 +1733,7 @@ fn pod_packets_to_a_port_no_frontend_has_had_skip_the_frontend_lookup() {
     use tollgate::dataplane::addr::words;
     use tollgate_common::lb::svc::SvcKey;
     const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 50);
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         let mut maps = LbMaps::open(b.dp.pins()).unwrap();
         // Copies of two frontends (every slot) on ports the writer never set in the filter,
         // as if the filter had missed them: "local" (TCP 80) on 8081, "remote" (UDP 53) on 5354.
@@ -1874,10 +1843,7 @@ fn fragment_parts(frame: &[u8]) -> (Ipv4Addr, Ipv4Addr, u16, u16, Vec<u8>) {
 
 #[test]
 fn every_fragment_of_a_udp_datagram_is_translated_both_ways() {
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         let payload: Vec<u8> = (0..120u8).collect();
         // A datagram to the UDP NodePort (remote backend: DNAT + SNAT), in two fragments: the
         // UDP header and 24 bytes, then the rest.
@@ -1970,6 +1936,11 @@ fn client4_frame_to(b: &Bench, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
     )
 }
 
+/// An IPv4 frame of the node itself to `dst`, as it leaves by eth0 (to the router).
+fn host4_frame_to(b: &Bench, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    ether(PEER_MAC, b.eth0_mac, 0x0800, &ipv4(proto, NODE, dst, l4))
+}
+
 /// A SYN from the outside client (IPv6, no extension headers) to `dst:dport`.
 fn client6_syn_to(b: &Bench, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
     let s: IpAddr = CLIENT6.parse().unwrap();
@@ -1993,10 +1964,7 @@ fn client6_frame(b: &Bench, exts: &[(u8, Vec<u8>)], proto: u8, l4: &[u8]) -> Vec
 
 #[test]
 fn ipv6_extension_headers_are_walked_to_the_tcp_header() {
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         let (s, d): (IpAddr, IpAddr) = (CLIENT6.parse().unwrap(), NODE6.parse().unwrap());
         let backend: IpAddr = "fd00:244:1::11".parse().unwrap();
         let exts = [
@@ -2005,7 +1973,7 @@ fn ipv6_extension_headers_are_walked_to_the_tcp_header() {
         ];
         // A SYN to the IPv6 NodePort (Local policy) behind a Hop-by-Hop and a Destination
         // Options header: translated, the headers kept, the checksum right.
-        let syn = client6_frame(&b, &exts, 6, &tcp(&s, &d, 40020, 30086, 0x02, &[]));
+        let syn = client6_frame(b, &exts, 6, &tcp(&s, &d, 40020, 30086, 0x02, &[]));
         let (verdict, out) = b.tc("tg_tc_ingress", &syn);
         assert_eq!(verdict, TC_ACT_OK);
         let p = parse(&out);
@@ -2028,7 +1996,7 @@ fn ipv6_extension_headers_are_walked_to_the_tcp_header() {
         let p = parse(&out);
         assert_eq!((p.src, p.sport, p.tcp_flags), (d, 30086, 0x12));
         // XDP, to the remote backend (DNAT + SNAT), transmitted in place.
-        let syn = client6_frame(&b, &exts, 6, &tcp(&s, &d, 40021, 30084, 0x02, &[]));
+        let syn = client6_frame(b, &exts, 6, &tcp(&s, &d, 40021, 30084, 0x02, &[]));
         let (verdict, out) = b.xdp(&syn);
         assert_eq!(verdict, XDP_TX);
         let p = parse(&out);
@@ -2042,7 +2010,7 @@ fn ipv6_extension_headers_are_walked_to_the_tcp_header() {
         let mut routing = vec![0, 2, 0, 1, 0, 0, 0, 0];
         routing.extend_from_slice(&[0; 16]);
         let routed = client6_frame(
-            &b,
+            b,
             &[(ROUTING, routing.clone())],
             6,
             &tcp(&s, &d, 40022, 30086, 0x02, &[]),
@@ -2052,7 +2020,7 @@ fn ipv6_extension_headers_are_walked_to_the_tcp_header() {
         // With no segments left, it is.
         routing[3] = 0;
         let routed = client6_frame(
-            &b,
+            b,
             &[(ROUTING, routing)],
             6,
             &tcp(&s, &d, 40023, 30086, 0x02, &[]),
@@ -2061,7 +2029,7 @@ fn ipv6_extension_headers_are_walked_to_the_tcp_header() {
         assert_eq!(parse(&out).dst, backend);
         // REJECT: a SYN behind a Hop-by-Hop header to a NodePort without endpoints gets a
         // reset with a plain IPv6 header.
-        let syn = client6_frame(&b, &exts[..1], 6, &tcp(&s, &d, 40024, 30095, 0x02, &[]));
+        let syn = client6_frame(b, &exts[..1], 6, &tcp(&s, &d, 40024, 30095, 0x02, &[]));
         let (verdict, out) = b.tc("tg_tc_ingress", &syn);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let r = parse(&out);
@@ -2074,7 +2042,7 @@ fn ipv6_extension_headers_are_walked_to_the_tcp_header() {
         // A datagram behind a Destination Options header gets a port unreachable with a plain
         // IPv6 header, quoting the datagram's headers, the extension header with them.
         let dgram = client6_frame(
-            &b,
+            b,
             &exts[1..],
             17,
             &udp(&s, &d, 5024, 30097, b"hello", false),
@@ -2130,10 +2098,7 @@ fn fragment6_parts(frame: &[u8]) -> (IpAddr, IpAddr, u16, u32, Vec<u8>) {
 
 #[test]
 fn every_ipv6_fragment_of_a_udp_datagram_is_translated_both_ways() {
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         let (client, node6, backend): (IpAddr, IpAddr, IpAddr) = (
             CLIENT6.parse().unwrap(),
             NODE6.parse().unwrap(),
@@ -2150,7 +2115,7 @@ fn every_ipv6_fragment_of_a_udp_datagram_is_translated_both_ways() {
         };
         // A datagram to the IPv6 UDP NodePort (remote backend: DNAT + SNAT) in two fragments.
         let dgram = udp(&client, &node6, 5020, 30054, &payload, false);
-        let (first, later) = ipv6_fragments(&b, &client, &node6, 0x0102_0304, &dgram, 32);
+        let (first, later) = ipv6_fragments(b, &client, &node6, 0x0102_0304, &dgram, 32);
         // A later fragment before its first: nothing to go by, it passes untouched.
         let (verdict, out) = b.tc("tg_tc_ingress", &later);
         assert_eq!((verdict, &out), (TC_ACT_UNSPEC, &later));
@@ -2171,14 +2136,14 @@ fn every_ipv6_fragment_of_a_udp_datagram_is_translated_both_ways() {
         // fragment does not take the first datagram's ports (the key has whole addresses).
         let other: IpAddr = "fd00:78::100".parse().unwrap();
         let odgram = udp(&other, &node6, 5021, 30054, &payload, false);
-        let (_, olater) = ipv6_fragments(&b, &other, &node6, 0x0102_0304, &odgram, 32);
+        let (_, olater) = ipv6_fragments(b, &other, &node6, 0x0102_0304, &odgram, 32);
         let (verdict, out) = b.tc("tg_tc_ingress", &olater);
         assert_eq!((verdict, &out), (TC_ACT_UNSPEC, &olater));
 
         // The backend's answer comes back in fragments too: translated to the NodePort.
         let answer: Vec<u8> = (0..100u8).rev().collect();
         let adgram = udp(&backend, &node6, 5353, nat_port, &answer, false);
-        let (first, later) = ipv6_fragments(&b, &backend, &node6, 7, &adgram, 24);
+        let (first, later) = ipv6_fragments(b, &backend, &node6, 7, &adgram, 24);
         let (v1, (s1, d1, _, _, l4a)) = tc(&first);
         let (v2, (s2, d2, _, _, l4b)) = tc(&later);
         assert_eq!((v1, s1, d1), (TC_ACT_REDIRECT, node6, client));
@@ -2194,7 +2159,7 @@ fn every_ipv6_fragment_of_a_udp_datagram_is_translated_both_ways() {
 
         // XDP: the same in place, sent back out of the uplink.
         let dgram = udp(&client, &node6, 5022, 30054, &payload, false);
-        let (first, later) = ipv6_fragments(&b, &client, &node6, 9, &dgram, 48);
+        let (first, later) = ipv6_fragments(b, &client, &node6, 9, &dgram, 48);
         let mut outs = Vec::new();
         for frame in [&first, &later] {
             let (verdict, out) = b.xdp(frame);
@@ -2280,14 +2245,11 @@ fn quoted(frame: &[u8]) -> Quoted {
 
 #[test]
 fn icmp_errors_about_translated_flows_go_back_translated() {
-    let c = cluster();
-    let node = c.node("node1");
-    node.ns.run_in(|| {
-        let b = bench(node);
+    on_node1(bench, |b| {
         let (client, node4) = (IpAddr::V4(CLIENT), IpAddr::V4(NODE));
         let remote = IpAddr::V4(REMOTE_POD);
         // A UDP datagram to the NodePort (remote backend, DNAT + SNAT) starts a flow.
-        let dgram = |sport| client4_frame(&b, 17, &udp(&client, &node4, sport, 30053, b"q", false));
+        let dgram = |sport| client4_frame(b, 17, &udp(&client, &node4, sport, 30053, b"q", false));
         let (_, out) = b.tc("tg_tc_ingress", &dgram(5030));
         let sent = parse(&out);
         assert_eq!((sent.src, sent.dst, sent.dport), (node4, remote, 5353));
@@ -2368,7 +2330,7 @@ fn icmp_errors_about_translated_flows_go_back_translated() {
             NODE6.parse().unwrap(),
             REMOTE_POD6.parse().unwrap(),
         );
-        let syn = client6_frame(&b, &[], 6, &tcp(&client6, &node6, 40060, 30084, 0x02, &[]));
+        let syn = client6_frame(b, &[], 6, &tcp(&client6, &node6, 40060, 30084, 0x02, &[]));
         let (_, out) = b.tc("tg_tc_ingress", &syn);
         let nat_port = parse(&out).sport;
         let reply = ipv6(

@@ -218,11 +218,20 @@ pub(crate) fn frontend_port(port: u16) -> bool {
 /// Can this packet start a flow, and is there a frontend it might be for? A flow starts only
 /// at a frontend, so a packet to a port no frontend has had skips the frontend lookup: the
 /// SYN of every socket-balanced connection (its destination is the backend's port) and UDP
-/// between pods on ports that are not a service's (`handle` still looks up addresses inside a
-/// ServiceCIDR: their verdicts hold for every port).
+/// between pods on ports that are not a service's. (XDP's test; the TC hooks also look up
+/// addresses inside a ServiceCIDR, see `looked_up`.)
 #[inline(always)]
 pub(crate) fn may_start_flow(p: &Pkt) -> bool {
     p.may_start_flow() && frontend_port(p.dport)
+}
+
+/// Does a packet that may start a flow to `daddr:dport` get the frontend lookup on a TC hook?
+/// At a port some frontend has had, and at any port of an address inside a ServiceCIDR: a
+/// ClusterIP refuses the ports its Service does not define, an unallocated address drops the
+/// packet, as kube-proxy nftables' `cluster-ips-check` does for every port.
+#[inline(always)]
+fn looked_up(daddr: [u32; 4], dport: u16) -> bool {
+    frontend_port(dport) || lb::service_cidr(daddr).is_some()
 }
 
 /// Can a packet from `saddr` to port `dport` belong to a conntrack flow? Never a false no.
@@ -460,8 +469,7 @@ pub(crate) fn passes<F: Frame>(f: &F, side: Side) -> bool {
     let Some(p) = pkt::tcp_segment(f) else {
         return false;
     };
-    let may_start = pkt::bare_syn(p.tcp_flags)
-        && (frontend_port(p.dport) || lb::service_cidr(p.daddr).is_some());
+    let may_start = pkt::bare_syn(p.tcp_flags) && looked_up(p.daddr, p.dport);
     !may_start
         && !(side == Side::Pod && metadata_bypass(&p.daddr, p.dport))
         && !may_have_flow(&p.saddr, p.dport, side)
@@ -496,10 +504,7 @@ pub fn handle(ctx: &TcContext, side: Side) -> i32 {
         }
     }
     let p = &s.pkt;
-    // A port no frontend has had is looked up only at an address inside a ServiceCIDR: a
-    // ClusterIP refuses it (a port its Service does not define), an unallocated address drops
-    // it, as kube-proxy nftables' `cluster-ips-check` does for every port.
-    if !(may_start_flow(p) || (p.may_start_flow() && lb::service_cidr(p.daddr).is_some())) {
+    if !(p.may_start_flow() && looked_up(p.daddr, p.dport)) {
         return TC_ACT_UNSPEC;
     }
     s.svc_key = SvcKey {
@@ -563,7 +568,7 @@ fn not_tcp_udp(ctx: &TcContext, s: &mut Scratch, leaving: bool) -> i32 {
 /// A packet no frontend matched: dropped if it starts a flow to an address inside a
 /// ServiceCIDR (an unallocated Service IP, kube-proxy nftables' DROP), else left alone.
 #[inline(always)]
-fn unallocated(p: &Pkt) -> i32 {
+pub(crate) fn unallocated(p: &Pkt) -> i32 {
     if p.may_start_flow()
         && let Some(v) = lb::service_cidr(p.daddr)
     {

@@ -72,11 +72,5 @@ pub fn handle(ctx: &TcContext, s: &mut Scratch, to_host: bool) -> i32 {
         s.pkt = p;
         return nat::port_unreachable(ctx, &s.pkt, to_host);
     }
-    match lb::service_cidr(p.daddr) {
-        Some(v) => {
-            lb::count_unallocated(v);
-            TC_ACT_SHOT
-        }
-        None => TC_ACT_UNSPEC,
-    }
+    nat::unallocated(&p)
 }

@@ -259,7 +259,7 @@ pub struct Writer {
     /// A previous agent's frontends (address, port, protocol as the maps keep them) not yet
     /// claimed → (frontend ID, service port ID): a frontend still there for the same service
     /// port keeps its ID, so the source ranges keyed by it never name another frontend.
-    adopted_frontends: HashMap<([u32; 4], u16, u8), (u32, u32)>,
+    adopted_frontends: HashMap<Claim, (u32, u32)>,
     /// `--lb-algorithm maglev`: service ports with external frontends get a Maglev table.
     maglev: bool,
     /// Its entries (`--maglev-table-size`, a prime of `maglev::SIZES`).
@@ -668,7 +668,9 @@ impl Writer {
     /// again (called once the first state's changes have all been tried): another Service's
     /// claim waiting for one can then be written.
     pub fn end_reservations(&mut self) {
-        self.reserved.clear();
+        // Taken, not cleared: the map's room goes too, and the calls after every later update
+        // cost nothing.
+        drop(std::mem::take(&mut self.reserved));
     }
 
     /// Applies one service's change. On error the service keeps its previous programming and
